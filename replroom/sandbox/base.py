@@ -16,6 +16,7 @@ Inside every sandbox, whatever the backend:
 from __future__ import annotations
 
 import enum
+import posixpath
 import signal as signals
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
@@ -172,20 +173,13 @@ class Backend(ABC):
     async def cleanup_orphans(self) -> int:
         """Remove what a crashed server left behind; return how many sandboxes."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release the backend's own resources (sandboxes stay until destroyed)."""
 
 
 def check_sandbox_path(path: str) -> str:
-    """Accept only absolute paths inside the writable area of a sandbox."""
-    import posixpath
-
-    normal = posixpath.normpath(path)
-    if not normal.startswith("/"):
-        normal = posixpath.normpath(posixpath.join(SANDBOX_HOME, normal))
-    for root in (SANDBOX_HOME, "/tmp"):
-        if normal == root or normal.startswith(root + "/"):
-            if normal == root:
-                break
-            return normal
+    """Resolve ``path`` (relative to /home/room) to a normal path under /home/room or /tmp."""
+    normal = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
+    if any(normal.startswith(root + "/") for root in (SANDBOX_HOME, "/tmp")):
+        return normal
     raise SandboxError(f"files can only be written under {SANDBOX_HOME} or /tmp, not {path!r}")

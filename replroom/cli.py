@@ -1,0 +1,255 @@
+"""The ``replroom`` command: doctor, image, sandbox (and, later, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import termios
+import tty
+from collections.abc import Sequence
+from typing import NoReturn
+
+from pydantic import ValidationError
+
+from replroom.config import Limits, Settings, format_size
+from replroom.sandbox import ExitReason, Process, SandboxError, make_backend
+
+USAGE_ERROR = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line an operator can act on, not the usage dump.
+        self.exit(USAGE_ERROR, f"replroom: error: {message}\n")
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"replroom: error: {message}", file=sys.stderr)
+    raise SystemExit(USAGE_ERROR)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "backend", None):
+        overrides["backend"] = args.backend
+    if getattr(args, "runtime", None):
+        overrides["docker_runtime"] = args.runtime
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        _fail(_first_error(error))
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+# -- doctor -------------------------------------------------------------------
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from replroom import doctor  # noqa: PLC0415 - keeps `replroom --help` fast
+
+    return asyncio.run(doctor.report(_settings(args)))
+
+
+# -- image --------------------------------------------------------------------
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from replroom.image import build_image  # noqa: PLC0415
+
+    settings = _settings(args)
+    try:
+        image = build_image(settings, docker=args.docker, force=args.force)
+    except SandboxError as error:
+        print(f"replroom: error: {error}", file=sys.stderr)
+        return 1
+    print(f"room image {image.id}: {image.rootfs}")
+    if args.docker:
+        print(f"docker image: {image.docker_tag}")
+    return 0
+
+
+# -- sandbox run ----------------------------------------------------------------
+
+
+def _limits(args: argparse.Namespace, defaults: Limits) -> Limits:
+    values = defaults.model_dump()
+    for name in ("memory", "cpus", "pids", "disk"):
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = value
+    try:
+        return Limits(**values)
+    except ValidationError as error:
+        _fail(_first_error(error))
+
+
+def cmd_sandbox_run(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        _fail("no command given: replroom sandbox run [options] -- CMD ARGS…")
+    settings = _settings(args)
+    limits = _limits(args, settings.limits)
+    try:
+        return asyncio.run(_run_in_sandbox(settings, limits, command, args.tty))
+    except SandboxError as error:
+        _fail(str(error))
+
+
+async def _run_in_sandbox(
+    settings: Settings, limits: Limits, command: list[str], use_tty: bool
+) -> int:
+    backend = make_backend(settings)
+    room_id = "cli-" + os.urandom(8).hex()
+    sandbox = await backend.create(room_id, limits)
+    try:
+        cols, rows = os.get_terminal_size(sys.stdout.fileno()) if _is_tty(1) else (80, 24)
+        process = await sandbox.spawn(command, tty=use_tty, cols=cols, rows=rows)
+        loop = asyncio.get_running_loop()
+        stdin_task = asyncio.create_task(_pump_stdin(process, raw=use_tty and _is_tty(0)))
+        if use_tty and _is_tty(1):
+            loop.add_signal_handler(
+                signal.SIGWINCH,
+                lambda: asyncio.ensure_future(process.resize(*os.get_terminal_size(1))),
+            )
+        out = sys.stdout.buffer
+        while chunk := await process.read():
+            out.write(chunk)
+            out.flush()
+        status = await process.wait()
+        stdin_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stdin_task
+        if status.reason is ExitReason.OUT_OF_MEMORY:
+            print(
+                f"replroom: {status.describe(limits)}: the process was killed",
+                file=sys.stderr,
+            )
+        return status.returncode
+    finally:
+        await sandbox.destroy()
+        await backend.close()
+
+
+def _is_tty(fd: int) -> bool:
+    return os.isatty(fd)
+
+
+async def _pump_stdin(process: Process, *, raw: bool) -> None:
+    """Copy our stdin to the process: raw keystrokes with --tty, else until EOF."""
+    loop = asyncio.get_running_loop()
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd) if raw else None
+    if raw:
+        tty.setraw(fd)
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 65536)
+        except OSError:
+            data = b""
+        queue.put_nowait(data)
+        if not data:
+            loop.remove_reader(fd)
+
+    try:
+        loop.add_reader(fd, on_readable)
+    except (PermissionError, ValueError):
+        # stdin is a regular file or /dev/null: epoll cannot watch it.
+        data = await asyncio.to_thread(sys.stdin.buffer.read)
+        if data:
+            await process.write(data)
+        await process.close_stdin()
+        return
+    try:
+        while data := await queue.get():
+            await process.write(data)
+        await process.close_stdin()
+    finally:
+        loop.remove_reader(fd)
+        if saved is not None:
+            termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def cmd_sandbox_cleanup(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+
+    async def cleanup() -> int:
+        backend = make_backend(settings)
+        try:
+            return await backend.cleanup_orphans()
+        finally:
+            await backend.close()
+
+    try:
+        count = asyncio.run(cleanup())
+    except SandboxError as error:
+        _fail(str(error))
+    print(f"removed {count} leftover sandbox(es)")
+    return 0
+
+
+# -- parser -------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="replroom", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    doctor = commands.add_parser("doctor", help="which backends and runtimes work here, and why not")
+    doctor.set_defaults(func=cmd_doctor)
+
+    image = commands.add_parser("image", help="the room image").add_subparsers(
+        dest="image_command", required=True, parser_class=_Parser
+    )
+    build = image.add_parser("build", help="build the room image with debootstrap (cached)")
+    build.add_argument("--docker", action="store_true", help="also import it into Docker")
+    build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.set_defaults(func=cmd_image_build)
+
+    sandbox = commands.add_parser("sandbox", help="run things in a sandbox").add_subparsers(
+        dest="sandbox_command", required=True, parser_class=_Parser
+    )
+    run = sandbox.add_parser(
+        "run",
+        help="run CMD in a fresh sandbox, stream its output, exit with its status",
+        description="Run CMD in a fresh sandbox; exits with its status (137 when out of memory).",
+    )
+    run.add_argument("--backend", choices=["bwrap", "docker"])
+    run.add_argument("--runtime", choices=["runc", "runsc"], help="docker runtime")
+    run.add_argument("--memory", help=f"memory limit (default {format_size(Limits().memory)})")
+    run.add_argument("--cpus", type=float, help="CPU limit in cores (default 0.5)")
+    run.add_argument("--pids", type=int, help="process limit (default 128)")
+    run.add_argument("--disk", help=f"writable disk (default {format_size(Limits().disk)})")
+    run.add_argument("--tty", action="store_true", help="run on a pseudo-terminal")
+    run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
+    run.set_defaults(func=cmd_sandbox_run)
+
+    cleanup = sandbox.add_parser("cleanup", help="remove sandboxes a crashed server left")
+    cleanup.add_argument("--backend", choices=["bwrap", "docker"])
+    cleanup.add_argument("--runtime", choices=["runc", "runsc"])
+    cleanup.set_defaults(func=cmd_sandbox_cleanup)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

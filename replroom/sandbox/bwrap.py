@@ -1,0 +1,506 @@
+"""The embedded default backend: bubblewrap namespaces, cgroups and seccomp, no daemon.
+
+A bwrap sandbox is not a process but a set of resources owned by one room:
+
+- a host uid of its own (``uid_base + slot``), so that rooms cannot touch
+  each other's processes or files even if a namespace fails;
+- a tmpfs of ``Limits.disk`` bytes holding ``home/``, ``tmp/`` and ``shm/``,
+  bound at /home/room, /tmp and /dev/shm;
+- a cgroup with the memory, CPU and process limits.
+
+Every process spawned in the sandbox is one ``bwrap`` invocation into fresh
+user, pid, net, ipc, uts and cgroup namespaces over the read-only room image,
+joined to the room's cgroup before it starts. Processes of one room share
+files and limits but not a pid namespace, which nothing in a room needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import termios
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from replroom.config import Limits, Settings
+from replroom.sandbox.base import (
+    DEFAULT_ENV,
+    SANDBOX_HOME,
+    SANDBOX_UID,
+    Backend,
+    ExitStatus,
+    Process,
+    Sandbox,
+    SandboxError,
+    SandboxStats,
+    check_sandbox_path,
+)
+from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names
+from replroom.sandbox.seccomp import compiled_filter
+
+ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+READ_SIZE = 65536
+MS_NOSUID, MS_NODEV = 0x2, 0x4
+MNT_DETACH = 0x2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _mount_tmpfs(target: Path, size: int, uid: int) -> None:
+    options = f"size={size},nr_inodes=16384,mode=0700,uid={uid},gid={uid}".encode()
+    if _libc.mount(b"tmpfs", bytes(target), b"tmpfs", MS_NOSUID | MS_NODEV, options) != 0:
+        code = ctypes.get_errno()
+        raise SandboxError(f"cannot mount the room's tmpfs at {target}: {os.strerror(code)}")
+
+
+def _unmount(target: Path) -> None:
+    if _libc.umount2(bytes(target), MNT_DETACH) != 0:
+        code = ctypes.get_errno()
+        if code not in (errno.EINVAL, errno.ENOENT):  # not mounted: nothing to do
+            raise SandboxError(f"cannot unmount {target}: {os.strerror(code)}")
+
+
+def _mounted_under(root: Path) -> list[Path]:
+    prefix = str(root) + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [Path(line.split()[4]) for line in mountinfo]
+    return sorted((p for p in points if str(p).startswith(prefix)), reverse=True)
+
+
+class BwrapBackend(Backend):
+    name = "bwrap"
+
+    def __init__(
+        self,
+        rootfs: Path,
+        runtime_dir: Path,
+        *,
+        uid_base: int = 2_000_000,
+        uid_count: int = 65536,
+        bwrap: str | None = None,
+    ) -> None:
+        self.rootfs = rootfs
+        self.rooms_dir = runtime_dir / "rooms"
+        self.uid_base = uid_base
+        self.uid_count = uid_count
+        self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
+        self.hierarchy = Hierarchy.detect()
+        self._uids: dict[str, int] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BwrapBackend:
+        from replroom.image import current_image  # noqa: PLC0415 - the image module is heavy
+
+        image = current_image(settings)
+        if image is None:
+            raise SandboxError("room image not built: run `replroom image build`")
+        return cls(
+            image.rootfs,
+            settings.runtime_dir,
+            uid_base=settings.uid_base,
+            uid_count=settings.uid_count,
+        )
+
+    @staticmethod
+    def problems() -> list[str]:
+        """Why this host cannot run bwrap sandboxes, with what to do about it."""
+        found = []
+        if shutil.which("bwrap") is None:
+            found.append("bubblewrap is not installed: apt-get install bubblewrap")
+        if shutil.which("setpriv") is None or shutil.which("setsid") is None:
+            found.append("setpriv/setsid missing: apt-get install util-linux")
+        if os.geteuid() != 0:
+            found.append("the bwrap backend needs root (cgroups, tmpfs mounts, per-room uids)")
+        found.extend(Hierarchy.detect().problems())
+        try:
+            compiled_filter()
+        except (ImportError, OSError) as error:
+            found.append(f"seccomp unavailable ({error}): apt-get install libseccomp2")
+        max_userns = Path("/proc/sys/user/max_user_namespaces")
+        if max_userns.exists() and max_userns.read_text().strip() == "0":
+            found.append("user namespaces are disabled: sysctl user.max_user_namespaces=15000")
+        return found
+
+    def _allocate_uid(self, room_id: str) -> int:
+        used = set(self._uids.values())
+        for slot in range(self.uid_count):
+            if self.uid_base + slot not in used:
+                self._uids[room_id] = self.uid_base + slot
+                return self.uid_base + slot
+        raise SandboxError("no free sandbox uid: raise uid_count")
+
+    async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
+        if not ROOM_ID.match(room_id):
+            raise SandboxError(f"invalid room id {room_id!r}")
+        if room_id in self._uids:
+            raise SandboxError(f"room {room_id} already has a sandbox")
+        if not (self.rootfs / "usr").is_dir():
+            raise SandboxError(f"room image not found at {self.rootfs}")
+        uid = self._allocate_uid(room_id)
+        sandbox = BwrapSandbox(self, room_id, limits, uid)
+        try:
+            sandbox.set_up()
+        except BaseException:
+            await sandbox.destroy()
+            raise
+        return sandbox
+
+    def release(self, room_id: str) -> None:
+        self._uids.pop(room_id, None)
+
+    async def cleanup_orphans(self) -> int:
+        names = leftover_names(self.hierarchy) - self._uids.keys()
+        if self.rooms_dir.is_dir():
+            names |= {p.name for p in self.rooms_dir.iterdir()} - self._uids.keys()
+        for name in names:
+            await asyncio.to_thread(self._remove_room_resources, name)
+        return len(names)
+
+    def _remove_room_resources(self, name: str) -> None:
+        cgroup = Cgroup(self.hierarchy, name)
+        if cgroup.exists():
+            cgroup.kill()
+            cgroup.remove()
+        room_dir = self.rooms_dir / name
+        for point in _mounted_under(room_dir):
+            _unmount(point)
+        shutil.rmtree(room_dir, ignore_errors=True)
+
+
+class BwrapSandbox(Sandbox):
+    def __init__(self, backend: BwrapBackend, room_id: str, limits: Limits, uid: int) -> None:
+        super().__init__(room_id, limits)
+        self.backend = backend
+        self.uid = uid
+        self.dir = backend.rooms_dir / room_id
+        self.writable = self.dir / "rw"
+        self.cgroup = Cgroup(backend.hierarchy, room_id)
+        self._destroyed = False
+        self._processes: set[BwrapProcess] = set()
+
+    def set_up(self) -> None:
+        # bwrap runs as the room's uid and must traverse these (but not list them).
+        self.backend.rooms_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        self.dir.mkdir(mode=0o711)
+        (self.dir / "room.json").write_text(json.dumps({"room": self.room_id, "uid": self.uid}))
+        self.writable.mkdir(mode=0o700)
+        _mount_tmpfs(self.writable, self.limits.disk, self.uid)
+        for name, mode in (("home", 0o700), ("tmp", 0o1777), ("shm", 0o1777)):
+            path = self.writable / name
+            path.mkdir()
+            os.chown(path, self.uid, self.uid)
+            path.chmod(mode)
+        self.cgroup.create(self.limits)
+
+    def _bwrap_argv(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str, tty: bool, seccomp_fd: int
+    ) -> list[str]:
+        args = [
+            self.backend.bwrap,
+            "--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--unshare-cgroup-try", "--disable-userns",
+            "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID), "--hostname", "room",
+            "--die-with-parent",
+            "--ro-bind", str(self.backend.rootfs), "/",
+            "--dev", "/dev",
+            "--proc", "/proc",
+            "--bind", str(self.writable / "home"), SANDBOX_HOME,
+            "--bind", str(self.writable / "tmp"), "/tmp",
+            "--bind", str(self.writable / "shm"), "/dev/shm",
+            "--remount-ro", "/dev",
+            "--chdir", cwd,
+            "--seccomp", str(seccomp_fd),
+            "--clearenv",
+        ]  # fmt: skip
+        if tty:
+            # Our launcher holds no controlling terminal, so the command can
+            # take the pty as its own: Ctrl-C then reaches it and not bwrap.
+            argv = ["setsid", "--ctty", *argv]
+        else:
+            # Without a terminal of its own it must not reach anyone's (TIOCSTI).
+            args.append("--new-session")
+        for key, value in env.items():
+            args += ["--setenv", key, value]
+        return [*args, "--", *argv]
+
+    def _launcher(self, bwrap_argv: list[str]) -> list[str]:
+        """Join the cgroup as root, drop to the room's uid, then start bwrap.
+
+        The process must be in the cgroup before it can fork, so it moves
+        itself (``echo 0``) before exec.
+        """
+        joins = " && ".join(f"echo 0 > {shlex.quote(str(p))}" for p in self.cgroup.procs_files)
+        drop = [
+            "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
+            "--inh-caps=-all", "--bounding-set=-all",
+        ]  # fmt: skip
+        return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *drop, *bwrap_argv]
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = SANDBOX_HOME,
+        tty: bool = True,
+        cols: int = 80,
+        rows: int = 24,
+    ) -> BwrapProcess:
+        if self._destroyed:
+            raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
+        if not argv:
+            raise SandboxError("nothing to run")
+        full_env = {**DEFAULT_ENV, **(env or {})}
+        seccomp_read, seccomp_write = os.pipe()
+        fds_to_close = [seccomp_read]
+        try:
+            filter_bytes = compiled_filter()
+            # The filter is < 64 KiB, so it fits in the pipe without a reader.
+            os.write(seccomp_write, filter_bytes)
+            os.close(seccomp_write)
+            command = self._launcher(self._bwrap_argv(argv, full_env, cwd, tty, seccomp_read))
+            oom_before = self.cgroup.oom_kills()
+            if tty:
+                master, slave = os.openpty()
+                fds_to_close.append(slave)
+                _set_size(master, cols, rows)
+                os.set_blocking(master, False)
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=slave, stdout=slave, stderr=slave,
+                    pass_fds=(seccomp_read,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                    start_new_session=True,
+                )  # fmt: skip
+                process: BwrapProcess = PtyProcess(self, proc, oom_before, master)
+            else:
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT, pass_fds=(seccomp_read,),
+                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                )  # fmt: skip
+                process = PipeProcess(self, proc, oom_before)
+        finally:
+            for fd in fds_to_close:
+                os.close(fd)
+        self._processes.add(process)
+        return process
+
+    async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        if self._destroyed:
+            raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
+        target = check_sandbox_path(path)
+        if len(data) > self.limits.disk:
+            raise SandboxError("file is larger than the room's disk limit")
+        await asyncio.to_thread(self._write_file, target, data, mode)
+
+    def _write_file(self, target: str, data: bytes, mode: int) -> None:
+        # The room owns this tree and may have planted symlinks: walk it one
+        # component at a time without following any, so the write cannot
+        # escape to the host.
+        if target.startswith(SANDBOX_HOME + "/"):
+            root, relative = self.writable / "home", target.removeprefix(SANDBOX_HOME + "/")
+        else:
+            root, relative = self.writable / "tmp", target.removeprefix("/tmp/")
+        parts = relative.split("/")
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        directory = os.open(root, flags)
+        try:
+            for part in parts[:-1]:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(part, 0o755, dir_fd=directory)
+                    os.chown(part, self.uid, self.uid, dir_fd=directory, follow_symlinks=False)
+                child = os.open(part, flags, dir_fd=directory)
+                os.close(directory)
+                directory = child
+            write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+            try:
+                fd = os.open(parts[-1], write_flags, mode, dir_fd=directory)
+            except OSError as error:
+                raise SandboxError(f"cannot write {target}: {error.strerror}") from None
+            try:
+                os.fchown(fd, self.uid, self.uid)
+                os.fchmod(fd, mode)
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+            except OSError as error:
+                raise SandboxError(f"cannot write {target}: {error.strerror}") from None
+            finally:
+                os.close(fd)
+        finally:
+            os.close(directory)
+
+    async def stats(self) -> SandboxStats:
+        if self._destroyed:
+            return SandboxStats(0, 0.0, 0)
+        return SandboxStats(
+            memory_bytes=self.cgroup.memory_bytes(),
+            cpu_seconds=self.cgroup.cpu_seconds(),
+            pids=self.cgroup.pids_current(),
+        )
+
+    async def alive(self) -> bool:
+        return not self._destroyed and self.cgroup.exists() and self.writable.is_mount()
+
+    async def destroy(self) -> None:
+        if self._destroyed:
+            return
+        self._destroyed = True
+        try:
+            await asyncio.to_thread(self.backend._remove_room_resources, self.room_id)
+            for process in list(self._processes):
+                await process.wait()
+                process.close()
+        finally:
+            self.backend.release(self.room_id)
+
+
+def _set_size(fd: int, cols: int, rows: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+class BwrapProcess(Process):
+    def __init__(
+        self, sandbox: BwrapSandbox, proc: asyncio.subprocess.Process, oom_before: int
+    ) -> None:
+        self.sandbox = sandbox
+        self.proc = proc
+        self._oom_before = oom_before
+        self._status: ExitStatus | None = None
+
+    async def wait(self) -> ExitStatus:
+        if self._status is None:
+            returncode = await self.proc.wait()
+            self._status = self._classify(returncode)
+            self.sandbox._processes.discard(self)
+        return self._status
+
+    def _classify(self, returncode: int) -> ExitStatus:
+        # bwrap reports a child killed by signal N as exit code 128 + N.
+        if returncode > 128 and returncode - 128 < signal.NSIG:
+            returncode = -(returncode - 128)
+        # Any OOM kill in the room since this process started, with this
+        # process dying of SIGKILL, is taken as its own: rooms are small and
+        # the kernel's OOM killer picks the largest process.
+        oom = returncode == -signal.SIGKILL and self.sandbox.cgroup.oom_kills() > self._oom_before
+        return ExitStatus.from_returncode(returncode, oom=oom)
+
+    def close(self) -> None:
+        """Release what the process holds on our side (its pty)."""
+
+    def _sandboxed_pid(self) -> int | None:
+        """Host pid of the command itself: bwrap → its pid-1 reaper → the command."""
+        pid = self.proc.pid
+        for _ in range(2):
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                return None
+            if not children:
+                return None
+            pid = int(children[0])
+        return pid
+
+    async def signal(self, signum: int) -> None:
+        if self.proc.returncode is not None:
+            return
+        pid = self._sandboxed_pid()
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+class PtyProcess(BwrapProcess):
+    def __init__(
+        self,
+        sandbox: BwrapSandbox,
+        proc: asyncio.subprocess.Process,
+        oom_before: int,
+        master: int,
+    ) -> None:
+        super().__init__(sandbox, proc, oom_before)
+        self.master: int | None = master
+
+    async def read(self) -> bytes:
+        loop = asyncio.get_running_loop()
+        while self.master is not None:
+            try:
+                return os.read(self.master, READ_SIZE)
+            except BlockingIOError:
+                pass
+            except OSError as error:
+                if error.errno == errno.EIO:  # every holder of the pty's other end is gone
+                    self.close()
+                    return b""
+                raise
+            readable = loop.create_future()
+            fd = self.master
+            loop.add_reader(fd, readable.set_result, None)
+            try:
+                await readable
+            finally:
+                loop.remove_reader(fd)
+        return b""
+
+    async def write(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        while view and self.master is not None:
+            try:
+                view = view[os.write(self.master, view) :]
+            except BlockingIOError:
+                writable = loop.create_future()
+                fd = self.master
+                loop.add_writer(fd, writable.set_result, None)
+                try:
+                    await writable
+                finally:
+                    loop.remove_writer(fd)
+            except OSError as error:
+                if error.errno == errno.EIO:
+                    return
+                raise
+
+    async def close_stdin(self) -> None:
+        await self.write(b"\x04")
+
+    async def resize(self, cols: int, rows: int) -> None:
+        if self.master is not None:
+            _set_size(self.master, cols, rows)
+
+    def close(self) -> None:
+        if self.master is not None:
+            os.close(self.master)
+            self.master = None
+
+
+class PipeProcess(BwrapProcess):
+    async def read(self) -> bytes:
+        assert self.proc.stdout is not None
+        return await self.proc.stdout.read(READ_SIZE)
+
+    async def write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        if self.proc.stdin.is_closing():
+            return
+        self.proc.stdin.write(data)
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await self.proc.stdin.drain()
+
+    async def close_stdin(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+
+    async def resize(self, cols: int, rows: int) -> None:
+        return None

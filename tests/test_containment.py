@@ -1,0 +1,266 @@
+"""Real attacks, each run in one sandbox while a second sandbox lives beside it.
+
+Every test asserts that the attack is contained, and that the host and the
+bystander room are unaffected. They run on bwrap, docker+runc and docker+runsc.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+
+from replroom.config import Limits
+from replroom.sandbox import ExitReason, Sandbox
+from tests.sandboxes import BackendUnderTest, host_disk_free, python, run
+
+ATTACK_LIMITS = Limits(memory="96m", cpus=0.25, pids=64, disk="16m")
+SECRET = "bystander-secret-" + uuid.uuid4().hex
+
+
+@dataclass
+class Rooms:
+    attacker: Sandbox
+    bystander: Sandbox
+
+
+@pytest.fixture
+async def rooms(backend: BackendUnderTest) -> AsyncIterator[Rooms]:
+    attacker = await backend.create("atk-" + uuid.uuid4().hex[:12], ATTACK_LIMITS)
+    bystander = await backend.create("bys-" + uuid.uuid4().hex[:12], Limits(memory="64m"))
+    await bystander.put_file("/home/room/secret.txt", SECRET.encode())
+    yield Rooms(attacker, bystander)
+    # The bystander must have come through whatever the attacker did.
+    status, output = await run(bystander, ["cat", "/home/room/secret.txt"])
+    assert status.code == 0 and output == SECRET, "the bystander room was harmed"
+    await attacker.destroy()
+    await bystander.destroy()
+
+
+async def test_memory_bomb_is_killed_and_reported(rooms: Rooms) -> None:
+    status, _ = await python(
+        rooms.attacker, "chunks = []\nwhile True: chunks.append(bytearray(1 << 20))"
+    )
+    assert status.reason is ExitReason.OUT_OF_MEMORY
+    assert status.returncode == 137
+    assert "out of memory (limit 96 MiB)" in status.describe(ATTACK_LIMITS)
+
+
+async def test_fork_bomb_is_bounded_and_destroy_cleans_up(
+    backend: BackendUnderTest, rooms: Rooms
+) -> None:
+    # Count how far forking gets before the kernel says no.
+    _status, output = await python(
+        rooms.attacker,
+        "import os, time\n"
+        "n = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(600)\n"
+        "        n += 1\n"
+        "except OSError as e:\n"
+        "    print('stopped at', n, e.strerror, flush=True)\n"
+        "    os._exit(0)\n",
+    )
+    assert "stopped at" in output, output
+    assert int(output.split()[2]) < ATTACK_LIMITS.pids
+    # A classic shell fork bomb, left running, then the room is destroyed.
+    bomb = await rooms.attacker.spawn(["bash", "-c", ":(){ :|:& };:"], tty=False)
+    stats = await rooms.attacker.stats()
+    assert stats.pids <= ATTACK_LIMITS.pids
+    room_id = rooms.attacker.room_id
+    await rooms.attacker.destroy()
+    await asyncio.wait_for(bomb.wait(), 60)
+    assert await backend.leftovers(room_id) == []
+
+
+async def test_cpu_spin_is_held_to_its_share(rooms: Rooms) -> None:
+    spin = await rooms.attacker.spawn(["python3", "-c", "while True: pass"], tty=False)
+    try:
+        before, started = await rooms.attacker.stats(), time.monotonic()
+        # The measurement needs wall time to pass; nothing is synchronised on it.
+        await asyncio.sleep(2.0)
+        after, ended = await rooms.attacker.stats(), time.monotonic()
+        share = (after.cpu_seconds - before.cpu_seconds) / (ended - started)
+        assert share <= ATTACK_LIMITS.cpus * 1.3, f"used {share:.2f} cores"
+        _status, output = await python(rooms.bystander, "print('responsive')")
+        assert output.strip() == "responsive"
+    finally:
+        await spin.signal(signal.SIGKILL)
+        await spin.wait()
+
+
+async def test_disk_fill_stops_at_the_limit(rooms: Rooms) -> None:
+    free_before = host_disk_free()
+    status, output = await run(
+        rooms.attacker,
+        ["sh", "-c", "dd if=/dev/zero of=/home/room/fill bs=1M count=64; "
+         "dd if=/dev/zero of=/tmp/fill bs=1M count=64; "
+         "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64; du -sk /home/room /tmp"],
+    )  # fmt: skip
+    assert "No space left on device" in output, output
+    assert status.code == 0
+    sizes = [int(line.split()[0]) for line in output.splitlines() if line.endswith(("room", "tmp"))]
+    assert sum(sizes) <= 16 * 1024 + 64, output
+    # Nothing reached the host's disk (allowing for unrelated activity).
+    assert free_before - host_disk_free() < 8 << 20
+
+
+async def test_rm_rf_root_only_removes_the_rooms_own_files(rooms: Rooms) -> None:
+    await rooms.attacker.put_file("/home/room/mine.txt", b"mine")
+    await run(rooms.attacker, ["rm", "-rf", "--no-preserve-root", "/"], timeout=120)
+    _status, output = await run(rooms.attacker, ["sh", "-c", "ls /home/room; python3 -V"])
+    assert "mine.txt" not in output
+    assert "Python 3" in output, "the read-only root lost files"
+
+
+async def test_no_network(rooms: Rooms) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        _status, output = await python(
+            rooms.attacker,
+            "import socket\n"
+            "def attempt(what, f):\n"
+            "    try:\n"
+            "        f(); print(what, 'OPEN')\n"
+            "    except OSError as e:\n"
+            "        print(what, 'blocked', e)\n"
+            f"attempt('host-loopback', lambda: socket.create_connection(('127.0.0.1', {port}), 3))\n"
+            "attempt('dns', lambda: socket.getaddrinfo('deb.debian.org', 80))\n"
+            # A UDP connect sends no packet; it only asks for a route.
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "attempt('route', lambda: s.connect(('192.0.2.1', 53)))\n"
+            "lines = open('/proc/net/dev').readlines()[2:]\n"
+            "print('interfaces', sorted(line.split(':')[0].strip() for line in lines))\n",
+        )
+        assert "OPEN" not in output, output
+        assert output.count("blocked") == 3, output
+        assert "interfaces ['lo']" in output or "interfaces []" in output, output
+        with pytest.raises(BlockingIOError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+async def test_host_secrets_and_other_rooms_are_invisible(rooms: Rooms, settings) -> None:  # type: ignore[no-untyped-def]
+    host_shadow = hashlib.sha256(open("/etc/shadow", "rb").read()).hexdigest()
+    _status, output = await python(
+        rooms.attacker,
+        "import hashlib, os\n"
+        "try:\n"
+        "    print('shadow', hashlib.sha256(open('/etc/shadow','rb').read()).hexdigest())\n"
+        "except OSError as e:\n"
+        "    print('shadow unreadable', e.strerror)\n"
+        f"print('datadir', os.path.exists({str(settings.data_dir)!r}))\n"
+        "found = []\n"
+        "for top in ('/home', '/tmp', '/run', '/var', '/mnt', '/srv', '/opt', '/root'):\n"
+        "    for d, _, files in os.walk(top):\n"
+        "        found += [f for f in files if f == 'secret.txt']\n"
+        "print('found', found)\n",
+    )
+    assert host_shadow not in output
+    assert "datadir False" in output
+    assert "found []" in output, output
+    assert SECRET not in output
+
+
+async def test_host_and_other_rooms_processes_are_invisible_and_unsignalable(
+    rooms: Rooms,
+) -> None:
+    host_process = subprocess.Popen(["sleep", "600"])
+    bystander_process = await rooms.bystander.spawn(["sleep", "600"], tty=False)
+    try:
+        status, output = await python(
+            rooms.attacker,
+            "import os, signal\n"
+            f"print('host pid visible', os.path.exists('/proc/{host_process.pid}/cmdline')"
+            f" and b'sleep' in open('/proc/{host_process.pid}/cmdline','rb').read())\n"
+            "pids = [p for p in os.listdir('/proc') if p.isdigit()]\n"
+            "print('processes', len(pids))\n"
+            "try:\n"
+            "    os.kill(-1, signal.SIGKILL)\n"
+            "except OSError as e:\n"
+            "    print('kill -1', e)\n",
+        )
+        assert "host pid visible False" in output or "host pid visible" not in output
+        # The kill(-1) may have taken the attacker itself down; that is its business.
+        assert host_process.poll() is None, "a host process was killed from a sandbox"
+        assert bystander_process is not None
+        _status, output = await run(rooms.bystander, ["echo", "alive"])
+        assert output.strip() == "alive"
+    finally:
+        host_process.kill()
+        host_process.wait()
+        await bystander_process.signal(signal.SIGKILL)
+        await bystander_process.wait()
+
+
+async def test_identity_is_unprivileged(rooms: Rooms, backend: BackendUnderTest) -> None:
+    _status, output = await python(
+        rooms.attacker,
+        "import ctypes, os\n"
+        "print('uid', os.getuid(), os.geteuid())\n"
+        "print([l for l in open('/proc/self/status') if l.startswith('CapEff')][0].strip())\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "def attempt(what, f):\n"
+        "    try:\n"
+        "        r = f()\n"
+        "        print(what, 'ALLOWED' if r in (0, None) else 'refused', r, ctypes.get_errno())\n"
+        "    except OSError as e:\n"
+        "        print(what, 'refused', e)\n"
+        "attempt('setuid', lambda: os.setuid(0))\n"
+        "attempt('mount', lambda: libc.mount(b'none', b'/tmp', b'tmpfs', 0, None))\n"
+        "attempt('unshare', lambda: libc.unshare(0x10000000))\n"
+        "attempt('chroot', lambda: os.chroot('/tmp'))\n"
+        # PTRACE_ATTACH to pid 1 of the sandbox's own namespace, the nearest outside process.
+        "attempt('ptrace', lambda: libc.ptrace(16, 1, 0, 0))\n",
+    )
+    assert "uid 1000 1000" in output, output
+    assert "CapEff:\t0000000000000000" in output, output
+    assert "ALLOWED" not in output, output
+
+
+async def test_tiocsti_cannot_inject_keystrokes_outside(rooms: Rooms) -> None:
+    _status, output = await python(
+        rooms.attacker,
+        "import fcntl, os, termios\n"
+        "targets = [0, 1, 2]\n"
+        "try:\n"
+        "    targets.append(os.open('/dev/tty', os.O_RDWR))\n"
+        "except OSError as e:\n"
+        "    print('no controlling terminal:', e.strerror)\n"
+        "for fd in targets:\n"
+        "    try:\n"
+        "        fcntl.ioctl(fd, termios.TIOCSTI, b'x')\n"
+        "        print(fd, 'INJECTED')\n"
+        "    except OSError as e:\n"
+        "        print(fd, 'refused', e.strerror)\n",
+    )
+    assert "INJECTED" not in output, output
+    assert "no controlling terminal" in output, output
+
+
+async def test_host_is_untouched(rooms: Rooms) -> None:
+    # A canary written by the host where a sandbox could reach it if the root were shared.
+    canary = f"/tmp/replroom-canary-{uuid.uuid4().hex}"
+    with open(canary, "w") as f:
+        f.write("host")
+    try:
+        _status, _output = await run(rooms.attacker, ["sh", "-c", f"ls {canary}; rm -f {canary}"])
+        assert os.path.exists(canary)
+    finally:
+        os.unlink(canary)

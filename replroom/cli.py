@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="replroom", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    doctor = commands.add_parser("doctor", help="which backends and runtimes work here, and why not")
+    doctor = commands.add_parser(
+        "doctor", help="which backends and runtimes work here, and why not"
+    )
     doctor.set_defaults(func=cmd_doctor)
 
     image = commands.add_parser("image", help="the room image").add_subparsers(

@@ -77,7 +77,7 @@ async def test_signal_kills_a_process(sandbox: Sandbox) -> None:
 
 async def test_put_file_then_read_it(sandbox: Sandbox) -> None:
     await sandbox.put_file("/home/room/code/main.py", b"print('from a file')\n")
-    await sandbox.put_file("notes.txt", b"relative to home")
+    await sandbox.put_file("notes.txt", b"relative to home\n")
     _status, output = await run(sandbox, ["sh", "-c", "python3 code/main.py; cat notes.txt;"
                                          " stat -c %U code/main.py"])  # fmt: skip
     assert output.split("\n")[:3] == ["from a file", "relative to home", "room"], output
@@ -90,8 +90,8 @@ async def test_put_file_refuses_paths_outside_the_writable_area(sandbox: Sandbox
 
 
 async def test_put_file_does_not_follow_a_planted_symlink(sandbox: Sandbox) -> None:
-    status, _ = await run(sandbox, ["sh", "-c", "ln -s /etc/hostname /home/room/trap &&"
-                                    " mkdir /home/room/d && ln -s /etc /home/room/d/link"])  # fmt: skip
+    plant = "ln -s /etc/hostname trap && mkdir d && ln -s /etc d/link"
+    status, _ = await run(sandbox, ["sh", "-c", plant])
     assert status.code == 0
     for path in ("/home/room/trap", "/home/room/d/link/hostname"):
         with pytest.raises(SandboxError):

@@ -318,7 +318,10 @@ class BwrapSandbox(Sandbox):
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(part, 0o755, dir_fd=directory)
                     os.chown(part, self.uid, self.uid, dir_fd=directory, follow_symlinks=False)
-                child = os.open(part, flags, dir_fd=directory)
+                try:
+                    child = os.open(part, flags, dir_fd=directory)
+                except OSError as error:
+                    raise SandboxError(f"cannot write {target}: {error.strerror}") from None
                 os.close(directory)
                 directory = child
             write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -412,13 +415,17 @@ class BwrapProcess(Process):
         return pid
 
     async def signal(self, signum: int) -> None:
-        if self.proc.returncode is not None:
-            return
-        pid = self._sandboxed_pid()
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signum)
+        # Right after spawn bwrap may not have forked the command yet; it does
+        # within milliseconds, so look again briefly rather than drop the signal.
+        for _ in range(1000):
+            if self.proc.returncode is not None:
+                return
+            pid = self._sandboxed_pid()
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signum)
+                return
+            await asyncio.sleep(0.001)
 
 
 class PtyProcess(BwrapProcess):

@@ -32,8 +32,7 @@ def _fail(message: str) -> NoReturn:
     raise SystemExit(USAGE_ERROR)
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides: dict[str, object] = {}
+def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     if getattr(args, "backend", None):
         overrides["backend"] = args.backend
     if getattr(args, "runtime", None):
@@ -200,6 +199,38 @@ def cmd_sandbox_cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- serve ------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415 - only the server needs it
+
+    from replroom import logs  # noqa: PLC0415
+    from replroom.app import create_app  # noqa: PLC0415
+    from replroom.protocol import MAX_TEXT_MESSAGE  # noqa: PLC0415
+
+    given = {n: getattr(args, n) for n in ("host", "port", "data_dir") if getattr(args, n)}
+    settings = _settings(args, **given)
+    logs.configure(args.log_level)
+    try:
+        app = create_app(settings)
+    except SandboxError as error:
+        _fail(str(error))
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"replroom: open http://{host}:{settings.port}/ to start a room", flush=True)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        ws_max_size=MAX_TEXT_MESSAGE + 1024,
+        ws_ping_interval=20,
+        ws_ping_timeout=20,
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
 # -- parser -------------------------------------------------------------------
 
 
@@ -237,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tty", action="store_true", help="run on a pseudo-terminal")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     run.set_defaults(func=cmd_sandbox_run)
+
+    serve = commands.add_parser("serve", help="run the replroom server")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--backend", choices=["bwrap", "docker"])
+    serve.add_argument("--runtime", choices=["runc", "runsc"], help="docker runtime")
+    serve.add_argument("--data-dir", dest="data_dir", help="where rooms are kept")
+    serve.add_argument("--log-level", default="info")
+    serve.set_defaults(func=cmd_serve)
 
     cleanup = sandbox.add_parser("cleanup", help="remove sandboxes a crashed server left")
     cleanup.add_argument("--backend", choices=["bwrap", "docker"])

@@ -70,6 +70,10 @@ class Limits(BaseModel):
         )
 
 
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def _default_data_dir() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/replroom")
@@ -90,6 +94,26 @@ class Settings(BaseSettings):
     )
 
     limits: Limits = Field(default_factory=Limits)
+
+    # The server.
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = Field(
+        None, description="base URL of invitation links; default: the URL the request came to"
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="extra Origins allowed for WebSockets; the server's own is always allowed",
+    )
+    default_language: str = "python"
+    idle_timeout: float = Field(600, ge=0, description="seconds an empty room keeps its sandbox")
+    room_retention: float = Field(30 * 86400, ge=0, description="seconds an unused room is kept")
+    memory_budget: Size = Field(
+        default_factory=lambda: _physical_memory() * 3 // 4,
+        description="memory for all sandboxes; max sandboxes = budget / limits.memory",
+    )
+    max_members: int = Field(64, ge=1, description="members per room")
+    health_interval: float = Field(2.0, gt=0, description="seconds between sandbox checks")
 
     # Each bwrap room runs as its own host uid, so that even a namespace escape
     # leaves rooms unable to touch each other's processes or files.

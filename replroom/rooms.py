@@ -1,0 +1,559 @@
+"""Rooms: members, one shared terminal per language's REPL, and the room's sandbox.
+
+A :class:`Room` exists in memory while it has members or a sandbox; its
+durable state (links, language) is a :class:`~replroom.storage.RoomRecord`.
+The :class:`RoomManager` creates and finds rooms, enforces capacity, and
+supervises sandboxes: when a REPL or a whole sandbox dies, members are told
+why and the room is brought back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from replroom import metrics, protocol
+from replroom.config import Settings, format_size
+from replroom.languages import LANGUAGES, Language, get_language
+from replroom.sandbox import Backend, ExitReason, ExitStatus, Process, Sandbox, SandboxError
+from replroom.storage import RoomRecord, Store, hash_token
+from replroom.terminal import Frame, Outbox, Replay
+
+log = logging.getLogger(__name__)
+
+COLORS = ("#e06c75", "#61afef", "#98c379", "#e5c07b", "#c678dd", "#56b6c2", "#d19a66", "#be5046")
+RESTART_WINDOW = 60.0  # seconds
+MAX_RESTARTS = 5  # automatic restarts per window before waiting for a member
+RUN_DIR = "/tmp/replroom-run"
+
+
+def new_room_id() -> str:
+    return secrets.token_urlsafe(16)  # 128 random bits
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class AtCapacity(Exception):
+    pass
+
+
+@dataclass
+class Member:
+    id: str
+    name: str
+    role: str  # "owner", "member" or "spectator"
+    color: str
+    cols: int
+    rows: int
+    token_hash: str
+    outbox: Outbox
+    close: Callable[[int, str], Any]
+    warned_read_only: bool = False
+
+    @property
+    def can_write(self) -> bool:
+        return self.role != "spectator"
+
+    def view(self) -> dict[str, Any]:
+        return protocol.member_view(self.id, self.name, self.role, self.color)
+
+
+@dataclass
+class Repl:
+    """One language's REPL in the room's sandbox, with the output it has shown."""
+
+    language: Language
+    replay: Replay = field(default_factory=Replay)
+    process: Process | None = None
+    state: str = "stopped"  # stopped, starting, running, exited
+    reader: asyncio.Task[None] | None = None
+    restarts: list[float] = field(default_factory=list)
+    run_count: int = 0
+
+
+class Room:
+    def __init__(self, manager: RoomManager, record: RoomRecord) -> None:
+        self.manager = manager
+        self.record = record
+        self.id = record.id
+        self.members: dict[str, Member] = {}
+        self.repls: dict[str, Repl] = {}
+        self.sandbox: Sandbox | None = None
+        self.sandbox_state = "stopped"  # stopped, starting, ready, restarting
+        self._sandbox_lock = asyncio.Lock()
+        self._output_allowed = asyncio.Event()
+        self._output_allowed.set()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._closing = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.cols, self.rows = 80, 24
+
+    @property
+    def language(self) -> str:
+        return self.record.language
+
+    @property
+    def limits(self):  # type: ignore[no-untyped-def]
+        return self.manager.settings.limits
+
+    # -- views --------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        repl = self.repls.get(self.language)
+        return {
+            "id": self.id,
+            "language": self.language,
+            "languages": [language.describe() for language in LANGUAGES.values()],
+            "members": [m.view() for m in self.members.values()],
+            "sandbox": self.sandbox_state,
+            "repl": repl.state if repl else "stopped",
+            "limits": self.limits.model_dump(),
+        }
+
+    def broadcast(self, message: dict[str, Any]) -> None:
+        for member in self.members.values():
+            member.outbox.send_json(message)
+
+    def notice(self, text: str, level: str = "info") -> None:
+        log.info("room %s: %s", self.id, text)
+        self.broadcast(protocol.notice(text, level))  # type: ignore[arg-type]
+
+    def _status(self) -> None:
+        repl = self.repls.get(self.language)
+        self.broadcast(
+            protocol.status(self.sandbox_state, repl.state if repl else "stopped", self.language)
+        )
+
+    # -- members ------------------------------------------------------------
+
+    async def join(self, member: Member) -> None:
+        if self._idle_timer:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.members[member.id] = member
+        self.manager.metric_members()
+        everyone = [m.view() for m in self.members.values()]
+        member.outbox.send_json(protocol.welcome(self.describe(), member.view(), everyone))
+        self._announce_members("joined", member)
+        self._fit_terminal()
+        member.outbox.replace_screen(self._screen_frames())
+        await self.manager.store.touch(self.id)
+        await self.ensure_repl(self.language)
+
+    async def leave(self, member: Member) -> None:
+        if self.members.pop(member.id, None) is None:
+            return
+        member.outbox.close()
+        self.manager.metric_members()
+        self._announce_members("left", member)
+        self._fit_terminal()
+        self._output_allowed.set()  # the one who was behind may be gone
+        self._update_flow()
+        if not self.members:
+            await self.manager.store.touch(self.id)
+            delay = self.manager.settings.idle_timeout
+            loop = asyncio.get_running_loop()
+            self._idle_timer = loop.call_later(
+                delay, lambda: asyncio.ensure_future(self.manager.retire(self))
+            )
+
+    def _announce_members(self, event: str, member: Member) -> None:
+        members = [m.view() for m in self.members.values()]
+        self.broadcast(protocol.members_changed(members, event, member.view()))
+
+    def rename(self, member: Member, name: str) -> None:
+        member.name = name
+        self._announce_members("renamed", member)
+
+    def resize(self, member: Member, cols: int, rows: int) -> None:
+        member.cols, member.rows = cols, rows
+        self._fit_terminal()
+
+    def _fit_terminal(self) -> None:
+        """tmux's rule: the terminal is as small as the smallest member's."""
+        if not self.members:
+            return
+        cols = min(m.cols for m in self.members.values())
+        rows = min(m.rows for m in self.members.values())
+        if (cols, rows) == (self.cols, self.rows):
+            return
+        self.cols, self.rows = cols, rows
+        for repl in self.repls.values():
+            if repl.process and repl.state == "running":
+                task = asyncio.create_task(_quietly(repl.process.resize(cols, rows)))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    def disconnect(self, token_hashes: set[str], code: int, reason: str) -> None:
+        for member in list(self.members.values()):
+            if member.token_hash in token_hashes:
+                member.close(code, reason)
+
+    # -- the terminal ---------------------------------------------------------
+
+    def _screen_frames(self) -> list[Frame]:
+        import json  # noqa: PLC0415
+
+        repl = self.repls.get(self.language)
+        frames: list[Frame] = [json.dumps(protocol.terminal_reset(self.language))]
+        if repl:
+            snapshot = repl.replay.snapshot()
+            if snapshot:
+                frames.append(snapshot)
+        return frames
+
+    def _update_flow(self) -> None:
+        """Pause reading the pty while every member is behind; resume when one catches up."""
+        if self.members and all(m.outbox.behind for m in self.members.values()):
+            self._output_allowed.clear()
+        else:
+            self._output_allowed.set()
+
+    def _on_drained(self) -> None:
+        self._output_allowed.set()
+
+    def make_outbox(self, send: Callable[[Frame], Any]) -> Outbox:
+        return Outbox(send, self._on_drained)
+
+    async def _pump(self, repl: Repl, process: Process) -> None:
+        """Relay one REPL's output to the members until it ends, then supervise."""
+        try:
+            while True:
+                if repl.language.name == self.language:
+                    await self._output_allowed.wait()
+                chunk = await process.read()
+                if not chunk:
+                    break
+                repl.replay.append(chunk)
+                if repl.language.name == self.language:
+                    resync = self._screen_frames
+                    for member in self.members.values():
+                        member.outbox.send_output(chunk, resync)
+                    metrics.BYTES_RELAYED.inc(len(chunk) * len(self.members))
+                    self._update_flow()
+            status = await process.wait()
+        except (OSError, SandboxError) as error:
+            log.warning("room %s: %s REPL lost: %s", self.id, repl.language.name, error)
+            status = ExitStatus(ExitReason.KILLED, signal=9)
+        if repl.process is process:
+            repl.process = None
+            await self._repl_ended(repl, status)
+
+    async def _repl_ended(self, repl: Repl, status: ExitStatus) -> None:
+        if self._closing:
+            return
+        title = repl.language.title
+        if status.reason is ExitReason.OUT_OF_MEMORY:
+            metrics.OOM_KILLS.inc()
+        sandbox_alive = self.sandbox is not None and await self.sandbox.alive()
+        if status.reason is ExitReason.EXITED:
+            repl.state = "exited"
+            self._status()
+            self._write_to_screen(
+                repl,
+                f"\r\n[{title} exited with code {status.code} — press Enter to restart]\r\n",
+            )
+            return
+        now = time.monotonic()
+        repl.restarts = [t for t in repl.restarts if now - t < RESTART_WINDOW]
+        if len(repl.restarts) >= MAX_RESTARTS:
+            repl.state = "exited"
+            self._status()
+            self.notice(f"{title}: {status.describe(self.limits)} again — press Enter to restart",
+                        "error")  # fmt: skip
+            return
+        repl.restarts.append(now)
+        if not sandbox_alive:
+            self.notice("the sandbox stopped — starting a new one", "warning")
+            await self.replace_sandbox()
+            return
+        self.notice(f"{title}: {status.describe(self.limits)} — restarting", "warning")
+        self._write_to_screen(repl, f"\r\n[{status.describe(self.limits)} — restarting]\r\n")
+        if repl.language.name == self.language or repl.state == "running":
+            await self.ensure_repl(repl.language.name)
+
+    def _write_to_screen(self, repl: Repl, text: str) -> None:
+        data = text.encode()
+        repl.replay.append(data)
+        if repl.language.name == self.language:
+            for member in self.members.values():
+                member.outbox.send_output(data, self._screen_frames)
+
+    async def input(self, member: Member, data: bytes) -> None:
+        if not member.can_write:
+            if not member.warned_read_only:
+                member.warned_read_only = True
+                member.outbox.send_json(
+                    protocol.error("read_only", "spectators can watch but not type")
+                )
+            return
+        repl = self.repls.get(self.language)
+        if repl is None or repl.state in ("exited", "stopped"):
+            if b"\r" in data or b"\n" in data:
+                if repl:
+                    repl.restarts.clear()
+                await self.ensure_repl(self.language)
+            return
+        if repl.process is not None:
+            await repl.process.write(data)
+
+    # -- sandbox and REPLs ------------------------------------------------------
+
+    async def ensure_sandbox(self) -> Sandbox:
+        async with self._sandbox_lock:
+            if self.sandbox is not None:
+                return self.sandbox
+            self.sandbox_state = "starting"
+            self._status()
+            try:
+                self.sandbox = await self.manager.start_sandbox(self)
+            except AtCapacity:
+                self.sandbox_state = "stopped"
+                self.notice("server at capacity: no sandbox can be started now", "error")
+                raise
+            except SandboxError as error:
+                self.sandbox_state = "stopped"
+                self.notice(f"could not start a sandbox: {error}", "error")
+                raise
+            self.sandbox_state = "ready"
+            self._status()
+            if self._supervisor is None:
+                self._supervisor = asyncio.create_task(self._watch_sandbox())
+            return self.sandbox
+
+    async def ensure_repl(self, language_name: str) -> Repl:
+        language = get_language(language_name)
+        repl = self.repls.setdefault(language.name, Repl(language))
+        if repl.state in ("running", "starting"):
+            return repl
+        sandbox = await self.ensure_sandbox()
+        repl.state = "starting"
+        self._status()
+        try:
+            process = await sandbox.spawn(
+                list(language.repl), env=dict(language.repl_env), cols=self.cols, rows=self.rows
+            )
+        except SandboxError as error:
+            repl.state = "exited"
+            self._status()
+            self.notice(f"{language.title} could not start: {error}", "error")
+            return repl
+        repl.process = process
+        repl.state = "running"
+        repl.reader = asyncio.create_task(self._pump(repl, process))
+        self._status()
+        return repl
+
+    async def switch_language(self, member: Member, language_name: str) -> None:
+        language = get_language(language_name)
+        if language.name == self.language:
+            return
+        self.record.language = language.name
+        await self.manager.store.set_language(self.id, language.name)
+        self.broadcast(protocol.language_changed(language.name, member.name))
+        await self.ensure_repl(language.name)
+        for each in self.members.values():
+            each.outbox.replace_screen(self._screen_frames())
+        self._output_allowed.set()
+        self._status()
+
+    async def run_code(self, member: Member, code: str, language_name: str | None) -> None:
+        language = get_language(language_name or self.language)
+        if language.name != self.language:
+            await self.switch_language(member, language.name)
+        repl = await self.ensure_repl(language.name)
+        if repl.process is None or self.sandbox is None:
+            raise SandboxError(f"{language.title} is not running")
+        repl.run_count += 1
+        path = f"{RUN_DIR}/run{repl.run_count}{language.extension}"
+        await self.sandbox.put_file(path, code.encode())
+        # Ctrl-U first: whatever a member had half-typed must not prefix the line.
+        await repl.process.write(b"\x15" + language.load_line(path).encode() + b"\r")
+
+    async def restart_repl(self, language_name: str | None = None) -> None:
+        repl = self.repls.get(language_name or self.language)
+        if repl and repl.process:
+            process, repl.process = repl.process, None
+            await process.signal(9)
+            if repl.reader:
+                repl.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await repl.reader
+            await process.wait()
+        if repl:
+            repl.state = "stopped"
+            repl.restarts.clear()
+            repl.replay.clear()
+            for member in self.members.values():
+                member.outbox.replace_screen(self._screen_frames())
+        await self.ensure_repl(language_name or self.language)
+
+    async def replace_sandbox(self) -> None:
+        """Throw the sandbox away (it died or misbehaves) and bring the room back in a new one."""
+        self.sandbox_state = "restarting"
+        self._status()
+        await self._stop_sandbox()
+        # On failure members were told why; the next keystroke tries again.
+        with contextlib.suppress(SandboxError, AtCapacity):
+            await self.ensure_repl(self.language)
+
+    async def _stop_sandbox(self) -> None:
+        async with self._sandbox_lock:
+            sandbox, self.sandbox = self.sandbox, None
+            for repl in self.repls.values():
+                repl.process = None
+                repl.state = "stopped"
+                if repl.reader:
+                    repl.reader.cancel()
+            if sandbox is not None:
+                with contextlib.suppress(Exception):
+                    await sandbox.destroy()
+                self.manager.sandbox_stopped(self)
+
+    async def _watch_sandbox(self) -> None:
+        """Notice a sandbox that died with no REPL running to tell us (killed from outside)."""
+        interval = self.manager.settings.health_interval
+        while not self._closing:
+            await asyncio.sleep(interval)
+            sandbox = self.sandbox
+            if sandbox is None or self.sandbox_state != "ready":
+                continue
+            try:
+                alive = await sandbox.alive()
+            except Exception:  # the engine itself may be restarting
+                alive = False
+            if not alive and sandbox is self.sandbox and self.members:
+                self.notice("the sandbox stopped — starting a new one", "warning")
+                await self.replace_sandbox()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        if self._supervisor:
+            self._supervisor.cancel()
+        await self._stop_sandbox()
+        self.sandbox_state = "stopped"
+
+
+async def _quietly(awaitable: Any) -> None:
+    with contextlib.suppress(Exception):
+        await awaitable
+
+
+class RoomManager:
+    def __init__(self, settings: Settings, backend: Backend, store: Store) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.store = store
+        self.rooms: dict[str, Room] = {}
+        self._rooms_lock = asyncio.Lock()
+        self.running_sandboxes: set[str] = set()
+
+    @property
+    def max_sandboxes(self) -> int:
+        return max(1, self.settings.memory_budget // self.settings.limits.memory)
+
+    def at_capacity(self) -> bool:
+        return len(self.running_sandboxes) >= self.max_sandboxes
+
+    def capacity(self) -> dict[str, Any]:
+        return {
+            "sandboxes": len(self.running_sandboxes),
+            "max_sandboxes": self.max_sandboxes,
+            "memory_budget": self.settings.memory_budget,
+            "memory_per_room": self.settings.limits.memory,
+            "memory_budget_human": format_size(self.settings.memory_budget),
+        }
+
+    async def create_room(self) -> tuple[RoomRecord, dict[str, str]]:
+        tokens = {"invite": new_token(), "spectator": new_token(), "owner": new_token()}
+        record = RoomRecord(
+            id=new_room_id(),
+            language=self.settings.default_language,
+            invite_hash=hash_token(tokens["invite"]),
+            spectator_hash=hash_token(tokens["spectator"]),
+            owner_hash=hash_token(tokens["owner"]),
+        )
+        await self.store.create_room(record)
+        metrics.ROOMS_CREATED.inc()
+        return record, tokens
+
+    async def get(self, room_id: str) -> Room | None:
+        async with self._rooms_lock:
+            room = self.rooms.get(room_id)
+            if room is not None:
+                return room
+            record = await self.store.get_room(room_id)
+            if record is None:
+                return None
+            room = self.rooms[room_id] = Room(self, record)
+            metrics.ROOMS_ACTIVE.set(len(self.rooms))
+            return room
+
+    async def rotate_links(self, room: Room) -> dict[str, str]:
+        old = {room.record.invite_hash, room.record.spectator_hash}
+        tokens = {"invite": new_token(), "spectator": new_token()}
+        room.record.invite_hash = hash_token(tokens["invite"])
+        room.record.spectator_hash = hash_token(tokens["spectator"])
+        await self.store.set_tokens(room.id, room.record.invite_hash, room.record.spectator_hash)
+        room.disconnect(old, protocol.CLOSE_FORBIDDEN, "the room's links were rotated")
+        return tokens
+
+    async def start_sandbox(self, room: Room) -> Sandbox:
+        if self.at_capacity() and room.id not in self.running_sandboxes:
+            raise AtCapacity
+        self.running_sandboxes.add(room.id)
+        metrics.SANDBOXES.set(len(self.running_sandboxes))
+        started = time.perf_counter()
+        try:
+            sandbox = await self.backend.create(sandbox_name(room.id), self.settings.limits)
+        except BaseException:
+            self.running_sandboxes.discard(room.id)
+            metrics.SANDBOXES.set(len(self.running_sandboxes))
+            raise
+        metrics.SANDBOX_STARTS.inc()
+        metrics.SANDBOX_START_SECONDS.observe(time.perf_counter() - started)
+        return sandbox
+
+    def sandbox_stopped(self, room: Room) -> None:
+        self.running_sandboxes.discard(room.id)
+        metrics.SANDBOXES.set(len(self.running_sandboxes))
+
+    def metric_members(self) -> None:
+        metrics.MEMBERS.set(sum(len(room.members) for room in self.rooms.values()))
+
+    async def retire(self, room: Room) -> None:
+        """Free an empty room's sandbox and memory; its record stays in the store."""
+        if room.members:
+            return
+        async with self._rooms_lock:
+            if room.members or self.rooms.get(room.id) is not room:
+                return
+            del self.rooms[room.id]
+            metrics.ROOMS_ACTIVE.set(len(self.rooms))
+        await room.close()
+
+    async def expire_old_rooms(self) -> int:
+        cutoff = time.time() - self.settings.room_retention
+        ids = [i for i in await self.store.delete_inactive(cutoff) if i not in self.rooms]
+        return len(ids)
+
+    async def close(self) -> None:
+        for room in list(self.rooms.values()):
+            await room.close()
+        self.rooms.clear()
+
+
+def sandbox_name(room_id: str) -> str:
+    """The room's sandbox id: its room id, starting with a letter as container names must."""
+    return "r-" + room_id

@@ -1,0 +1,145 @@
+"""Persistent room state in SQLite: rooms, hashed link tokens, language, settings.
+
+One file in the data directory, in WAL mode so that readers never wait for a
+writer. Tokens are stored only as SHA-256 hashes: they carry 256 random bits,
+so a plain hash is as good as a slow one, and a stolen database opens no room.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rooms (
+    id              TEXT PRIMARY KEY,
+    language        TEXT NOT NULL,
+    invite_hash     TEXT NOT NULL,
+    spectator_hash  TEXT NOT NULL,
+    owner_hash      TEXT NOT NULL,
+    settings        TEXT NOT NULL DEFAULT '{}',
+    created_at      REAL NOT NULL,
+    last_active_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active_at);
+"""
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_token(token), stored_hash)
+
+
+@dataclass
+class RoomRecord:
+    id: str
+    language: str
+    invite_hash: str
+    spectator_hash: str
+    owner_hash: str
+    settings: dict[str, Any] = field(default_factory=dict)
+    created_at: float = field(default_factory=time.time)
+    last_active_at: float = field(default_factory=time.time)
+
+    def role_of(self, token: str) -> str | None:
+        """``"owner"``, ``"member"``, ``"spectator"`` or None for this link token."""
+        if token_matches(token, self.owner_hash):
+            return "owner"
+        if token_matches(token, self.invite_hash):
+            return "member"
+        if token_matches(token, self.spectator_hash):
+            return "spectator"
+        return None
+
+
+class Store:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path)
+        db.row_factory = aiosqlite.Row
+        await db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode: a crash of the machine (not of the server) may
+        # lose the last transactions, never corrupt the file.
+        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
+        if version > SCHEMA_VERSION:
+            await db.close()
+            raise RuntimeError(
+                f"{path} was written by a newer replroom (schema {version} > {SCHEMA_VERSION})"
+            )
+        await db.executescript(SCHEMA)
+        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        await db.commit()
+        os.chmod(path, 0o600)
+        return cls(db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def create_room(self, room: RoomRecord) -> None:
+        await self.db.execute(
+            "INSERT INTO rooms (id, language, invite_hash, spectator_hash, owner_hash, settings,"
+            " created_at, last_active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                room.id, room.language, room.invite_hash, room.spectator_hash, room.owner_hash,
+                json.dumps(room.settings), room.created_at, room.last_active_at,
+            ),
+        )  # fmt: skip
+        await self.db.commit()
+
+    async def get_room(self, room_id: str) -> RoomRecord | None:
+        cursor = await self.db.execute("SELECT * FROM rooms WHERE id = ?", (room_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            return None
+        values = dict(row)
+        values["settings"] = json.loads(values["settings"])
+        return RoomRecord(**values)
+
+    async def set_language(self, room_id: str, language: str) -> None:
+        await self.db.execute("UPDATE rooms SET language = ? WHERE id = ?", (language, room_id))
+        await self.db.commit()
+
+    async def set_tokens(self, room_id: str, invite_hash: str, spectator_hash: str) -> None:
+        await self.db.execute(
+            "UPDATE rooms SET invite_hash = ?, spectator_hash = ? WHERE id = ?",
+            (invite_hash, spectator_hash, room_id),
+        )
+        await self.db.commit()
+
+    async def touch(self, room_id: str, when: float | None = None) -> None:
+        await self.db.execute(
+            "UPDATE rooms SET last_active_at = ? WHERE id = ?", (when or time.time(), room_id)
+        )
+        await self.db.commit()
+
+    async def delete_inactive(self, before: float) -> list[str]:
+        """Delete rooms last used before ``before``; return their ids."""
+        cursor = await self.db.execute("SELECT id FROM rooms WHERE last_active_at < ?", (before,))
+        ids = [row["id"] for row in await cursor.fetchall()]
+        await self.db.execute("DELETE FROM rooms WHERE last_active_at < ?", (before,))
+        await self.db.commit()
+        return ids
+
+    async def count_rooms(self) -> int:
+        cursor = await self.db.execute("SELECT count(*) FROM rooms")
+        (count,) = await cursor.fetchone()  # type: ignore[misc]
+        return int(count)

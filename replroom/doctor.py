@@ -38,6 +38,8 @@ async def report(settings: Settings) -> int:
     else:
         usable = not docker_problems[settings.docker_runtime]
     usable = usable and image is not None
-    chosen = settings.backend + (f" ({settings.docker_runtime})" if settings.backend == "docker" else "")
+    chosen = settings.backend + (
+        f" ({settings.docker_runtime})" if settings.backend == "docker" else ""
+    )
     print(f"configured backend: {chosen}: {'ready' if usable else 'NOT ready'}")
     return 0 if usable else 1

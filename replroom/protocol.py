@@ -102,6 +102,8 @@ def _explain(error: ValidationError) -> str:
     where = ".".join(str(part) for part in first["loc"])
     if kind == "json_invalid":
         return "malformed JSON"
+    if kind == "model_attributes_type" or (kind.endswith("_type") and not first["loc"]):
+        return 'a message must be a JSON object with a "type"'
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         return f"unknown or missing message type: {first.get('input', {})!r:.80}"
     return f"{where}: {first['msg']}"
@@ -125,6 +127,11 @@ def members_changed(members: list[dict[str, Any]], event: str, member: dict[str,
 def terminal_reset(language: str) -> dict[str, Any]:
     """The binary frames that follow replace the terminal's screen (a switch or a resync)."""
     return {"type": "terminal", "language": language, "reset": True}
+
+
+def terminal_size(cols: int, rows: int) -> dict[str, Any]:
+    """The shared terminal's size: the smallest member's (tmux's rule)."""
+    return {"type": "size", "cols": cols, "rows": rows}
 
 
 def language_changed(language: str, by: str) -> dict[str, Any]:

@@ -31,6 +31,7 @@ COLORS = ("#e06c75", "#61afef", "#98c379", "#e5c07b", "#c678dd", "#56b6c2", "#d1
 RESTART_WINDOW = 60.0  # seconds
 MAX_RESTARTS = 5  # automatic restarts per window before waiting for a member
 RUN_DIR = "/tmp/replroom-run"
+READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
 
 
 def new_room_id() -> str:
@@ -77,6 +78,9 @@ class Repl:
     reader: asyncio.Task[None] | None = None
     restarts: list[float] = field(default_factory=list)
     run_count: int = 0
+    # Set once the REPL shows its prompt: input typed before that may be
+    # thrown away by the REPL's line editor as it starts (irb does).
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Room:
@@ -187,6 +191,7 @@ class Room:
         if (cols, rows) == (self.cols, self.rows):
             return
         self.cols, self.rows = cols, rows
+        self.broadcast(protocol.terminal_size(cols, rows))
         for repl in self.repls.values():
             if repl.process and repl.state == "running":
                 task = asyncio.create_task(_quietly(repl.process.resize(cols, rows)))
@@ -234,6 +239,8 @@ class Room:
                 if not chunk:
                     break
                 repl.replay.append(chunk)
+                if not repl.ready.is_set() and repl.language.ready(repl.replay.tail()):
+                    repl.ready.set()
                 if repl.language.name == self.language:
                     resync = self._screen_frames
                     for member in self.members.values():
@@ -251,6 +258,7 @@ class Room:
     async def _repl_ended(self, repl: Repl, status: ExitStatus) -> None:
         if self._closing:
             return
+        repl.state = "stopped"
         title = repl.language.title
         if status.reason is ExitReason.OUT_OF_MEMORY:
             metrics.OOM_KILLS.inc()
@@ -273,8 +281,8 @@ class Room:
             return
         repl.restarts.append(now)
         if not sandbox_alive:
-            self.notice("the sandbox stopped — starting a new one", "warning")
-            await self.replace_sandbox()
+            if self.sandbox is not None:
+                await self.replace_sandbox(self.sandbox)
             return
         self.notice(f"{title}: {status.describe(self.limits)} — restarting", "warning")
         self._write_to_screen(repl, f"\r\n[{status.describe(self.limits)} — restarting]\r\n")
@@ -348,6 +356,7 @@ class Room:
             self.notice(f"{language.title} could not start: {error}", "error")
             return repl
         repl.process = process
+        repl.ready.clear()
         repl.state = "running"
         repl.reader = asyncio.create_task(self._pump(repl, process))
         self._status()
@@ -373,6 +382,8 @@ class Room:
         repl = await self.ensure_repl(language.name)
         if repl.process is None or self.sandbox is None:
             raise SandboxError(f"{language.title} is not running")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(repl.ready.wait(), READY_TIMEOUT)
         repl.run_count += 1
         path = f"{RUN_DIR}/run{repl.run_count}{language.extension}"
         await self.sandbox.put_file(path, code.encode())
@@ -397,8 +408,15 @@ class Room:
                 member.outbox.replace_screen(self._screen_frames())
         await self.ensure_repl(language_name or self.language)
 
-    async def replace_sandbox(self) -> None:
-        """Throw the sandbox away (it died or misbehaves) and bring the room back in a new one."""
+    async def replace_sandbox(self, dead: Sandbox) -> None:
+        """Throw a dead sandbox away and bring the room back in a new one.
+
+        Both a REPL's end and the health check may find the same dead
+        sandbox; only the first replaces it.
+        """
+        if self.sandbox is not dead or self.sandbox_state == "restarting":
+            return
+        self.notice("the sandbox stopped — starting a new one", "warning")
         self.sandbox_state = "restarting"
         self._status()
         await self._stop_sandbox()
@@ -412,7 +430,8 @@ class Room:
             for repl in self.repls.values():
                 repl.process = None
                 repl.state = "stopped"
-                if repl.reader:
+                # Never the task we run in: a REPL's end may be what brought us here.
+                if repl.reader and repl.reader is not asyncio.current_task():
                     repl.reader.cancel()
             if sandbox is not None:
                 with contextlib.suppress(Exception):
@@ -431,9 +450,8 @@ class Room:
                 alive = await sandbox.alive()
             except Exception:  # the engine itself may be restarting
                 alive = False
-            if not alive and sandbox is self.sandbox and self.members:
-                self.notice("the sandbox stopped — starting a new one", "warning")
-                await self.replace_sandbox()
+            if not alive and self.members:
+                await self.replace_sandbox(sandbox)
 
     async def close(self) -> None:
         self._closing = True

@@ -42,6 +42,17 @@ class Replay:
         while self._size - len(self._chunks[0]) >= self.limit:
             self._size -= len(self._chunks.popleft())
 
+    def tail(self, size: int = 512) -> bytes:
+        """The last ``size`` bytes or so (whole chunks), to look for a prompt."""
+        parts: list[bytes] = []
+        length = 0
+        for chunk in reversed(self._chunks):
+            parts.append(chunk)
+            length += len(chunk)
+            if length >= size:
+                break
+        return b"".join(reversed(parts))[-size:]
+
     def clear(self) -> None:
         self._chunks.clear()
         self._size = 0

@@ -76,6 +76,10 @@ class Server:
                 time.sleep(0.05)  # the port is not open yet; nothing to wait on
         raise RuntimeError(f"server did not start: {self.log()}")
 
+    async def stop_async(self, sig: int = signal.SIGTERM) -> None:
+        """stop() without blocking the caller's event loop (its clients keep receiving)."""
+        await asyncio.to_thread(self.stop, sig)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)
@@ -162,8 +166,7 @@ class RoomClient:
                 self._changed.set()
         except websockets.ConnectionClosed:
             pass
-        rcvd = self.ws.close_rcvd
-        self.closed = Closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "")
+        self.closed = Closed(self.ws.close_code, self.ws.close_reason or "")
         self._changed.set()
 
     async def send(self, message: dict[str, Any]) -> None:

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     image_dir: Path | None = Field(None, description="room images; default DATA_DIR/images")
     runtime_dir: Path = Field(Path("/run/replroom"), description="per-room mounts and sockets")
 
+    instance: str = Field(
+        "replroom",
+        pattern=r"^[a-z][a-z0-9-]{0,30}$",
+        description="names this server's sandboxes; servers sharing a host leave others' alone",
+    )
     backend: Literal["bwrap", "docker"] = "bwrap"
     docker_runtime: Literal["runc", "runsc"] = "runc"
     docker_host: str | None = Field(
@@ -113,6 +118,11 @@ class Settings(BaseSettings):
         description="memory for all sandboxes; max sandboxes = budget / limits.memory",
     )
     max_members: int = Field(64, ge=1, description="members per room")
+    output_rate: Size = Field(
+        1 * MiB,
+        ge=64 * KiB,
+        description="terminal output a room may send per second; a faster REPL is slowed down",
+    )
     health_interval: float = Field(2.0, gt=0, description="seconds between sandbox checks")
 
     # Each bwrap room runs as its own host uid, so that even a namespace escape

@@ -23,7 +23,7 @@ from replroom.config import Settings, format_size
 from replroom.languages import LANGUAGES, Language, get_language
 from replroom.sandbox import Backend, ExitReason, ExitStatus, Process, Sandbox, SandboxError
 from replroom.storage import RoomRecord, Store, hash_token
-from replroom.terminal import Frame, Outbox, Replay
+from replroom.terminal import Frame, Outbox, RateLimit, Replay
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Room:
         self.sandbox: Sandbox | None = None
         self.sandbox_state = "stopped"  # stopped, starting, ready, restarting
         self._sandbox_lock = asyncio.Lock()
+        self._output_rate = RateLimit(manager.settings.output_rate)
         self._output_allowed = asyncio.Event()
         self._output_allowed.set()
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -238,6 +239,7 @@ class Room:
                 chunk = await process.read()
                 if not chunk:
                     break
+                await self._output_rate.spend(len(chunk))
                 repl.replay.append(chunk)
                 if not repl.ready.is_set() and repl.language.ready(repl.replay.tail()):
                     repl.ready.set()

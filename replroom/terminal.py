@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -69,6 +70,27 @@ class Replay:
             newline = data.find(b"\n")
             data = data[newline + 1 :] if newline >= 0 else b""
         return SGR_RESET + data if data else b""
+
+
+class RateLimit:
+    """A token bucket: ``rate`` bytes per second, bursts of up to one second's worth.
+
+    A REPL that prints faster than this is paused (it blocks writing to its
+    pty), so one room's flood cannot take the server's time from the others.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._stamp = time.monotonic()
+
+    async def spend(self, amount: int) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= amount
+        if self._tokens < 0:
+            await asyncio.sleep(-self._tokens / self.rate)
 
 
 Frame = str | bytes

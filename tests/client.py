@@ -42,6 +42,10 @@ class Server:
     log_path: Path | None = None
 
     @property
+    def instance(self) -> str:
+        return f"test-{self.port}"
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
@@ -54,6 +58,7 @@ class Server:
             **os.environ,
             "REPLROOM_RUNTIME_DIR": str(self.runtime_dir),
             "REPLROOM_HEALTH_INTERVAL": "0.5",
+            "REPLROOM_INSTANCE": self.instance,
             "REPLROOM_IMAGE_DIR": str(Settings().images),
             **self.env,
         }
@@ -117,7 +122,7 @@ class RoomClient:
 
     def __init__(self, ws: ClientConnection, *, read: bool = True) -> None:
         self.ws = ws
-        self.output = b""  # everything shown since the last terminal reset
+        self.output = bytearray()  # everything shown since the last terminal reset
         self.messages: list[dict[str, Any]] = []
         self.resets = 0
         self._changed = asyncio.Event()
@@ -161,7 +166,7 @@ class RoomClient:
                     message = json.loads(frame)
                     self.messages.append(message)
                     if message.get("type") == "terminal" and message.get("reset"):
-                        self.output = b""
+                        self.output = bytearray()
                         self.resets += 1
                 self._changed.set()
         except websockets.ConnectionClosed:
@@ -215,6 +220,13 @@ class RoomClient:
             return None
 
         return await self._until(check, f"{type_} {fields}", timeout)  # type: ignore[no-any-return]
+
+    async def until_members(self, count: int, timeout: float = TIMEOUT) -> None:
+        def check() -> bool:
+            latest = [m for m in self.messages if m.get("type") in ("members", "welcome")]
+            return bool(latest) and len(latest[-1]["members"]) == count
+
+        await self._until(check, f"{count} members", timeout)
 
     async def wait_closed(self, timeout: float = TIMEOUT) -> Closed:
         return await self._until(lambda: self.closed, "close", timeout)  # type: ignore[no-any-return]

@@ -29,7 +29,7 @@ def runtime_dir() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def settings(runtime_dir: Path) -> Settings:
-    return Settings(runtime_dir=runtime_dir)
+    return Settings(runtime_dir=runtime_dir, instance=f"test-{os.getpid()}")
 
 
 @pytest.fixture(scope="session")

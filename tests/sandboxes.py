@@ -55,7 +55,7 @@ def bwrap_leftovers(backend: Backend, room_id: str) -> list[str]:
     found = []
     from replroom.sandbox.cgroups import Cgroup
 
-    if Cgroup(backend.hierarchy, room_id).exists():
+    if Cgroup(backend.hierarchy, backend.instance, room_id).exists():
         found.append("cgroup")
     room_dir = backend.rooms_dir / room_id
     with open("/proc/self/mountinfo") as mountinfo:

@@ -17,7 +17,12 @@ REPLROOM = [sys.executable, "-m", "replroom.cli"]
 def replroom(
     *args: str, settings: Settings, env: dict[str, str] | None = None, stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "REPLROOM_RUNTIME_DIR": str(settings.runtime_dir), **(env or {})}
+    full_env = {
+        **os.environ,
+        "REPLROOM_RUNTIME_DIR": str(settings.runtime_dir),
+        "REPLROOM_INSTANCE": settings.instance,
+        **(env or {}),
+    }
     return subprocess.run(
         [*REPLROOM, *args], check=False, capture_output=True, text=True, env=full_env, input=stdin,
         timeout=180,

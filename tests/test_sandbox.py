@@ -55,8 +55,10 @@ async def test_ctrl_c_interrupts_a_busy_repl(sandbox: Sandbox) -> None:
     screen = Screen(process)
     try:
         at = await screen.wait_for(b">>> ")
-        await process.write(b"while True: pass\r\r")
-        at = await screen.wait_for(b"... ", after=at)
+        # Spinning is announced, so Ctrl-C comes when the loop runs, not while
+        # readline still owns the terminal.
+        await process.write(b"exec('print(\\'spinning\\')\\nwhile True: pass')\r")
+        at = await screen.wait_for(b"spinning\r\n", after=at)
         await process.write(b"\x03")
         at = await screen.wait_for(b"KeyboardInterrupt", after=at)
         await process.write(b"print('still here')\r")

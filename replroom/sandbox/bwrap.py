@@ -47,7 +47,9 @@ from replroom.sandbox.base import (
 )
 from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names
 from replroom.sandbox.seccomp import compiled_filter
+from replroom.sandbox.uids import UidLease, UidLeases
 
+UID_LEASES = Path("/run/replroom-uids")
 ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 READ_SIZE = 65536
 MS_NOSUID, MS_NODEV = 0x2, 0x4
@@ -85,17 +87,17 @@ class BwrapBackend(Backend):
         rootfs: Path,
         runtime_dir: Path,
         *,
-        uid_base: int = 2_000_000,
-        uid_count: int = 65536,
+        instance: str = "replroom",
+        uids: UidLeases | None = None,
         bwrap: str | None = None,
     ) -> None:
         self.rootfs = rootfs
-        self.rooms_dir = runtime_dir / "rooms"
-        self.uid_base = uid_base
-        self.uid_count = uid_count
+        self.instance = instance
+        self.rooms_dir = runtime_dir / instance / "rooms"
+        self.uids = uids or UidLeases(UID_LEASES, 2_000_000, 65536)
         self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
         self.hierarchy = Hierarchy.detect()
-        self._uids: dict[str, int] = {}
+        self._leases: dict[str, UidLease] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BwrapBackend:
@@ -107,8 +109,8 @@ class BwrapBackend(Backend):
         return cls(
             image.rootfs,
             settings.runtime_dir,
-            uid_base=settings.uid_base,
-            uid_count=settings.uid_count,
+            instance=settings.instance,
+            uids=UidLeases(UID_LEASES, settings.uid_base, settings.uid_count),
         )
 
     @staticmethod
@@ -131,23 +133,15 @@ class BwrapBackend(Backend):
             found.append("user namespaces are disabled: sysctl user.max_user_namespaces=15000")
         return found
 
-    def _allocate_uid(self, room_id: str) -> int:
-        used = set(self._uids.values())
-        for slot in range(self.uid_count):
-            if self.uid_base + slot not in used:
-                self._uids[room_id] = self.uid_base + slot
-                return self.uid_base + slot
-        raise SandboxError("no free sandbox uid: raise uid_count")
-
     async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
         if not ROOM_ID.match(room_id):
             raise SandboxError(f"invalid room id {room_id!r}")
-        if room_id in self._uids:
+        if room_id in self._leases:
             raise SandboxError(f"room {room_id} already has a sandbox")
         if not (self.rootfs / "usr").is_dir():
             raise SandboxError(f"room image not found at {self.rootfs}")
-        uid = self._allocate_uid(room_id)
-        sandbox = BwrapSandbox(self, room_id, limits, uid)
+        lease = self._leases[room_id] = self.uids.acquire()
+        sandbox = BwrapSandbox(self, room_id, limits, lease.uid)
         try:
             sandbox.set_up()
         except BaseException:
@@ -156,21 +150,26 @@ class BwrapBackend(Backend):
         return sandbox
 
     def release(self, room_id: str) -> None:
-        self._uids.pop(room_id, None)
+        lease = self._leases.pop(room_id, None)
+        if lease is not None:
+            lease.release()
 
     async def cleanup_orphans(self) -> int:
-        names = leftover_names(self.hierarchy) - self._uids.keys()
+        names = leftover_names(self.hierarchy, self.instance) - self._leases.keys()
         if self.rooms_dir.is_dir():
-            names |= {p.name for p in self.rooms_dir.iterdir()} - self._uids.keys()
+            names |= {p.name for p in self.rooms_dir.iterdir()} - self._leases.keys()
         for name in names:
             await asyncio.to_thread(self._remove_room_resources, name)
         return len(names)
 
-    def _remove_room_resources(self, name: str) -> None:
-        cgroup = Cgroup(self.hierarchy, name)
+    def _kill_room(self, name: str) -> None:
+        cgroup = Cgroup(self.hierarchy, self.instance, name)
         if cgroup.exists():
             cgroup.kill()
-            cgroup.remove()
+
+    def _remove_room_resources(self, name: str) -> None:
+        self._kill_room(name)
+        Cgroup(self.hierarchy, self.instance, name).remove()
         room_dir = self.rooms_dir / name
         for point in _mounted_under(room_dir):
             _unmount(point)
@@ -184,13 +183,14 @@ class BwrapSandbox(Sandbox):
         self.uid = uid
         self.dir = backend.rooms_dir / room_id
         self.writable = self.dir / "rw"
-        self.cgroup = Cgroup(backend.hierarchy, room_id)
+        self.cgroup = Cgroup(backend.hierarchy, backend.instance, room_id)
         self._destroyed = False
         self._processes: set[BwrapProcess] = set()
 
     def set_up(self) -> None:
         # bwrap runs as the room's uid and must traverse these (but not list them).
-        self.backend.rooms_dir.mkdir(mode=0o711, parents=True, exist_ok=True)
+        for directory in (self.backend.rooms_dir.parent, self.backend.rooms_dir):
+            directory.mkdir(mode=0o711, exist_ok=True)
         self.dir.mkdir(mode=0o711)
         (self.dir / "room.json").write_text(json.dumps({"room": self.room_id, "uid": self.uid}))
         self.writable.mkdir(mode=0o700)
@@ -360,10 +360,12 @@ class BwrapSandbox(Sandbox):
             return
         self._destroyed = True
         try:
-            await asyncio.to_thread(self.backend._remove_room_resources, self.room_id)
+            await asyncio.to_thread(self.backend._kill_room, self.room_id)
+            # Reap our own children first, or their zombies keep the cgroup busy.
             for process in list(self._processes):
                 await process.wait()
                 process.close()
+            await asyncio.to_thread(self.backend._remove_room_resources, self.room_id)
         finally:
             self.backend.release(self.room_id)
 

@@ -2,13 +2,16 @@
 
 Works on the three layouts hosts have: cgroup v1 (one hierarchy per
 controller), hybrid (v1 controllers plus an empty v2 tree, used here only for
-``cgroup.kill``) and pure v2. Every room gets ``replroom/<name>`` in each
-hierarchy it needs. All file operations are tiny sysfs writes, done inline.
+``cgroup.kill``) and pure v2. Every room gets ``<instance>/<name>`` in each
+hierarchy it needs, where the instance (``replroom`` unless configured) keeps
+servers that share a host out of each other's way. All file operations are
+tiny sysfs writes, done inline.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import time
@@ -17,7 +20,6 @@ from pathlib import Path
 
 from replroom.config import Limits
 
-PARENT = "replroom"
 CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 
@@ -94,11 +96,12 @@ def _write(path: Path, value: str) -> None:
 class Cgroup:
     """One room's cgroup, in every hierarchy that has a controller we use."""
 
-    def __init__(self, hierarchy: Hierarchy, name: str) -> None:
+    def __init__(self, hierarchy: Hierarchy, parent: str, name: str) -> None:
         self.hierarchy = hierarchy
+        self.parent = parent
         self.name = name
-        self.v1_dirs = {c: root / PARENT / name for c, root in hierarchy.v1.items()}
-        self.v2_dir = hierarchy.v2 / PARENT / name if hierarchy.v2 else None
+        self.v1_dirs = {c: root / parent / name for c, root in hierarchy.v1.items()}
+        self.v2_dir = hierarchy.v2 / parent / name if hierarchy.v2 else None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -114,7 +117,7 @@ class Cgroup:
     def _enable_v2_controllers(self) -> None:
         assert self.hierarchy.v2 is not None
         wanted = {"memory", "cpu", "pids"} & self.hierarchy.v2_controllers
-        for parent in (self.hierarchy.v2, self.hierarchy.v2 / PARENT):
+        for parent in (self.hierarchy.v2, self.hierarchy.v2 / self.parent):
             control = parent / "cgroup.subtree_control"
             enabled = set(control.read_text().split())
             for controller in wanted - enabled:
@@ -191,10 +194,25 @@ class Cgroup:
         if freezer:
             _write(freezer / "freezer.state", "THAWED")
 
-    def remove(self) -> None:
+    def remove(self, timeout: float = 5.0) -> None:
+        """Remove the cgroup once it is empty (call kill() first).
+
+        Killed processes leave it when they are reaped, which their parent
+        (bwrap, or this server) does a moment later: until then rmdir says
+        EBUSY, and we try again.
+        """
+        deadline = time.monotonic() + timeout
         for directory in {*self.v1_dirs.values(), *filter(None, [self.v2_dir])}:
-            with contextlib.suppress(FileNotFoundError):
-                directory.rmdir()
+            while True:
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as error:
+                    if error.errno != errno.EBUSY or time.monotonic() > deadline:
+                        raise CgroupError(f"cannot remove {directory}: {error}") from None
+                    time.sleep(0.001)
 
     def exists(self) -> bool:
         return any(d.exists() for d in (*self.v1_dirs.values(), self.v2_dir) if d)
@@ -243,10 +261,10 @@ class Cgroup:
         return len(self.pids())
 
 
-def leftover_names(hierarchy: Hierarchy) -> set[str]:
-    """Names of room cgroups that exist now (after a crash, none should)."""
+def leftover_names(hierarchy: Hierarchy, parent: str) -> set[str]:
+    """Names of the room cgroups under ``parent`` that exist now."""
     names: set[str] = set()
     for root in (*hierarchy.v1.values(), hierarchy.v2):
-        if root and (root / PARENT).is_dir():
-            names.update(p.name for p in (root / PARENT).iterdir() if p.is_dir())
+        if root and (root / parent).is_dir():
+            names.update(p.name for p in (root / parent).iterdir() if p.is_dir())
     return names

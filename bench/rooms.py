@@ -1,0 +1,202 @@
+"""Rooms benchmark: room ready, keystroke echo, the design note's workload, output floods.
+
+    .venv/bin/python bench/rooms.py [--backends bwrap,docker-runc] [--runs 20]
+
+Starts a real `replroom serve` on 127.0.0.1 per backend and drives it with
+WebSocket clients, as browsers would. Figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.client import RoomClient, Server
+
+PROMPT = b">>> "
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def line(label: str, samples: list[float], high: float = 95) -> str:
+    return (
+        f"{label:<44} p50 {statistics.median(samples):7.2f} ms   "
+        f"p{high:g} {percentile(samples, high):7.2f} ms   (n={len(samples)})"
+    )
+
+
+async def room_ready(server: Server) -> float:
+    started = time.perf_counter()
+    room = await server.create_room()
+    client = await RoomClient.connect(server, room["id"], room["invite_token"])
+    await client.wait_output(PROMPT)
+    elapsed = (time.perf_counter() - started) * 1000
+    await client.close()
+    return elapsed
+
+
+async def echo_round_trips(server: Server, members: int, keystrokes: int) -> list[float]:
+    room = await server.create_room()
+    clients = [
+        await RoomClient.connect(server, room["id"], room["invite_token"], name=f"m{i}")
+        for i in range(members)
+    ]
+    typist = clients[0]
+    await typist.wait_output(PROMPT)
+    samples = []
+    for i in range(keystrokes):
+        at = len(typist.output)
+        started = time.perf_counter()
+        await typist.type(b"a")
+        await typist.wait_output(b"a", after=at)
+        samples.append((time.perf_counter() - started) * 1000)
+        if i % 50 == 49:
+            await typist.type(b"\x15")  # Ctrl-U: keep the line short
+    for client in clients:
+        await client.close()
+    return samples
+
+
+async def evaluations(
+    server: Server, users: int, each: int, think: tuple[float, float] | None
+) -> list[float]:
+    """The design note's workload: users x evaluations of a short expression.
+
+    Every user has a room and a prompt before the first evaluation: start-up
+    is measured by room_ready, this measures evaluation round trips. With
+    ``think`` (seconds), each user pauses a random time in that range before
+    each evaluation, as people do; without, all evaluate in lockstep.
+    """
+    everyone_ready = asyncio.Barrier(users)
+
+    async def user(index: int) -> list[float]:
+        room = await server.create_room()
+        client = await RoomClient.connect(server, room["id"], room["invite_token"])
+        at = await client.wait_output(PROMPT)
+        await everyone_ready.wait()
+        times = []
+        for n in range(each):
+            if think:
+                await asyncio.sleep(random.uniform(*think))
+            started = time.perf_counter()
+            await client.type(f"{index}+{n}\r".encode())
+            at = await client.wait_output(f"{index + n}\r\n>>> ", after=at)
+            times.append((time.perf_counter() - started) * 1000)
+        await client.close()
+        return times
+
+    results = await asyncio.gather(*(user(i) for i in range(users)))
+    return [t for times in results for t in times]
+
+
+async def read_everything(server_url: str, room_id: str, token: str) -> None:
+    """A member in a process of its own that reads the flood as fast as it can."""
+    server = Server(Path("."), Path("."), port=int(server_url.rsplit(":", 1)[1]))
+    client = await RoomClient.connect(server, room_id, token, name="bob")
+    await client.wait_closed(timeout=3600)
+
+
+async def flood(server: Server) -> None:
+    """`yes`-like output for 5 s, three members (one stalled, one in another process)."""
+    room = await server.create_room()
+    token = room["invite_token"]
+    alice = await RoomClient.connect(server, room["id"], token, name="alice")
+    bob = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--read-everything", server.url, room["id"], token
+    )
+    stalled = await RoomClient.connect(server, room["id"], token, name="stalled", read=False)
+    other_room = await server.create_room()
+    other = await RoomClient.connect(server, other_room["id"], other_room["invite_token"])
+    await alice.wait_output(PROMPT)
+    await other.wait_output(PROMPT)
+    await alice.until_members(3)
+    rss_before = server.rss()
+    await alice.type(b"import os\r")
+    await alice.type(b"while True: os.write(1, b'y\\n' * 4096)\r\r")
+    flood_started = time.perf_counter()
+    echo = []
+    rss_peak = rss_before
+    while time.perf_counter() - flood_started < 5:
+        at = len(other.output)
+        started = time.perf_counter()
+        await other.type(b"a")
+        await other.wait_output(b"a", after=at)
+        echo.append((time.perf_counter() - started) * 1000)
+        rss_peak = max(rss_peak, server.rss())
+        if len(echo) % 50 == 0:
+            await other.type(b"\x15")
+    received = len(alice.output)
+    at = len(alice.output)
+    started = time.perf_counter()
+    await alice.type(b"\x03")
+    await alice.wait_output(b"KeyboardInterrupt", after=at)
+    silenced = (time.perf_counter() - started) * 1000
+    print(f"{'flood: output seen by a member in 5 s':<44} {received / 1e6:.1f} MB")
+    print(f"{'flood: server RSS growth (peak)':<44} {(rss_peak - rss_before) / 1e6:.1f} MB")
+    print(f"{'flood: Ctrl-C to KeyboardInterrupt shown':<44} {silenced:.0f} ms")
+    print(line("flood: echo in another room", echo, 99))
+    for client in (alice, stalled, other):
+        await client.close()
+    bob.terminate()
+    await bob.wait()
+
+
+async def bench(name: str, env: dict[str, str], runs: int) -> None:
+    print(f"\n== {name} ==")
+    with tempfile.TemporaryDirectory() as data:
+        runtime = Path(f"/run/replroom-bench-{os.getpid()}")
+        runtime.mkdir(mode=0o711, exist_ok=True)
+        server = Server(Path(data), runtime, env={"REPLROOM_IDLE_TIMEOUT": "1", **env})
+        server.start()
+        try:
+            await room_ready(server)  # warm-up
+            ready = [await room_ready(server) for _ in range(runs)]
+            print(line("room ready: POST -> WebSocket -> prompt", ready))
+            for members in (1, 10):
+                samples = await echo_round_trips(server, members, 200)
+                print(line(f"keystroke echo, {members} member(s)", samples, 99))
+            samples = await evaluations(server, 20, 5, think=(0.1, 0.5))
+            print(line("20 users x 5 evaluations (think 0.1-0.5 s)", samples))
+            samples = await evaluations(server, 20, 5, think=None)
+            print(line("20 users x 5 evaluations (lockstep)", samples))
+            await flood(server)
+        finally:
+            server.stop()
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", default="bwrap,docker-runc")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--read-everything", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.read_everything:
+        await read_everything(*args.read_everything)
+        return
+    for name in args.backends.split(","):
+        if name == "bwrap":
+            await bench(name, {"REPLROOM_BACKEND": "bwrap"}, args.runs)
+        elif not os.environ.get("DOCKER_HOST"):
+            print(f"\n== {name} ==\nskipped: DOCKER_HOST not set (scripts/dockerd start)")
+        else:
+            runtime = name.removeprefix("docker-")
+            env = {"REPLROOM_BACKEND": "docker", "REPLROOM_DOCKER_RUNTIME": runtime}
+            await bench(name, env, args.runs)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

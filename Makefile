@@ -1,19 +1,22 @@
 # Two commands do all set-up on a fresh Debian machine (run as root):
-#   make run    install what is needed, check the host, start replroom
+#   make run    install what is needed, check the host, serve on http://127.0.0.1:8000/
 #   make test   install what is needed, run the whole test suite
 .PHONY: run test bench lint clean
 
 run:
 	scripts/setup
 	.venv/bin/replroom doctor
-	.venv/bin/replroom sandbox run --memory 100m --cpus 0.05 -- python3 -c 'import sys; print("hello from a replroom sandbox, Python", sys.version.split()[0])'
+	.venv/bin/replroom serve
 
 test:
 	scripts/test
 
+# Benchmarks print figures; the docker ones run when DOCKER_HOST is set
+# (export "$$(scripts/dockerd start)" first).
 bench:
 	scripts/setup
 	.venv/bin/python bench/sandbox.py
+	.venv/bin/python bench/rooms.py
 
 lint:
 	.venv/bin/ruff check .

@@ -80,9 +80,10 @@ async def test_signal_kills_a_process(sandbox: Sandbox) -> None:
 async def test_put_file_then_read_it(sandbox: Sandbox) -> None:
     await sandbox.put_file("/home/room/code/main.py", b"print('from a file')\n")
     await sandbox.put_file("notes.txt", b"relative to home\n")
-    _status, output = await run(sandbox, ["sh", "-c", "python3 code/main.py; cat notes.txt;"
-                                         " stat -c %U code/main.py"])  # fmt: skip
-    assert output.split("\n")[:3] == ["from a file", "relative to home", "room"], output
+    owner = "import os; print(os.stat('code/main.py').st_uid)"
+    script = f'python3 code/main.py; cat notes.txt; python3 -c "{owner}"'
+    _status, output = await run(sandbox, ["sh", "-c", script])
+    assert output.split("\n")[:3] == ["from a file", "relative to home", "1000"], output
 
 
 async def test_put_file_refuses_paths_outside_the_writable_area(sandbox: Sandbox) -> None:

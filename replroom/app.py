@@ -17,12 +17,14 @@ from fastapi import FastAPI, Header, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocketState
 
 from replroom import metrics, protocol
 from replroom.config import Settings
-from replroom.languages import UnknownLanguage
-from replroom.rooms import AtCapacity, Member, Room, RoomManager
+from replroom.editor import EditorSync
+from replroom.languages import LANGUAGES, UnknownLanguage
+from replroom.rooms import AtCapacity, Member, Room, RoomManager, links_of
 from replroom.sandbox import SandboxError, make_backend
 from replroom.storage import Store, hash_token
 from replroom.terminal import Frame
@@ -44,8 +46,12 @@ def create_app(settings: Settings) -> FastAPI:
         if removed:
             log.info("removed %d sandbox(es) left by an earlier run", removed)
         manager = RoomManager(settings, backend, store)
+        editor = EditorSync(settings.data_dir / "editor.sqlite3")
+        await editor.start()
         app.state.manager = manager
-        expiry = asyncio.create_task(_expire_rooms(manager))
+        app.state.editor = editor
+        app.state.tickets = {}
+        expiry = asyncio.create_task(_expire_rooms(manager, editor))
         try:
             yield
         finally:
@@ -57,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
                     "the server is restarting",
                 )
             await manager.close()
+            await editor.stop()
             await backend.close()
             await store.close()
 
@@ -132,7 +139,7 @@ def create_app(settings: Settings) -> FastAPI:
         room = await authorised_room(request, room_id, token)
         if room.record.role_of(token or "") != "owner":
             raise HTTPException(403, "only the room's owner can rotate its links")
-        tokens = await manager_of(request).rotate_links(room)
+        tokens = await manager_of(request).rotate_links(room, token or "")
         urls = links(request, room.id, tokens)
         return {**urls, "invite_token": tokens["invite"], "spectator_token": tokens["spectator"]}
 
@@ -166,6 +173,47 @@ def create_app(settings: Settings) -> FastAPI:
             return
         await websocket.accept()
         await _serve_member(websocket, manager_of(websocket), room_id)
+
+    @app.websocket("/yjs/{room_id}/{language}")
+    async def editor_socket(
+        websocket: WebSocket, room_id: str, language: str, ticket: str = ""
+    ) -> None:
+        """The room's shared editor (y-websocket protocol), one document per language.
+
+        The ticket comes in the member's welcome and is valid while their
+        room WebSocket is open, so links never appear in editor URLs.
+        """
+        if not _origin_allowed(websocket, settings):
+            await websocket.close(protocol.CLOSE_FORBIDDEN, "origin not allowed")
+            return
+        member = websocket.app.state.tickets.get(ticket)
+        if member is None or member.room_id != room_id or language not in LANGUAGES:
+            await websocket.close(protocol.CLOSE_FORBIDDEN, "invalid editor ticket")
+            return
+        await websocket.accept()
+        closed = asyncio.get_running_loop().create_future()
+
+        def on_leave() -> None:
+            if not closed.done():
+                closed.set_result(None)
+
+        member.on_leave.append(on_leave)
+        editor: EditorSync = websocket.app.state.editor
+        serving = asyncio.create_task(
+            editor.serve(websocket, f"{room_id}/{language}", read_only=not member.can_write)
+        )
+        try:
+            await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await serving
+            with contextlib.suppress(ValueError):
+                member.on_leave.remove(on_leave)
+            await _close(websocket, protocol.CLOSE_FORBIDDEN, "the member left the room")
+
+    if (WEB_DIST / "assets").is_dir():
+        app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
 
     return app
 
@@ -204,6 +252,7 @@ async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str
         receiver.cancel()
 
     member = Member(
+        room_id=room.id,
         id=secrets.token_urlsafe(6),
         name=join.name,
         role=role,
@@ -215,12 +264,19 @@ async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str
         close=close,
     )
     member.color = _color_for(room, member)
+    tickets: dict[str, Member] = websocket.app.state.tickets
+    ticket = secrets.token_urlsafe(32)
+    tickets[ticket] = member
+    member.on_leave.append(lambda: tickets.pop(ticket, None))
+    extra: dict[str, Any] = {"editor": {"path": f"/yjs/{room.id}", "ticket": ticket}}
+    if role == "owner":
+        extra["links"] = links_of(join.token, room.record.link_generation)
     sender = asyncio.create_task(member.outbox.run())
     receiver = asyncio.create_task(_receive(websocket, room, member))
     try:
         # On failure the member was told why; they stay and may retry.
         with contextlib.suppress(AtCapacity, SandboxError):
-            await room.join(member)
+            await room.join(member, extra)
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         receiver.cancel()
@@ -259,7 +315,7 @@ async def _receive(websocket: WebSocket, room: Room, member: Member) -> None:
 
 async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage) -> None:
     if isinstance(message, protocol.Resize):
-        room.resize(member, message.cols, message.rows)
+        await room.resize(member, message.cols, message.rows)
     elif isinstance(message, protocol.Rename):
         room.rename(member, message.name)
     elif not member.can_write:
@@ -364,11 +420,13 @@ def _capacity_page(manager: RoomManager) -> HTMLResponse:
     )
 
 
-async def _expire_rooms(manager: RoomManager) -> None:
+async def _expire_rooms(manager: RoomManager, editor: EditorSync) -> None:
     while True:
         with contextlib.suppress(Exception):
             removed = await manager.expire_old_rooms()
+            for room_id in removed:
+                await editor.delete(room_id)
             if removed:
-                log.info("deleted %d room(s) unused for %.0f days", removed,
+                log.info("deleted %d room(s) unused for %.0f days", len(removed),
                          manager.settings.room_retention / 86400)  # fmt: skip
         await asyncio.sleep(EXPIRE_INTERVAL)

@@ -22,7 +22,7 @@ from replroom import metrics, protocol
 from replroom.config import Settings, format_size
 from replroom.languages import LANGUAGES, Language, get_language
 from replroom.sandbox import Backend, ExitReason, ExitStatus, Process, Sandbox, SandboxError
-from replroom.storage import RoomRecord, Store, hash_token
+from replroom.storage import RoomRecord, Store, derive_token, hash_token
 from replroom.terminal import Frame, Outbox, RateLimit, Replay
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,8 @@ COLORS = ("#e06c75", "#61afef", "#98c379", "#e5c07b", "#c678dd", "#56b6c2", "#d1
 RESTART_WINDOW = 60.0  # seconds
 MAX_RESTARTS = 5  # automatic restarts per window before waiting for a member
 RUN_DIR = "/tmp/replroom-run"
+SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
+SKIP_TAIL = 4096
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
 
 
@@ -39,7 +41,11 @@ def new_room_id() -> str:
 
 
 def new_token() -> str:
-    return secrets.token_urlsafe(32)
+    return secrets.token_urlsafe(32)  # 256 random bits
+
+
+def links_of(owner_token: str, generation: int) -> dict[str, str]:
+    return {kind: derive_token(owner_token, kind, generation) for kind in ("invite", "spectator")}
 
 
 class AtCapacity(Exception):
@@ -48,6 +54,7 @@ class AtCapacity(Exception):
 
 @dataclass
 class Member:
+    room_id: str
     id: str
     name: str
     role: str  # "owner", "member" or "spectator"
@@ -58,6 +65,7 @@ class Member:
     outbox: Outbox
     close: Callable[[int, str], Any]
     warned_read_only: bool = False
+    on_leave: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def can_write(self) -> bool:
@@ -81,6 +89,12 @@ class Repl:
     # Set once the REPL shows its prompt: input typed before that may be
     # thrown away by the REPL's line editor as it starts (irb does).
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # Held while the REPL is being started, so that it starts once.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Dropping a flood's output after Ctrl-C (see Room._skip_flood).
+    skip_until: float = 0.0
+    skip_tail: bytes = b""
+    skipped: int = 0
 
 
 class Room:
@@ -99,7 +113,7 @@ class Room:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._closing = False
-        self._background: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.cols, self.rows = 80, 24
 
     @property
@@ -140,16 +154,18 @@ class Room:
 
     # -- members ------------------------------------------------------------
 
-    async def join(self, member: Member) -> None:
+    async def join(self, member: Member, welcome_extra: dict[str, Any] | None = None) -> None:
+        """Add a member; ``welcome_extra`` goes into their welcome (editor ticket, links)."""
         if self._idle_timer:
             self._idle_timer.cancel()
             self._idle_timer = None
         self.members[member.id] = member
         self.manager.metric_members()
         everyone = [m.view() for m in self.members.values()]
-        member.outbox.send_json(protocol.welcome(self.describe(), member.view(), everyone))
+        welcome = protocol.welcome(self.describe(), member.view(), everyone)
+        member.outbox.send_json({**welcome, **(welcome_extra or {})})
         self._announce_members("joined", member)
-        self._fit_terminal()
+        await self._fit_terminal()
         member.outbox.replace_screen(self._screen_frames())
         await self.manager.store.touch(self.id)
         await self.ensure_repl(self.language)
@@ -158,9 +174,11 @@ class Room:
         if self.members.pop(member.id, None) is None:
             return
         member.outbox.close()
+        for on_leave in member.on_leave:
+            on_leave()
         self.manager.metric_members()
         self._announce_members("left", member)
-        self._fit_terminal()
+        await self._fit_terminal()
         self._output_allowed.set()  # the one who was behind may be gone
         self._update_flow()
         if not self.members:
@@ -179,12 +197,16 @@ class Room:
         member.name = name
         self._announce_members("renamed", member)
 
-    def resize(self, member: Member, cols: int, rows: int) -> None:
+    async def resize(self, member: Member, cols: int, rows: int) -> None:
         member.cols, member.rows = cols, rows
-        self._fit_terminal()
+        await self._fit_terminal()
 
-    def _fit_terminal(self) -> None:
-        """tmux's rule: the terminal is as small as the smallest member's."""
+    async def _fit_terminal(self) -> None:
+        """tmux's rule: the terminal is as small as the smallest member's.
+
+        The REPLs' ptys are resized before members hear of the new size, so
+        that whatever a member types after seeing it runs at that size.
+        """
         if not self.members:
             return
         cols = min(m.cols for m in self.members.values())
@@ -192,12 +214,9 @@ class Room:
         if (cols, rows) == (self.cols, self.rows):
             return
         self.cols, self.rows = cols, rows
+        running = [r.process for r in self.repls.values() if r.process and r.state == "running"]
+        await asyncio.gather(*(_quietly(p.resize(cols, rows)) for p in running))
         self.broadcast(protocol.terminal_size(cols, rows))
-        for repl in self.repls.values():
-            if repl.process and repl.state == "running":
-                task = asyncio.create_task(_quietly(repl.process.resize(cols, rows)))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
 
     def disconnect(self, token_hashes: set[str], code: int, reason: str) -> None:
         for member in list(self.members.values()):
@@ -239,7 +258,12 @@ class Room:
                 chunk = await process.read()
                 if not chunk:
                     break
-                await self._output_rate.spend(len(chunk))
+                if repl.skip_until:
+                    chunk = self._skip_flood(repl, chunk)
+                    if not chunk:
+                        continue
+                else:
+                    await self._output_rate.spend(len(chunk))
                 repl.replay.append(chunk)
                 if not repl.ready.is_set() and repl.language.ready(repl.replay.tail()):
                     repl.ready.set()
@@ -256,6 +280,26 @@ class Room:
         if repl.process is process:
             repl.process = None
             await self._repl_ended(repl, status)
+
+    def _skip_flood(self, repl: Repl, chunk: bytes) -> bytes:
+        """After Ctrl-C in a flood, drop the output already on its way.
+
+        A flood leaves up to megabytes in the pipes between the REPL and us
+        (Docker's exec streams hold about 2 MiB); shown at the room's output
+        rate, Ctrl-C would seem to do nothing for seconds. So that output is
+        read at full speed and dropped, until the REPL's prompt shows (or a
+        few seconds pass); the end of it, from its last lines, is shown.
+        """
+        repl.skipped += len(chunk)
+        repl.skip_tail = (repl.skip_tail + chunk)[-SKIP_TAIL:]
+        if not repl.language.ready(repl.skip_tail) and time.monotonic() < repl.skip_until:
+            return b""
+        tail = repl.skip_tail
+        lines = tail.split(b"\n")
+        tail = b"\n".join(lines[-4:]) if len(lines) > 4 else tail
+        note = f"\r\n[{repl.skipped:,} bytes of output skipped after Ctrl-C]\r\n".encode()
+        repl.skip_until, repl.skip_tail, repl.skipped = 0.0, b"", 0
+        return note + tail
 
     async def _repl_ended(self, repl: Repl, status: ExitStatus) -> None:
         if self._closing:
@@ -313,6 +357,11 @@ class Room:
                     repl.restarts.clear()
                 await self.ensure_repl(self.language)
             return
+        if repl.state == "starting":
+            async with repl.lock:  # typed while it starts: deliver once it runs
+                pass
+        if b"\x03" in data and self._output_rate.limiting:
+            repl.skip_until = time.monotonic() + SKIP_SECONDS
         if repl.process is not None:
             await repl.process.write(data)
 
@@ -343,10 +392,19 @@ class Room:
     async def ensure_repl(self, language_name: str) -> Repl:
         language = get_language(language_name)
         repl = self.repls.setdefault(language.name, Repl(language))
-        if repl.state in ("running", "starting"):
-            return repl
-        sandbox = await self.ensure_sandbox()
+        async with repl.lock:
+            if repl.state != "running":
+                await self._start_repl(repl)
+        return repl
+
+    async def _start_repl(self, repl: Repl) -> None:
+        language = repl.language
         repl.state = "starting"
+        try:
+            sandbox = await self.ensure_sandbox()
+        except BaseException:
+            repl.state = "stopped"
+            raise
         self._status()
         try:
             process = await sandbox.spawn(
@@ -355,14 +413,23 @@ class Room:
         except SandboxError as error:
             repl.state = "exited"
             self._status()
-            self.notice(f"{language.title} could not start: {error}", "error")
-            return repl
+            if await sandbox.alive():
+                self.notice(f"{language.title} could not start: {error}", "error")
+            else:
+                # Replaced from outside this REPL's lock, which the
+                # replacement takes again to start the REPL in the new sandbox.
+                self._background(self.replace_sandbox(sandbox))
+            return
         repl.process = process
         repl.ready.clear()
         repl.state = "running"
         repl.reader = asyncio.create_task(self._pump(repl, process))
         self._status()
-        return repl
+
+    def _background(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def switch_language(self, member: Member, language_name: str) -> None:
         language = get_language(language_name)
@@ -496,7 +563,8 @@ class RoomManager:
         }
 
     async def create_room(self) -> tuple[RoomRecord, dict[str, str]]:
-        tokens = {"invite": new_token(), "spectator": new_token(), "owner": new_token()}
+        owner = new_token()
+        tokens = {"owner": owner, **links_of(owner, 0)}
         record = RoomRecord(
             id=new_room_id(),
             language=self.settings.default_language,
@@ -520,12 +588,14 @@ class RoomManager:
             metrics.ROOMS_ACTIVE.set(len(self.rooms))
             return room
 
-    async def rotate_links(self, room: Room) -> dict[str, str]:
+    async def rotate_links(self, room: Room, owner_token: str) -> dict[str, str]:
+        """New invitation and spectator links; holders of the old ones are disconnected."""
         old = {room.record.invite_hash, room.record.spectator_hash}
-        tokens = {"invite": new_token(), "spectator": new_token()}
+        room.record.link_generation += 1
+        tokens = links_of(owner_token, room.record.link_generation)
         room.record.invite_hash = hash_token(tokens["invite"])
         room.record.spectator_hash = hash_token(tokens["spectator"])
-        await self.store.set_tokens(room.id, room.record.invite_hash, room.record.spectator_hash)
+        await self.store.set_links(room.record)
         room.disconnect(old, protocol.CLOSE_FORBIDDEN, "the room's links were rotated")
         return tokens
 
@@ -563,10 +633,12 @@ class RoomManager:
             metrics.ROOMS_ACTIVE.set(len(self.rooms))
         await room.close()
 
-    async def expire_old_rooms(self) -> int:
+    async def expire_old_rooms(self) -> list[str]:
+        """Delete rooms unused for ``room_retention``; return their ids."""
+        for room_id in list(self.rooms):  # rooms in use now are not unused
+            await self.store.touch(room_id)
         cutoff = time.time() - self.settings.room_retention
-        ids = [i for i in await self.store.delete_inactive(cutoff) if i not in self.rooms]
-        return len(ids)
+        return await self.store.delete_inactive(cutoff)
 
     async def close(self) -> None:
         for room in list(self.rooms.values()):

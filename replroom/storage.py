@@ -3,10 +3,16 @@
 One file in the data directory, in WAL mode so that readers never wait for a
 writer. Tokens are stored only as SHA-256 hashes: they carry 256 random bits,
 so a plain hash is as good as a slow one, and a stolen database opens no room.
+
+A room has three links. The owner's token is random; the invitation and
+spectator tokens are derived from it (HMAC with a generation number), so that
+the owner's browser can be shown them again although the server keeps only
+hashes, and rotating them is bumping the generation.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -27,6 +33,7 @@ CREATE TABLE IF NOT EXISTS rooms (
     invite_hash     TEXT NOT NULL,
     spectator_hash  TEXT NOT NULL,
     owner_hash      TEXT NOT NULL,
+    link_generation INTEGER NOT NULL DEFAULT 0,
     settings        TEXT NOT NULL DEFAULT '{}',
     created_at      REAL NOT NULL,
     last_active_at  REAL NOT NULL
@@ -37,6 +44,12 @@ CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active_at);
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def derive_token(owner_token: str, kind: str, generation: int) -> str:
+    """The invitation or spectator token of a room, from its owner's token."""
+    digest = hmac.new(owner_token.encode(), f"{kind}:{generation}".encode(), "sha256").digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
 
 def token_matches(token: str, stored_hash: str) -> bool:
@@ -50,6 +63,7 @@ class RoomRecord:
     invite_hash: str
     spectator_hash: str
     owner_hash: str
+    link_generation: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_active_at: float = field(default_factory=time.time)
@@ -96,11 +110,13 @@ class Store:
 
     async def create_room(self, room: RoomRecord) -> None:
         await self.db.execute(
-            "INSERT INTO rooms (id, language, invite_hash, spectator_hash, owner_hash, settings,"
-            " created_at, last_active_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO rooms (id, language, invite_hash, spectator_hash, owner_hash,"
+            " link_generation, settings, created_at, last_active_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 room.id, room.language, room.invite_hash, room.spectator_hash, room.owner_hash,
-                json.dumps(room.settings), room.created_at, room.last_active_at,
+                room.link_generation, json.dumps(room.settings), room.created_at,
+                room.last_active_at,
             ),
         )  # fmt: skip
         await self.db.commit()
@@ -118,10 +134,11 @@ class Store:
         await self.db.execute("UPDATE rooms SET language = ? WHERE id = ?", (language, room_id))
         await self.db.commit()
 
-    async def set_tokens(self, room_id: str, invite_hash: str, spectator_hash: str) -> None:
+    async def set_links(self, room: RoomRecord) -> None:
         await self.db.execute(
-            "UPDATE rooms SET invite_hash = ?, spectator_hash = ? WHERE id = ?",
-            (invite_hash, spectator_hash, room_id),
+            "UPDATE rooms SET invite_hash = ?, spectator_hash = ?, link_generation = ?"
+            " WHERE id = ?",
+            (room.invite_hash, room.spectator_hash, room.link_generation, room.id),
         )
         await self.db.commit()
 

@@ -83,6 +83,12 @@ class RateLimit:
         self.rate = rate
         self._tokens = float(rate)
         self._stamp = time.monotonic()
+        self._last_wait = float("-inf")
+
+    @property
+    def limiting(self) -> bool:
+        """Whether output was held back in the last second (a flood is going on)."""
+        return time.monotonic() - self._last_wait < 1.0
 
     async def spend(self, amount: int) -> None:
         now = time.monotonic()
@@ -90,6 +96,7 @@ class RateLimit:
         self._stamp = now
         self._tokens -= amount
         if self._tokens < 0:
+            self._last_wait = now
             await asyncio.sleep(-self._tokens / self.rate)
 
 

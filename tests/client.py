@@ -210,9 +210,13 @@ class RoomClient:
 
         return await self._until(check, repr(raw), timeout)  # type: ignore[no-any-return]
 
-    async def wait_message(self, type_: str, timeout: float = TIMEOUT, **fields: Any) -> dict:
+    async def wait_message(
+        self, type_: str, timeout: float = TIMEOUT, *, after: int = 0, **fields: Any
+    ) -> dict:
+        """The first message of ``type_`` with these fields, from index ``after`` on."""
+
         def check() -> dict[str, Any] | None:
-            for message in self.messages:
+            for message in self.messages[after:]:
                 if message.get("type") == type_ and all(
                     message.get(k) == v for k, v in fields.items()
                 ):

@@ -11,17 +11,29 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 
 from tests.client import RoomClient, Server
 
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
+BACKEND_ENV = {
+    "bwrap": {"REPLROOM_BACKEND": "bwrap"},
+    "docker-runc": {"REPLROOM_BACKEND": "docker", "REPLROOM_DOCKER_RUNTIME": "runc"},
+}
+
+
+@pytest.fixture(scope="module", params=list(BACKEND_ENV))
 def server(
-    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    runtime_dir: Path,
+    room_image: object,
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir)
+    if request.param != "bwrap" and not os.environ.get("DOCKER_HOST"):
+        pytest.skip("no Docker Engine: run scripts/dockerd start and export DOCKER_HOST")
+    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=BACKEND_ENV[request.param])
     started.start()
     yield started
     started.stop()
@@ -107,8 +119,9 @@ async def test_terminal_size_is_the_smallest_members(
     big = await join(server, room, clients, name="big", cols=120, rows=40)
     await big.wait_output(">>> ")
     await big.type("import os\r")
+    seen = len(big.messages)
     small = await join(server, room, clients, name="small", cols=90, rows=30)
-    await big.wait_message("size", cols=90, rows=30)
+    await big.wait_message("size", cols=90, rows=30, after=seen)
     at = len(big.output)
     await big.type("print(os.get_terminal_size())\r")
     at = await big.wait_output("columns=90, lines=30", after=at)
@@ -118,7 +131,7 @@ async def test_terminal_size_is_the_smallest_members(
     at = await big.wait_output("columns=70, lines=20", after=at)
     await small.close()
     clients.remove(small)
-    await big.wait_message("size", cols=120, rows=40)
+    await big.wait_message("size", cols=120, rows=40, after=seen)
     await big.type("print(os.get_terminal_size())\r")
     await big.wait_output("columns=120, lines=40", after=at)
 
@@ -221,27 +234,25 @@ async def test_a_sandbox_destroyed_from_outside_is_replaced(
     server: Server, room: dict, clients: list[RoomClient], runtime_dir: Path
 ) -> None:
     alice = await join(server, room, clients, name="alice")
-    at = await alice.wait_output(">>> ")
+    await alice.wait_output(">>> ")
     await alice.type("marker = 1\r")
-    # What an operator's `replroom sandbox cleanup` (or a crash of the host's
-    # cgroup) does to a running room: every process killed, the mounts gone.
+    # What an operator's `replroom sandbox cleanup` does to a running room
+    # (bwrap: every process killed, the mounts gone; docker: the container
+    # removed), as would a crash of the host's cgroups or of the Engine.
     env = {
         **os.environ,
         "REPLROOM_RUNTIME_DIR": str(runtime_dir),
         "REPLROOM_INSTANCE": server.instance,
+        **server.env,
     }
     process = await asyncio.create_subprocess_exec(
-        *_replroom(),
-        "sandbox",
-        "cleanup",
-        "--backend",
-        "bwrap",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
+        *_replroom(), "sandbox", "cleanup", env=env, stdout=asyncio.subprocess.PIPE
     )
     await process.communicate()
-    await alice.wait_message("notice", text="the sandbox stopped — starting a new one")
-    await alice.wait_output(">>> ", after=at)
+    notice = "the sandbox stopped — starting a new one"
+    await alice.wait_message("notice", text=notice)
+    replaced = next(i for i, m in enumerate(alice.messages) if m.get("text") == notice)
+    await alice.wait_message("status", after=replaced, sandbox="ready", repl="running")
     await alice.type("print('new sandbox', 'marker' in dir())\r")
     await alice.wait_output("new sandbox False")
 
@@ -266,7 +277,8 @@ async def test_flood_with_a_stalled_member(
     await alice._until(lambda: len(alice.output) > 3 * 1024 * 1024, "3 MiB of output", 60)
     assert server.rss() - rss_before < 50 * 1024 * 1024
     await alice.type("\x03")
-    at = await alice.wait_output("KeyboardInterrupt")
+    at = await alice.wait_output("bytes of output skipped after Ctrl-C]")
+    at = await alice.wait_output("KeyboardInterrupt", after=at)
     await alice.wait_output(">>> ", after=at)
     await alice.type("print('quiet ' + 'now')\r")
     await alice.wait_output("quiet now\r\n")
@@ -335,7 +347,8 @@ async def test_room_api(server: Server, room: dict) -> None:
         redirect = await http.get(f"{server.url}/", follow_redirects=False)
         assert redirect.status_code == 303 and redirect.headers["location"].startswith("/r/")
         health = (await http.get(f"{server.url}/healthz")).json()
-        assert health["status"] == "ok" and health["backend"] == "bwrap"
+        assert health["status"] == "ok"
+        assert health["backend"] == server.env.get("REPLROOM_BACKEND", "bwrap")
         metrics = (await http.get(f"{server.url}/metrics")).text
         for name in (
             "replroom_rooms_active",
@@ -443,3 +456,46 @@ async def test_capacity_limit_returns_503(
         await clients[0].wait_output("still fine\r\n")
     finally:
         server.stop()
+
+
+async def test_owner_is_shown_the_links_and_others_are_not(
+    server: Server, room: dict, clients: list[RoomClient]
+) -> None:
+    owner = await join(server, room, clients, token="owner", name="owner")
+    welcome = await owner.wait_message("welcome")
+    assert welcome["links"] == {
+        "invite": room["invite_token"],
+        "spectator": room["spectator_token"],
+    }
+    assert welcome["editor"]["path"] == f"/yjs/{room['id']}" and welcome["editor"]["ticket"]
+    member = await join(server, room, clients, name="member")
+    assert "links" not in await member.wait_message("welcome")
+    async with httpx.AsyncClient() as http:
+        rotated = await http.post(
+            f"{server.url}/api/rooms/{room['id']}/rotate",
+            headers={"Authorization": f"Bearer {room['owner_token']}"},
+        )
+    again = await join(server, room, clients, token="owner", name="owner again")
+    links = (await again.wait_message("welcome"))["links"]
+    assert links["invite"] == rotated.json()["invite_token"] != room["invite_token"]
+
+
+async def test_editor_socket_needs_a_live_members_ticket(
+    server: Server, room: dict, clients: list[RoomClient]
+) -> None:
+    base = f"{server.ws_url}/yjs/{room['id']}"
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(f"{base}/python?ticket=forged")
+    alice = await join(server, room, clients, name="alice")
+    ticket = (await alice.wait_message("welcome"))["editor"]["ticket"]
+    with pytest.raises(websockets.InvalidStatus):
+        await websockets.connect(f"{base}/cobol?ticket={ticket}")
+    editor = await websockets.connect(f"{base}/python?ticket={ticket}")
+    first = await asyncio.wait_for(editor.recv(), 30)
+    assert isinstance(first, bytes) and first[0] == 0  # y-protocol: a sync message
+    await alice.close()
+    clients.remove(alice)
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(editor.recv(), 30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003

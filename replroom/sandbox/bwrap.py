@@ -260,6 +260,8 @@ class BwrapSandbox(Sandbox):
             raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
         if not argv:
             raise SandboxError("nothing to run")
+        if not self.cgroup.exists():
+            raise SandboxError(f"sandbox of room {self.room_id} is gone (its cgroup was removed)")
         full_env = {**DEFAULT_ENV, **(env or {})}
         seccomp_read, seccomp_write = os.pipe()
         fds_to_close = [seccomp_read]

@@ -207,6 +207,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from replroom import logs  # noqa: PLC0415
     from replroom.app import create_app  # noqa: PLC0415
+    from replroom.editor import MAX_MESSAGE_SIZE  # noqa: PLC0415
     from replroom.protocol import MAX_TEXT_MESSAGE  # noqa: PLC0415
 
     given = {n: getattr(args, n) for n in ("host", "port", "data_dir") if getattr(args, n)}
@@ -223,7 +224,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        ws_max_size=MAX_TEXT_MESSAGE + 1024,
+        # Larger frames are refused (1009) before the app sees them.
+        ws_max_size=max(MAX_TEXT_MESSAGE, MAX_MESSAGE_SIZE) + 1024,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=5,

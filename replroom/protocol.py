@@ -14,9 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 PROTOCOL_VERSION = 1
 
-MAX_TEXT_MESSAGE = 512 * 1024  # a Run message carries the editor's code
+MAX_TEXT_MESSAGE = 1152 * 1024  # a Run message carries the editor's code
 MAX_INPUT_FRAME = 64 * 1024  # keystrokes and pastes
-MAX_CODE = 256 * 1024
+MAX_CODE = 1024 * 1024
 MAX_NAME = 40
 MIN_COLS, MAX_COLS = 10, 1000
 MIN_ROWS, MAX_ROWS = 2, 500

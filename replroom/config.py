@@ -124,6 +124,14 @@ class Settings(BaseSettings):
         description="terminal output a room may send per second; a faster REPL is slowed down",
     )
     health_interval: float = Field(2.0, gt=0, description="seconds between sandbox checks")
+    pool_size: int | None = Field(
+        None, ge=0, le=64, description="sandboxes made ahead; default 2 for docker, 0 for bwrap"
+    )
+
+    def pool_size_for(self, backend: str) -> int:
+        if self.pool_size is not None:
+            return self.pool_size
+        return 2 if backend == "docker" else 0
 
     # Each bwrap room runs as its own host uid, so that even a namespace escape
     # leaves rooms unable to touch each other's processes or files.

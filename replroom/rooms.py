@@ -21,6 +21,7 @@ from typing import Any
 from replroom import metrics, protocol
 from replroom.config import Settings, format_size
 from replroom.languages import LANGUAGES, Language, get_language
+from replroom.pool import SandboxPool
 from replroom.sandbox import Backend, ExitReason, ExitStatus, Process, Sandbox, SandboxError
 from replroom.storage import RoomRecord, Store, derive_token, hash_token
 from replroom.terminal import Frame, Outbox, RateLimit, Replay
@@ -544,6 +545,8 @@ class RoomManager:
         self.store = store
         self.rooms: dict[str, Room] = {}
         self._rooms_lock = asyncio.Lock()
+        self.pool = SandboxPool(backend, settings.limits, settings.pool_size_for(backend.name))
+        self.pool.start()
         self.running_sandboxes: set[str] = set()
 
     @property
@@ -606,7 +609,7 @@ class RoomManager:
         metrics.SANDBOXES.set(len(self.running_sandboxes))
         started = time.perf_counter()
         try:
-            sandbox = await self.backend.create(sandbox_name(room.id), self.settings.limits)
+            sandbox = await self.pool.take(sandbox_name(room.id))
         except BaseException:
             self.running_sandboxes.discard(room.id)
             metrics.SANDBOXES.set(len(self.running_sandboxes))
@@ -644,6 +647,7 @@ class RoomManager:
         for room in list(self.rooms.values()):
             await room.close()
         self.rooms.clear()
+        await self.pool.close()
 
 
 def sandbox_name(room_id: str) -> str:

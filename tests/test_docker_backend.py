@@ -30,6 +30,8 @@ from replroom.sandbox.docker import (
     diagnose,
     disconnect,
 )
+from tests.sandboxes import Screen, read_all
+from tests.sandboxes import run as run_on_pipes
 
 pytestmark = pytest.mark.docker
 
@@ -126,56 +128,9 @@ async def sandbox(rooms: Rooms) -> AsyncIterator[DockerSandbox]:
         await made.destroy()
 
 
-async def read_all(process: Process) -> bytes:
-    chunks = []
-    while chunk := await process.read():
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def run(sandbox: DockerSandbox, *argv: str) -> tuple[int | None, str]:
-    async def go() -> tuple[int | None, str]:
-        process = await sandbox.spawn(argv, tty=False)
-        await process.close_stdin()
-        output = await read_all(process)
-        status = await process.wait()
-        return status.returncode, output.decode(errors="replace")
-
-    return await asyncio.wait_for(go(), TIMEOUT)
-
-
-class Screen:
-    """A pty process's output so far, and waiting for text in it."""
-
-    def __init__(self, process: Process) -> None:
-        self.process = process
-        self.data = b""
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._pump())
-
-    async def _pump(self) -> None:
-        while chunk := await self.process.read():
-            self.data += chunk
-            self._changed.set()
-        self._changed.set()
-
-    async def wait_for(self, needle: bytes, after: int = 0) -> int:
-        async def scan() -> int:
-            while (index := self.data.find(needle, after)) < 0:
-                if self._task.done():
-                    raise AssertionError(f"{needle!r} never came: {self.data!r}")
-                self._changed.clear()
-                await self._changed.wait()
-            return index + len(needle)
-
-        try:
-            return await asyncio.wait_for(scan(), TIMEOUT)
-        except TimeoutError:
-            raise AssertionError(f"timed out waiting for {needle!r}: {self.data!r}") from None
-
-    async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+    status, output = await run_on_pipes(sandbox, argv, timeout=TIMEOUT)
+    return status.returncode, output
 
 
 @pytest.fixture

@@ -1,0 +1,495 @@
+"""The web client in a real browser (Debian's Chromium through Playwright) against a
+real server on 127.0.0.1 with real sandboxes (bwrap). Screenshots of the main
+states go to test-artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    WebSocketRoute,
+    async_playwright,
+    expect,
+)
+
+from tests.client import Server
+from tests.web_fixtures import RoomPage, launch_chromium, new_context, web_client_built
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+) -> Iterator[Server]:
+    if not web_client_built():
+        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
+    started = Server(tmp_path_factory.mktemp("web-data"), runtime_dir)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
+
+
+class People:
+    """The people of a test: each a browser context of their own (storage, clipboard)."""
+
+    def __init__(self, browser: Browser, server: Server) -> None:
+        self.browser, self.server = browser, server
+        self.contexts: list[BrowserContext] = []
+
+    async def context(self, name: str | None, **size: int) -> BrowserContext:
+        """A person; ``name`` as if chosen on an earlier visit (None: never asked yet)."""
+        context = await new_context(self.browser, name, origin=self.server.url, **size)
+        self.contexts.append(context)
+        return context
+
+    async def join(self, room: dict, kind: str, name: str, **size: int) -> RoomPage:
+        return await RoomPage.open(await self.context(name, **size), link(self.server, room, kind))
+
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+
+
+@pytest.fixture
+async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
+    made = People(browser, server)
+    yield made
+    await made.close()
+
+
+def link(server: Server, room: dict, kind: str) -> str:
+    return f"{server.url}/r/{room['id']}#t={room[f'{kind}_token']}"
+
+
+async def test_owner_invites_and_both_share_the_terminal(people: People, server: Server) -> None:
+    # The owner opens the site: a room, a prompt, and a name asked once.
+    owner_context = await people.context(None)
+    owner = await RoomPage.open(owner_context, f"{server.url}/")
+    await owner.wait_screen(">>> ")
+    dialog = owner.page.locator("#name-dialog")
+    await expect(dialog).to_be_visible()
+    await owner.page.fill("#name-input", "Alice")
+    await owner.page.press("#name-input", "Enter")
+    await expect(dialog).to_be_hidden()
+    await expect(owner.page.locator("#members .member .name")).to_have_text(["Alice"])
+    # The owner's token is not left in the address bar.
+    assert re.fullmatch(rf"{re.escape(server.url)}/r/[\w-]+", owner.page.url), owner.page.url
+    await owner.screenshot("owner-prompt")
+
+    invite = await owner.copy_link("invite")
+    assert invite.startswith(f"{server.url}/r/{owner.room_id}#t=")
+    bob_context = await people.context("Bob")
+    bob = await RoomPage.open(bob_context, invite)
+    await bob.wait_screen(">>> ")
+    await expect(owner.page.locator("#members .member .name")).to_have_text(["Alice", "Bob"])
+    await expect(bob.page.locator("#copy-spectator")).to_be_hidden()
+    await expect(bob.page.locator("#copy-invite")).to_be_visible()
+
+    # Keystrokes of one member show in both terminals.
+    await owner.type_terminal("x = 6 * 7\n")
+    await bob.wait_screen(">>> x = 6 * 7")
+    await bob.type_terminal("print('x is', x)\n")
+    for page in (owner, bob):
+        await page.wait_screen("x is 42")
+    # Arrow-up history, Tab completion and Ctrl-C reach the REPL.
+    await bob.press_terminal("ArrowUp")
+    await owner.wait_screen(">>> print('x is', x)", count=2)
+    await bob.press_terminal("Enter")
+    await owner.wait_screen("x is 42", count=2)
+    await owner.type_terminal("zz = isinst")
+    await owner.press_terminal("Tab")
+    await bob.wait_screen(">>> zz = isinstance(")
+    await owner.press_terminal("Control+c")
+    await bob.wait_screen("KeyboardInterrupt")
+    await owner.screenshot("shared-terminal")
+    await bob.screenshot("shared-terminal-bob")
+
+    # A reload keeps the owner an owner (the token comes back from storage).
+    await owner.page.reload()
+    await owner.wait_connected()
+    await expect(owner.page.locator("#rotate")).to_be_visible()
+    await expect(owner.page.locator("#members .badge", has_text="owner")).to_have_count(1)
+    await owner.wait_screen("x is 42")
+    assert not owner.errors and not bob.errors, owner.errors + bob.errors
+
+
+async def test_editor_is_shared_with_named_cursors_and_own_undo(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    alice = await people.join(room, "owner", "Alice")
+    bob = await people.join(room, "invite", "Bob")
+    for page in (alice, bob):
+        await page.wait_synced()
+    await alice.click_editor_end()
+    await alice.page.keyboard.type("greeting = 'hello from alice'")
+    await bob.wait_editor_contains("greeting = 'hello from alice'")
+    # Bob sees Alice's cursor with her name; the member list says she is editing.
+    label = bob.page.locator("#editor .cm-ySelectionInfo")
+    await expect(label).to_have_text("Alice")
+    await expect(bob.page.locator("#members .member", has_text="Alice")).to_contain_text("editing")
+    await bob.click_editor_end()
+    await bob.page.keyboard.press("Enter")
+    await bob.page.keyboard.type("answer = 42")
+    await alice.wait_editor_contains("answer = 42")
+    await expect(alice.page.locator("#editor .cm-ySelectionInfo")).to_have_text("Bob")
+    await bob.page.locator("#editor .cm-ySelectionCaret").first.hover()
+    await bob.screenshot("editor-remote-cursor")
+    # Undo takes back one's own edits only.
+    await alice.page.locator("#editor .cm-content").focus()
+    for _ in range(3):
+        await alice.page.keyboard.press("Control+z")
+    await bob.wait_editor("(doc) => !doc.includes('hello from alice') && doc.includes('answer')")
+    await alice.wait_editor("(doc) => !doc.includes('hello from alice') && doc.includes('answer')")
+
+
+async def test_run_in_python_node_and_ruby_then_use_the_definitions(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    owner = await people.join(room, "owner", "Owner")
+    other = await people.join(room, "invite", "Other")
+    await owner.wait_screen(">>> ")
+    cases = [
+        ("python", "Python 3", ">>> ", "def double(x):\n    y = 2 * x\n\n    return y\n",
+         "double(21)\n", "42"),
+        ("node", "JavaScript (Node.js)", "> ", "function triple(x) {\n  return 3 * x;\n}\n",
+         "triple(14)\n", "42"),
+        ("ruby", "Ruby", "irb(main)", "def quad(x)\n  4 * x\nend\n", "quad(10) + 2\n", "42"),
+    ]  # fmt: skip
+    for language, title, prompt, code, use, result in cases:
+        if language != "python":
+            await owner.page.select_option("#language", language)
+        # The switch applies to both members.
+        for page in (owner, other):
+            await expect(page.page.locator("#terminal-title")).to_have_text(f"{title} REPL")
+            await expect(page.page.locator("#language")).to_have_value(language)
+            await page.wait_screen(prompt)
+        await owner.insert_code(code)
+        await owner.page.click("#run")
+        await other.wait_screen(prompt, count=2)
+        await other.type_terminal(use)
+        for page in (owner, other):
+            await page.wait_screen(result)
+        await owner.screenshot(f"run-{language}")
+    # Ctrl-Enter runs too, from the editor.
+    await owner.page.select_option("#language", "python")
+    await owner.wait_screen(">>> ")
+    await owner.insert_code("print('ran by keyboard', double(2))\n")
+    await owner.page.keyboard.press("Control+Enter")
+    await other.wait_screen("ran by keyboard 4")
+
+
+async def test_spectator_cannot_type_or_edit(people: People, server: Server) -> None:
+    room = await server.create_room()
+    member = await people.join(room, "invite", "Member")
+    watcher = await people.join(room, "spectator", "Watcher")
+    await watcher.wait_screen(">>> ")
+    await member.wait_synced()
+    await member.click_editor_end()
+    await member.page.keyboard.type("shared = True")
+    await watcher.wait_editor_contains("shared = True")
+
+    await watcher.type_terminal("print('spectator typed')\n")
+    await watcher.page.locator("#editor .cm-content").click()
+    await watcher.page.keyboard.type("spectator edit")
+    await expect(watcher.page.locator("#editor .cm-content")).to_have_attribute(
+        "aria-readonly", "true"
+    )
+    # The spectator may point with the cursor, and the member sees where.
+    await expect(member.page.locator("#editor .cm-ySelectionInfo")).to_have_text("Watcher")
+    for button in ("#run", "#restart", "#upload", "#language"):
+        await expect(watcher.page.locator(button)).to_be_disabled()
+    await expect(watcher.page.locator("#copy-invite")).to_be_hidden()
+    await expect(watcher.page.locator("#copy-spectator")).to_be_visible()
+    await expect(member.page.locator("#members .member", has_text="Watcher")).to_contain_text(
+        "watching"
+    )
+    # What the member does next shows to the spectator, who changed nothing.
+    await member.type_terminal("print('member' + ' typed')\n")
+    await watcher.wait_screen("member typed")
+    assert "spectator typed" not in await member.screen()
+    assert "spectator typed" not in await watcher.screen()
+    assert "spectator edit" not in await member.editor_text()
+    assert "spectator edit" not in await watcher.editor_text()
+    await watcher.screenshot("spectator")
+
+
+async def test_late_joiner_sees_the_screen_and_the_document(people: People, server: Server) -> None:
+    room = await server.create_room()
+    first = await people.join(room, "owner", "First")
+    await first.wait_screen(">>> ")
+    await first.type_terminal("for i in range(3): print('line', i)\n\n")
+    await first.wait_screen("line 2")
+    await first.wait_synced()
+    await first.click_editor_end()
+    await first.page.keyboard.type("written_before = 'you came'")
+    late = await people.join(room, "invite", "Late")
+    await late.wait_screen("line 2")
+    await late.wait_editor_contains("written_before = 'you came'")
+    # The cursors of those already there show at once, not at their next renewal.
+    await expect(late.page.locator("#editor .cm-ySelectionInfo")).to_have_text(
+        "First", timeout=3000
+    )
+    await late.screenshot("late-joiner")
+
+
+async def test_concurrent_edits_at_one_place_converge(people: People, server: Server) -> None:
+    room = await server.create_room()
+    pages = [await people.join(room, "invite", name) for name in ("Left", "Right")]
+    for page in pages:
+        await page.wait_synced()
+    await pages[0].click_editor_end()
+    await pages[0].page.keyboard.type("start:")
+    await pages[1].wait_editor_contains("start:")
+    for page in pages:
+        await page.click_editor_end()
+    # Both type at the same position at the same time.
+    await asyncio.gather(
+        pages[0].page.keyboard.type("AAAA", delay=15),
+        pages[1].page.keyboard.type("bbbb", delay=15),
+    )
+    for page in pages:
+        await page.wait_editor("(doc) => doc.includes('AAAA') && doc.includes('bbbb')")
+    texts = [await page.editor_text() for page in pages]
+    assert texts[0] == texts[1], texts
+    assert texts[0].startswith("start:") and len(texts[0]) == len("start:") + 8, texts
+
+
+async def test_flood_keeps_the_page_responsive_and_ctrl_c_stops_it(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    page = await people.join(room, "owner", "Flood")
+    await page.wait_screen(">>> ")
+    await page.type_terminal("while True: print(1)\n\n")
+    await page.wait_screen("1\n1\n1\n1\n1")
+    # The page answers at once while the output pours in.
+    worst = 0.0
+    for _ in range(10):
+        started = time.monotonic()
+        await page.page.evaluate("() => document.querySelectorAll('.xterm-rows > div').length")
+        worst = max(worst, time.monotonic() - started)
+    assert worst < 1.0, f"the page took {worst:.2f} s to answer during the flood"
+    await page.press_terminal("Control+c")
+    await page.wait_screen("KeyboardInterrupt", timeout=15_000)
+    await page.wait_screen(">>> ", timeout=15_000)
+    await page.screenshot("after-flood")
+
+
+async def test_names_are_text_not_html(people: People, server: Server) -> None:
+    room = await server.create_room()
+    evil = '<img src=x onerror="window.pwned=1">'
+    viewer = await people.join(room, "owner", "Viewer")
+    await people.join(room, "invite", evil)
+    await expect(viewer.page.locator("#members .member .name", has_text=evil)).to_have_count(1)
+    assert await viewer.page.locator("#members img").count() == 0
+    assert await viewer.page.evaluate("window.pwned") is None
+
+
+async def test_rotated_links_disconnect_their_holders_with_a_clear_message(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    owner = await people.join(room, "owner", "Owner")
+    guest = await people.join(room, "invite", "Guest")
+    old_invite = await owner.copy_link("invite")
+    owner.page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await owner.page.click("#rotate")
+    await expect(guest.page.locator("#banner")).to_contain_text("revoked")
+    await expect(guest.page.locator("#connection")).to_have_text("disconnected")
+    await guest.screenshot("revoked")
+    new_invite = await owner.copy_link("invite")
+    assert new_invite != old_invite
+    again = await RoomPage.open(await people.context("Guest again"), new_invite)
+    await again.wait_screen(">>> ")
+
+
+async def test_pages_reconnect_after_a_server_restart(
+    browser: Browser, tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    server = Server(tmp_path / "data", runtime_dir)  # its own: it is restarted
+    server.start()
+    people = People(browser, server)
+    try:
+        room = await server.create_room()
+        pages = [
+            await people.join(room, kind, name)
+            for name, kind in (("Ann", "owner"), ("Ben", "invite"))
+        ]
+        await pages[0].wait_screen(">>> ")
+        await pages[0].wait_synced()
+        await pages[0].click_editor_end()
+        await pages[0].page.keyboard.type("kept = 'across restarts'")
+        await pages[1].wait_editor_contains("kept = 'across restarts'")
+        await pages[0].type_terminal("before = 1\n")
+        await pages[1].wait_screen(">>> before = 1")
+
+        await server.stop_async()
+        for page in pages:
+            await expect(page.page.locator("#banner")).to_contain_text("Reconnecting")
+        await pages[1].screenshot("reconnecting")
+        # Written while the server is away: kept, and sent when it is back.
+        await pages[1].click_editor_end()
+        await pages[1].page.keyboard.type("  # offline edit")
+        await asyncio.to_thread(server.start)
+        for page in pages:
+            await page.wait_connected()
+            await page.wait_synced()
+            await expect(page.page.locator("#banner")).to_be_hidden()
+            await page.wait_screen(">>> ")
+        for page in pages:
+            await page.wait_editor(
+                "(doc, want) => want.every((part) => doc.includes(part))",
+                ["kept = 'across restarts'", "# offline edit"],
+            )
+        await pages[0].type_terminal("print('back', 1 + 1)\n")
+        await pages[1].wait_screen("back 2")
+        await pages[0].screenshot("reconnected")
+    finally:
+        await people.close()
+        server.stop()
+
+
+async def test_phone_layout_stacks_editor_and_terminal(people: People, server: Server) -> None:
+    room = await server.create_room()
+    context = await people.context("Phone", width=390, height=800)
+    phone = await RoomPage.open(context, link(server, room, "invite"))
+    await phone.wait_screen(">>> ")
+    editor = await phone.page.locator(".editor-pane").bounding_box()
+    terminal = await phone.page.locator(".terminal-pane").bounding_box()
+    assert editor and terminal
+    assert terminal["y"] >= editor["y"] + editor["height"] - 1, (editor, terminal)
+    await phone.screenshot("phone")
+
+
+async def test_toolbar_upload_download_clear_restart_and_clipboard(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    alice = await people.join(room, "owner", "Alice")
+    bob = await people.join(room, "invite", "Bob")
+    for page in (alice, bob):
+        await page.wait_synced()
+    await alice.click_editor_end()
+    await alice.page.keyboard.type("before_upload = 1")
+    await bob.wait_editor_contains("before_upload = 1")
+
+    # Upload replaces the document in one step, for everybody; one undo takes it back.
+    uploaded = "def from_file():\n    return 'uploaded'\n"
+    await alice.page.set_input_files(
+        "#upload-file",
+        files=[{"name": "mine.py", "mimeType": "text/x-python", "buffer": uploaded.encode()}],
+    )
+    await bob.wait_editor("(doc, want) => doc === want", uploaded)
+    await alice.page.locator("#editor .cm-content").focus()
+    await alice.page.keyboard.press("Control+z")
+    await bob.wait_editor("(doc) => doc === 'before_upload = 1'")
+    await alice.page.keyboard.press("Control+Shift+Z")
+    await bob.wait_editor("(doc, want) => doc === want", uploaded)
+
+    # Download: the language's file name, the editor's text.
+    async with bob.page.expect_download() as download_info:
+        await bob.page.click("#download")
+    download = await download_info.value
+    assert download.suggested_filename == "main.py"
+    assert Path(await download.path()).read_text() == uploaded
+
+    # Paste into the terminal (Ctrl-V) and copy a selection out of it (Ctrl-C).
+    await bob.page.evaluate("navigator.clipboard.writeText(\"print('pasted' + 'text')\")")
+    await bob.press_terminal("Control+v")
+    await bob.press_terminal("Enter")
+    await alice.wait_screen("pastedtext")
+    output_row = bob.page.locator("#terminal .xterm-rows > div", has_text="pastedtext").last
+    box = await output_row.bounding_box()
+    assert box
+    await bob.page.mouse.dblclick(box["x"] + 20, box["y"] + box["height"] / 2)
+    await bob.page.keyboard.press("Control+c")
+    assert await bob.page.evaluate("navigator.clipboard.readText()") == "pastedtext"
+    assert "KeyboardInterrupt" not in await alice.screen()
+
+    # Clear empties one's own view only.
+    await alice.page.click("#clear")
+    await alice.page.wait_for_function(
+        "() => !document.querySelector('#terminal .xterm-rows').textContent.includes('pasted')"
+    )
+    assert "pastedtext" in await bob.screen()
+
+    # Restart REPL: a fresh interpreter, for both.
+    await bob.type_terminal("survivor = 1\n")
+    await alice.wait_screen(">>> survivor = 1")
+    await alice.page.click("#restart")
+    await bob.page.wait_for_function(
+        "() => !document.querySelector('#terminal .xterm-rows').textContent.includes('survivor')"
+    )
+    await bob.wait_screen(">>> ")
+    await bob.type_terminal("survivor\n")
+    await alice.wait_screen("NameError")
+    assert not alice.errors and not bob.errors, alice.errors + bob.errors
+
+
+async def test_notices_are_shown(people: People, server: Server) -> None:
+    room = await server.create_room()
+    page = await people.join(room, "owner", "Hog")
+    await page.wait_screen(">>> ")
+    await page.type_terminal("hog = bytearray(4 * 1024 ** 3)\n")
+    notice = page.page.locator(".toast", has_text="out of memory")
+    await expect(notice).to_be_visible(timeout=60_000)
+    await page.screenshot("notice-out-of-memory")
+    await page.wait_screen(">>> ")
+
+
+REFUSALS = {
+    4029: ("server at capacity", "Server at capacity. Reconnecting in", "offline"),
+    4004: ("room not found", "Room not found", "disconnected"),
+    4003: ("invalid or revoked link", "invalid or was revoked", "disconnected"),
+}
+
+
+@pytest.mark.parametrize("code", list(REFUSALS))
+async def test_refusals_are_explained(people: People, server: Server, code: int) -> None:
+    reason, banner, connection = REFUSALS[code]
+    room = await server.create_room()
+    context = await people.context("Refused")
+    page = await context.new_page()
+    attempts: list[str] = []
+    retried = asyncio.Event()
+
+    async def refuse(ws: WebSocketRoute) -> None:
+        attempts.append(ws.url)
+        if len(attempts) > 1:
+            retried.set()
+        await ws.close(code=code, reason=reason)
+
+    await page.route_web_socket(re.compile(r"/ws/rooms/"), refuse)
+    await page.goto(link(server, room, "invite"))
+    await expect(page.locator("#banner")).to_contain_text(banner)
+    await expect(page.locator("#connection")).to_have_text(connection)
+    await RoomPage(page).screenshot(f"refused-{code}")
+    if code == 4029:
+        # "Retry now" skips the backoff (at least 4 s after a 4029).
+        await page.click("#banner-action")
+        await asyncio.wait_for(retried.wait(), 3)
+    else:
+        # No retry: the first backoff would be 0.5 s. (The page's early socket,
+        # opened before its code ran, may have been refused first.)
+        seen = len(attempts)
+        assert seen <= 2
+        await asyncio.sleep(1.5)
+        assert len(attempts) == seen

@@ -1,0 +1,183 @@
+"""Browser helpers for the web client's tests and benchmark: Debian's Chromium
+driven by Playwright (never a downloaded browser), and a driver for one room page."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from playwright.async_api import Browser, BrowserContext, Page, Playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+WEB_DIST = ROOT / "web" / "dist"
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM = "/usr/bin/chromium"
+BROWSER_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 60_000
+
+# The screen as text, one row a line (the DOM renderer draws each row as a div).
+_SCREEN_JS = """() => Array.from(document.querySelectorAll('#terminal .xterm-rows > div'))
+    .map(row => row.textContent.replace(/\\u00a0/g, ' ').replace(/\\s+$/, '')).join('\\n')"""
+
+_COUNT_JS = """([text, count]) => {
+    const screen = Array.from(document.querySelectorAll('#terminal .xterm-rows > div'))
+        .map(row => row.textContent.replace(/\\u00a0/g, ' ')).join('\\n');
+    return screen.split(text).length - 1 >= count;
+}"""
+
+_EDITOR_JS = """() => {
+    // The document's lines without the remote cursors drawn into them.
+    const lines = Array.from(document.querySelectorAll('#editor .cm-content > .cm-line'));
+    return lines.map(line => {
+        const copy = line.cloneNode(true);
+        const drawn = '.cm-ySelectionCaret, .cm-widgetBuffer, .cm-placeholder';
+        copy.querySelectorAll(drawn).forEach(node => node.remove());
+        return copy.textContent.replace(/\u2060/g, '');
+    }).join('\\n');
+}"""
+
+
+def web_client_built() -> bool:
+    return (WEB_DIST / "index.html").is_file() and (WEB_DIST / "assets").is_dir()
+
+
+async def launch_chromium(playwright: Playwright) -> Browser:
+    return await playwright.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+
+
+async def new_context(
+    browser: Browser,
+    name: str | None,
+    *,
+    width: int = 1280,
+    height: int = 760,
+    origin: str | None = None,
+) -> BrowserContext:
+    """One person: their own storage; ``name`` pre-set as if they had chosen it earlier."""
+    context = await browser.new_context(viewport={"width": width, "height": height})
+    if origin:
+        await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=origin)
+    if name is not None:
+        await context.add_init_script(
+            f"try {{ localStorage.setItem('replroom:name', {json.dumps(name)}) }} catch (e) {{}}"
+        )
+    return context
+
+
+class RoomPage:
+    """One member's page in a room."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    @classmethod
+    async def open(cls, context: BrowserContext, url: str) -> RoomPage:
+        page = await context.new_page()
+        room = cls(page)
+        await page.goto(url)
+        await room.wait_connected()
+        return room
+
+    # -- state ---------------------------------------------------------------
+
+    async def wait_connected(self, timeout: float = WAIT_MS) -> None:
+        await self.page.wait_for_function(
+            "() => document.querySelector('#connection')?.dataset.state === 'connected'",
+            timeout=timeout,
+        )
+
+    async def wait_synced(self, timeout: float = WAIT_MS) -> None:
+        """The editor's document is in sync with the server."""
+        await self.page.wait_for_function(
+            "() => document.querySelector('#editor .cm-editor')?.dataset.sync === 'synced'",
+            timeout=timeout,
+        )
+
+    @property
+    def room_id(self) -> str:
+        match = re.search(r"/r/([^/#?]+)", self.page.url)
+        assert match, self.page.url
+        return match.group(1)
+
+    # -- the terminal ----------------------------------------------------------
+
+    async def screen(self) -> str:
+        return str(await self.page.evaluate(_SCREEN_JS))
+
+    async def wait_screen(self, text: str, count: int = 1, timeout: float = WAIT_MS) -> None:
+        try:
+            await self.page.wait_for_function(_COUNT_JS, arg=[text, count], timeout=timeout)
+        except Exception as error:
+            raise AssertionError(
+                f"{text!r} (x{count}) not on screen: {await self.screen()!r}"
+            ) from error
+
+    async def focus_terminal(self) -> None:
+        await self.page.locator("#terminal .xterm-helper-textarea").focus()
+
+    async def type_terminal(self, text: str) -> None:
+        await self.focus_terminal()
+        await self.page.keyboard.type(text)
+
+    async def press_terminal(self, key: str) -> None:
+        await self.focus_terminal()
+        await self.page.keyboard.press(key)
+
+    # -- the editor ------------------------------------------------------------
+
+    async def editor_text(self) -> str:
+        return str(await self.page.evaluate(_EDITOR_JS))
+
+    async def wait_editor(
+        self, predicate_js: str, arg: Any = None, timeout: float = WAIT_MS
+    ) -> None:
+        """Wait until ``predicate_js`` (a JS function of the editor's text and ``arg``) is true."""
+        script = f"([arg]) => ({predicate_js})(({_EDITOR_JS})(), arg)"
+        try:
+            await self.page.wait_for_function(script, arg=[arg], timeout=timeout)
+        except Exception as error:
+            raise AssertionError(
+                f"editor never matched {predicate_js} ({arg!r}): {await self.editor_text()!r}"
+            ) from error
+
+    async def wait_editor_contains(self, text: str, timeout: float = WAIT_MS) -> None:
+        await self.wait_editor("(doc, t) => doc.includes(t)", text, timeout)
+
+    async def click_editor_end(self) -> None:
+        """Put the cursor at the end of the document."""
+        await self.page.locator("#editor .cm-content").click()
+        await self.page.keyboard.press("Control+End")
+
+    async def insert_code(self, code: str) -> None:
+        """Replace the editor's text as a paste would (no auto-indent)."""
+        await self.page.locator("#editor .cm-content").click()
+        await self.page.keyboard.press("Control+a")
+        await self.page.keyboard.insert_text(code)
+
+    # -- the page --------------------------------------------------------------
+
+    async def members(self) -> list[str]:
+        names = await self.page.locator("#members .member .name").all_text_contents()
+        return [str(name) for name in names]
+
+    async def copy_link(self, kind: str) -> str:
+        await self.page.click(f"#copy-{kind}")
+        await self.page.locator(".toast.success").first.wait_for()
+        return str(await self.page.evaluate("navigator.clipboard.readText()"))
+
+    async def screenshot(self, name: str) -> Path:
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / f"web-{name}.png"
+        await self.page.screenshot(path=str(path))
+        return path

@@ -1,0 +1,490 @@
+// The room page: wires the room connection to the terminal, the editor and the page.
+
+import "./style.css";
+import type { EditorUser, SharedEditor, SyncState } from "./editor";
+import {
+  CLOSE,
+  type LanguageInfo,
+  MAX_CODE,
+  type MemberInfo,
+  type ServerMessage,
+  type Welcome,
+} from "./protocol";
+import { type ConnectionState, RoomConnection } from "./room-connection";
+import {
+  defaultName,
+  forgetToken,
+  linkFor,
+  readSession,
+  rememberToken,
+  storedName,
+  storeName,
+} from "./session";
+import { type Size, TerminalView } from "./terminal";
+import {
+  askName,
+  byId,
+  copyText,
+  hideBanner,
+  MemberList,
+  showBanner,
+  showConnection,
+  showReplStatus,
+  toast,
+} from "./ui";
+
+const MAX_UPLOAD = 1024 * 1024;
+
+class RoomPage {
+  private readonly terminal: TerminalView;
+  /** Loaded after the terminal is up (CodeMirror and Yjs are most of the page's code). */
+  private editor: SharedEditor | null = null;
+  /** Where this member's editor documents are synced while the room connection is open. */
+  private editorEndpoint: { path: string; ticket: string } | null = null;
+  private readonly connection: RoomConnection;
+  private readonly members = new MemberList(byId("members"));
+  private readonly languageSelect = byId<HTMLSelectElement>("language");
+
+  private name: string;
+  private readonly nameWasStored: boolean;
+  private you: MemberInfo | null = null;
+  private languages = new Map<string, LanguageInfo>();
+  private language = "";
+  private links: { invite?: string; spectator?: string } = {};
+  private welcomed = 0;
+  private warnedReadOnly = false;
+  private joinedSize: Size | null = null;
+  private editorRequested = false;
+  private countdown: number | undefined;
+
+  constructor(
+    private readonly roomId: string,
+    private token: string,
+  ) {
+    const stored = storedName();
+    this.nameWasStored = stored !== null;
+    this.name = stored ?? defaultName();
+
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${scheme}//${location.host}/ws/rooms/${encodeURIComponent(roomId)}`;
+    this.connection = new RoomConnection(url, {
+      join: () => {
+        this.joinedSize = this.terminal.size;
+        return { token: this.token, name: this.name, ...this.joinedSize };
+      },
+      adopt: (join) => {
+        if (join.token !== this.token) return false;
+        this.name = join.name;
+        this.joinedSize = { cols: join.cols, rows: join.rows };
+        return true;
+      },
+      welcome: (message) => this.welcome(message),
+      message: (message) => this.message(message),
+      output: (data) => {
+        this.terminal.write(data);
+        if (!this.editorRequested) this.requestEditor();
+      },
+      state: (state) => this.connectionState(state),
+      lost: () => {
+        this.editorEndpoint = null;
+        this.syncEditor();
+      },
+    });
+    this.terminal = new TerminalView(byId("terminal"), {
+      input: (data) => this.input(data),
+      resize: (size) => {
+        if (this.connection.send({ type: "resize", ...size })) this.joinedSize = size;
+      },
+      run: () => this.run(),
+      shown: (size, limited) => {
+        byId("terminal-size").textContent =
+          `${size.cols}×${size.rows}${limited ? " (a smaller window in the room sets the size)" : ""}`;
+      },
+    });
+    this.bindControls();
+    // index.html has joined already, normally: this takes its connection over.
+    this.connection.start();
+    this.terminal.focus();
+  }
+
+  private requestEditor(): void {
+    if (this.editorRequested) return;
+    this.editorRequested = true;
+    // After the terminal has painted what it just got.
+    requestAnimationFrame(() => window.setTimeout(() => void this.loadEditor(), 0));
+  }
+
+  private async loadEditor(): Promise<void> {
+    try {
+      const { SharedEditor } = await import("./editor");
+      this.editor = new SharedEditor(byId("editor"), {
+        run: () => this.run(),
+        activity: (memberId, what) => this.members.active(memberId, what),
+        sync: (state) => this.showSync(state),
+      });
+    } catch (error) {
+      toast(`The editor could not be loaded: ${(error as Error).message}`, "error");
+      return;
+    }
+    this.syncEditor();
+  }
+
+  /** Bring the editor in line with the room (idempotent; a no-op until it has loaded). */
+  private syncEditor(): void {
+    const editor = this.editor;
+    if (!editor) return;
+    editor.setReadOnly(!this.canWrite);
+    if (this.you) editor.setUser(this.editorUser(this.you));
+    if (!this.editorEndpoint) {
+      editor.disconnect();
+      return;
+    }
+    editor.connect(this.editorEndpoint.path, this.editorEndpoint.ticket);
+    const info = this.languages.get(this.language);
+    if (info) editor.show(info);
+  }
+
+  private get canWrite(): boolean {
+    return this.you !== null && this.you.role !== "spectator";
+  }
+
+  // -- from the server --------------------------------------------------------
+
+  private welcome(message: Welcome): void {
+    this.welcomed += 1;
+    // The terminal first: the editor's code loads once the REPL has drawn
+    // something (or a moment after the welcome).
+    if (this.welcomed === 1) window.setTimeout(() => this.requestEditor(), 800);
+    const size = this.terminal.size;
+    if (this.joinedSize && (size.cols !== this.joinedSize.cols || size.rows !== this.joinedSize.rows)) {
+      this.connection.send({ type: "resize", ...size });
+      this.joinedSize = size;
+    }
+    this.you = message.you;
+    this.name = message.you.name;
+    rememberToken(this.roomId, this.token, message.you.role);
+    hideBanner();
+    if (this.welcomed > 1) toast("Reconnected", "success", 2500);
+
+    this.languages = new Map(message.room.languages.map((l) => [l.name, l]));
+    this.languageSelect.replaceChildren(
+      ...message.room.languages.map((l) => new Option(l.title, l.name)),
+    );
+    const readOnly = !this.canWrite;
+    document.body.classList.toggle("read-only", readOnly);
+    this.terminal.setReadOnly(readOnly);
+    for (const id of ["run", "restart", "upload"]) byId<HTMLButtonElement>(id).disabled = readOnly;
+    this.languageSelect.disabled = readOnly;
+
+    this.showLinks(message);
+    this.members.set(message.members, message.you.id);
+    const { cols, rows } = message.room;
+    this.terminal.setSharedSize(cols && rows ? { cols, rows } : null);
+    this.editorEndpoint = message.editor ?? null;
+    this.switchTo(message.room.language);
+    showReplStatus(message.room.sandbox, message.room.repl, this.title(message.room.language));
+    if (readOnly && this.welcomed === 1) {
+      toast("You are watching this room: you can see everything but not type or edit.", "info");
+    }
+    if (!this.nameWasStored && this.welcomed === 1) {
+      askName(this.name, (name) => this.rename(name));
+    }
+  }
+
+  private message(message: ServerMessage): void {
+    switch (message.type) {
+      case "members":
+        this.membersChanged(message.members, message.event, message.member);
+        break;
+      case "terminal":
+        if (message.reset) this.terminal.reset();
+        break;
+      case "size":
+        this.terminal.setSharedSize({ cols: message.cols, rows: message.rows });
+        break;
+      case "language":
+        this.switchTo(message.language);
+        if (message.by !== this.you?.name) {
+          toast(`${message.by} switched the room to ${this.title(message.language)}`, "info", 3500);
+        }
+        break;
+      case "status":
+        if (message.language === this.language || !this.language) {
+          showReplStatus(message.sandbox, message.repl, this.title(message.language));
+        }
+        break;
+      case "notice":
+        toast(message.text, message.level);
+        break;
+      case "error":
+        if (message.code === "read_only") {
+          if (!this.warnedReadOnly) toast("Spectators can watch but not type or edit.", "warning");
+          this.warnedReadOnly = true;
+        } else {
+          toast(message.message, "error");
+          if (message.code === "failed") this.languageSelect.value = this.language;
+        }
+        break;
+      case "welcome":
+        break;
+    }
+  }
+
+  private membersChanged(list: MemberInfo[], event: string, member: MemberInfo): void {
+    const you = this.you;
+    if (you) {
+      const me = list.find((m) => m.id === you.id);
+      if (me && me.name !== you.name) {
+        this.you = me;
+        this.name = me.name;
+        this.syncEditor();
+      }
+      if (member.id !== you.id && event !== "renamed") {
+        const role = member.role === "spectator" ? " (watching)" : "";
+        toast(`${member.name}${role} ${event === "joined" ? "joined" : "left"}`, "info", 2500);
+      }
+    }
+    this.members.set(list, you?.id ?? "");
+  }
+
+  private connectionState(state: ConnectionState): void {
+    showConnection(state);
+    const online = state.kind === "connected";
+    document.body.classList.toggle("offline", !online);
+    for (const id of ["run", "restart"]) {
+      byId<HTMLButtonElement>(id).disabled = !online || !this.canWrite;
+    }
+    this.languageSelect.disabled = !online || !this.canWrite;
+    window.clearInterval(this.countdown);
+    if (state.kind === "waiting") {
+      const update = () => {
+        const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+        const why =
+          state.code === CLOSE.atCapacity
+            ? `${sentence(state.reason || "server at capacity")}.`
+            : state.code === CLOSE.restarting
+              ? "The server is restarting."
+              : "Connection lost.";
+        const edits = this.canWrite ? " Your edits are kept and sent when it is back." : "";
+        showBanner(`${why} Reconnecting in ${seconds} s…${edits}`, "warning", {
+          label: "Retry now",
+          run: () => this.connection.retryNow(),
+        });
+      };
+      update();
+      this.countdown = window.setInterval(update, 1000);
+    } else if (state.kind === "stopped") {
+      this.stopped(state.code, state.reason);
+    }
+  }
+
+  private stopped(code: number, reason: string): void {
+    this.editorEndpoint = null;
+    this.syncEditor();
+    if (code === CLOSE.notFound) {
+      showBanner("Room not found: this room does not exist (any more).", "error", {
+        label: "Open a new room",
+        run: () => location.assign("/"),
+      });
+    } else if (code === CLOSE.forbidden) {
+      forgetToken(this.roomId);
+      this.links = {};
+      for (const id of ["copy-invite", "copy-spectator", "rotate"]) byId(id).hidden = true;
+      showBanner(
+        "This link is invalid or was revoked (the owner may have rotated the links). " +
+          "Ask the room's owner for a new link.",
+        "error",
+      );
+    } else {
+      showBanner(`Disconnected: ${reason || `code ${code}`}.`, "error", {
+        label: "Reload",
+        run: () => location.reload(),
+      });
+    }
+  }
+
+  // -- to the server ----------------------------------------------------------
+
+  private input(data: string | Uint8Array): void {
+    if (!this.canWrite) return;
+    if (this.connection.sendInput(data)) this.editor?.noteTerminalTyping();
+  }
+
+  private run(): void {
+    if (!this.canWrite) return;
+    const code = this.editor?.text() ?? "";
+    if (!code.trim()) {
+      toast("The editor is empty: nothing to run.", "info", 3000);
+      return;
+    }
+    if (code.length > MAX_CODE) {
+      toast(`The code is too long to run (over ${MAX_CODE / 1024} KiB).`, "error");
+      return;
+    }
+    if (!this.connection.send({ type: "run", code, language: this.language })) {
+      toast("Not connected: the code was not run.", "warning");
+    }
+  }
+
+  private rename(name: string): void {
+    storeName(name);
+    this.terminal.focus();
+    if (name === this.name) return;
+    this.name = name;
+    this.connection.send({ type: "rename", name });
+  }
+
+  // -- the page -------------------------------------------------------------------
+
+  private switchTo(language: string): void {
+    const info = this.languages.get(language);
+    this.language = language;
+    this.languageSelect.value = language;
+    if (!info) return;
+    byId("filename").textContent = info.filename;
+    byId("terminal-title").textContent = `${info.title} REPL`;
+    document.title = `${info.title} · replroom`;
+    this.syncEditor();
+  }
+
+  private title(language: string): string {
+    return this.languages.get(language)?.title ?? language;
+  }
+
+  private editorUser(member: MemberInfo): EditorUser {
+    return { memberId: member.id, name: member.name, color: member.color };
+  }
+
+  private showSync(state: SyncState): void {
+    const texts: Record<SyncState, string> = {
+      offline: "offline",
+      connecting: "connecting…",
+      syncing: "syncing…",
+      synced: "",
+    };
+    byId("editor-status").textContent = texts[state];
+  }
+
+  private showLinks(message: Welcome): void {
+    const role = message.you.role;
+    if (role === "owner" && message.links) this.links = { ...message.links };
+    else if (role === "member") this.links = { invite: this.token };
+    else if (role === "spectator") this.links = { spectator: this.token };
+    byId("copy-invite").hidden = !this.links.invite;
+    byId("copy-spectator").hidden = !this.links.spectator;
+    byId("rotate").hidden = role !== "owner";
+  }
+
+  private async copyLink(kind: "invite" | "spectator"): Promise<void> {
+    const token = this.links[kind];
+    if (!token) return;
+    const link = linkFor(this.roomId, token);
+    const what = kind === "invite" ? "Invite link" : "Spectator (read-only) link";
+    if (await copyText(link)) toast(`${what} copied to the clipboard`, "success", 3000);
+    else toast(`${what}: ${link}`, "info", 20_000);
+  }
+
+  private async rotate(): Promise<void> {
+    const sure = window.confirm(
+      "Make new invite and spectator links? Everyone who joined with the old links is " +
+        "disconnected and needs a new link.",
+    );
+    if (!sure) return;
+    try {
+      const response = await fetch(`/api/rooms/${encodeURIComponent(this.roomId)}/rotate`, {
+        method: "POST",
+        headers: { Authorization: `Bearer ${this.token}` },
+      });
+      if (!response.ok) throw new Error(`the server answered ${response.status}`);
+      const body = (await response.json()) as { invite_token: string; spectator_token: string };
+      this.links = { invite: body.invite_token, spectator: body.spectator_token };
+      toast("New links made: the old ones no longer work.", "success");
+    } catch (error) {
+      toast(`Could not rotate the links: ${(error as Error).message}`, "error");
+    }
+  }
+
+  private download(): void {
+    const info = this.languages.get(this.language);
+    const blob = new Blob([this.editor?.text() ?? ""], { type: "text/plain;charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = info?.filename ?? "code.txt";
+    document.body.append(link);
+    link.click();
+    link.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  }
+
+  private async upload(file: File): Promise<void> {
+    if (file.size > MAX_UPLOAD) {
+      toast(`${file.name} is too large for the editor (over 1 MiB).`, "error");
+      return;
+    }
+    const text = await file.text();
+    if (!this.editor) return;
+    this.editor.replace(text);
+    toast(`Loaded ${file.name} into the editor`, "success", 2500);
+  }
+
+  private bindControls(): void {
+    this.languageSelect.addEventListener("change", () => {
+      const language = this.languageSelect.value;
+      if (language === this.language) return;
+      if (!this.connection.send({ type: "language", language })) {
+        this.languageSelect.value = this.language;
+      }
+    });
+    byId("run").addEventListener("click", () => this.run());
+    byId("restart").addEventListener("click", () => {
+      this.connection.send({ type: "restart" });
+      this.terminal.focus();
+    });
+    byId("clear").addEventListener("click", () => {
+      this.terminal.clear();
+      this.terminal.focus();
+    });
+    byId("download").addEventListener("click", () => this.download());
+    const picker = byId<HTMLInputElement>("upload-file");
+    byId("upload").addEventListener("click", () => picker.click());
+    picker.addEventListener("change", () => {
+      const file = picker.files?.[0];
+      picker.value = "";
+      if (file) void this.upload(file);
+    });
+    byId("copy-invite").addEventListener("click", () => void this.copyLink("invite"));
+    byId("copy-spectator").addEventListener("click", () => void this.copyLink("spectator"));
+    byId("rotate").addEventListener("click", () => void this.rotate());
+    byId("rename").addEventListener("click", () => askName(this.name, (n) => this.rename(n)));
+    document.addEventListener("keydown", (event) => {
+      if (!event.defaultPrevented && (event.ctrlKey || event.metaKey) && event.key === "Enter") {
+        event.preventDefault();
+        this.run();
+      }
+    });
+  }
+}
+
+function sentence(text: string): string {
+  return text.charAt(0).toUpperCase() + text.slice(1);
+}
+
+function start(): void {
+  performance.mark("replroom:start");
+  const { roomId, token } = readSession(location);
+  if (!roomId) {
+    showBanner("No room here.", "info", { label: "Open a new room", run: () => location.assign("/") });
+    return;
+  }
+  if (!token) {
+    showBanner(
+      "This page needs an invitation link (…/r/ROOM#t=…). Ask the room's owner for one.",
+      "error",
+    );
+    return;
+  }
+  new RoomPage(roomId, token);
+}
+
+start();

@@ -17,6 +17,7 @@ bench:
 	scripts/setup
 	.venv/bin/python bench/sandbox.py
 	.venv/bin/python bench/rooms.py
+	.venv/bin/python bench/web.py
 
 lint:
 	.venv/bin/ruff check .

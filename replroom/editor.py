@@ -634,6 +634,12 @@ class _EditorServer(WebsocketServer):
         room.users += 1
         room.channels.add(channel)
         channel.room = room
+        # The cursors already in the room, or the newcomer would see them only
+        # when each member next moves (y-websocket's own server does the same).
+        known = [i for i, state in room.awareness.states.items() if state]  # not the room's own
+        if known:
+            update = room.awareness.encode_awareness_update(known)
+            channel.enqueue(create_awareness_message(update))
         try:
             await room.serve(channel)
         except BaseException as error:

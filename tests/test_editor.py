@@ -684,3 +684,12 @@ async def test_edit_latency(url: str) -> None:
     p50, p95 = statistics.median(samples), samples[94]
     print(f"\nedit → other client on loopback: p50 {p50 * 1000:.2f} ms, p95 {p95 * 1000:.2f} ms")
     assert p50 < 0.05
+
+
+async def test_a_newcomer_gets_the_cursors_already_there(url: str) -> None:
+    async with clients(f"{url}/{ROOM}/python") as (first,):
+        await first.send_awareness({"user": {"name": "first"}, "cursor": None})
+        async with clients(f"{url}/{ROOM}/python") as (second,):
+            # Without being sent, first's state would reach second only when
+            # first next moves; it is sent when second arrives.
+            await second.wait_for(lambda: first.doc.client_id in second.awareness.states)

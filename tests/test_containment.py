@@ -62,16 +62,21 @@ async def test_fork_bomb_is_bounded_and_destroy_cleans_up(
     # Count how far forking gets before the kernel says no.
     _status, output = await python(
         rooms.attacker,
-        "import os, time\n"
-        "n = 0\n"
+        "import os, signal, time\n"
+        "children = []\n"
         "try:\n"
         "    while True:\n"
-        "        if os.fork() == 0:\n"
+        "        child = os.fork()\n"
+        "        if child == 0:\n"
         "            time.sleep(600)\n"
-        "        n += 1\n"
+        "            os._exit(0)\n"
+        "        children.append(child)\n"
         "except OSError as e:\n"
-        "    print('stopped at', n, e.strerror, flush=True)\n"
-        "    os._exit(0)\n",
+        "    print('stopped at', len(children), e.strerror, flush=True)\n"
+        # Give the processes back, so that the next attack can start.
+        "for child in children:\n"
+        "    os.kill(child, signal.SIGKILL)\n"
+        "    os.waitpid(child, 0)\n",
     )
     if backend.name == "docker-runsc" and "stopped at" not in output:
         # gVisor enforces no process limit inside; each task costs host threads,

@@ -233,18 +233,21 @@ class BwrapSandbox(Sandbox):
             args += ["--setenv", key, value]
         return [*args, "--", *argv]
 
-    def _launcher(self, bwrap_argv: list[str]) -> list[str]:
+    def _launcher(self, bwrap_argv: list[str], joined_fd: int) -> list[str]:
         """Join the cgroup as root, drop to the room's uid, then start bwrap.
 
         The process must be in the cgroup before it can fork, so it moves
-        itself (``echo 0``) before exec.
+        itself (``echo 0``) before exec, and says so on the server's
+        ``joined_fd`` (through /proc, so that the pipe is never inherited by
+        the sandbox): until then, destroying the room could miss it.
         """
         joins = " && ".join(f"echo 0 > {shlex.quote(str(p))}" for p in self.cgroup.procs_files)
         drop = [
             "setpriv", f"--reuid={self.uid}", f"--regid={self.uid}", "--clear-groups",
             "--inh-caps=-all", "--bounding-set=-all",
         ]  # fmt: skip
-        return ["/bin/sh", "-c", f'{joins} && exec "$@"', "sh", *drop, *bwrap_argv]
+        script = f'{joins} && printf . > /proc/$PPID/fd/{joined_fd} && exec "$@"'
+        return ["/bin/sh", "-c", script, "sh", *drop, *bwrap_argv]
 
     async def spawn(
         self,
@@ -264,13 +267,15 @@ class BwrapSandbox(Sandbox):
             raise SandboxError(f"sandbox of room {self.room_id} is gone (its cgroup was removed)")
         full_env = {**DEFAULT_ENV, **(env or {})}
         seccomp_read, seccomp_write = os.pipe()
+        joined_read, joined_write = os.pipe()
         fds_to_close = [seccomp_read]
         try:
             filter_bytes = compiled_filter()
             # The filter is < 64 KiB, so it fits in the pipe without a reader.
             os.write(seccomp_write, filter_bytes)
             os.close(seccomp_write)
-            command = self._launcher(self._bwrap_argv(argv, full_env, cwd, tty, seccomp_read))
+            bwrap_argv = self._bwrap_argv(argv, full_env, cwd, tty, seccomp_read)
+            command = self._launcher(bwrap_argv, joined_write)
             oom_before = self.cgroup.oom_kills()
             if tty:
                 master, slave = os.openpty()
@@ -294,6 +299,16 @@ class BwrapSandbox(Sandbox):
             for fd in fds_to_close:
                 os.close(fd)
         self._processes.add(process)
+        try:
+            joined = await _joined(joined_read, process)
+        finally:
+            os.close(joined_read)
+            os.close(joined_write)
+        if not joined:
+            status = await process.wait()
+            raise SandboxError(
+                f"cannot start a process in room {self.room_id}: {status.describe()}"
+            )
         return process
 
     async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -370,6 +385,20 @@ class BwrapSandbox(Sandbox):
             await asyncio.to_thread(self.backend._remove_room_resources, self.room_id)
         finally:
             self.backend.release(self.room_id)
+
+
+async def _joined(fd: int, process: BwrapProcess) -> bool:
+    """Wait for the launcher's word on ``fd``, or for it to end without a word."""
+    loop = asyncio.get_running_loop()
+    readable = loop.create_future()
+    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+    ended = asyncio.ensure_future(process.proc.wait())
+    try:
+        await asyncio.wait({readable, ended}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_reader(fd)
+        ended.cancel()
+    return readable.done()
 
 
 def _set_size(fd: int, cols: int, rows: int) -> None:

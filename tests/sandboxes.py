@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,23 +131,26 @@ class Screen:
     def ended(self) -> bool:
         return self._task.done()
 
-    async def wait_for(self, needle: bytes, *, after: int = 0, timeout: float = TIMEOUT) -> int:
-        """Wait until ``needle`` appears past offset ``after``; return the end offset."""
+    async def wait_until(self, check: Callable[[bytes], bool], what: str,
+                         timeout: float = TIMEOUT) -> None:  # fmt: skip
+        """Wait until ``check`` holds for the output so far."""
 
-        async def scan() -> int:
-            while True:
-                index = self.data.find(needle, after)
-                if index >= 0:
-                    return index + len(needle)
+        async def scan() -> None:
+            while not check(self.data):
                 if self.ended:
-                    raise AssertionError(f"{needle!r} never appeared; output: {self.data!r}")
+                    raise AssertionError(f"{what} never happened; output: {self.data!r}")
                 self._changed.clear()
                 await self._changed.wait()
 
         try:
-            return await asyncio.wait_for(scan(), timeout)
+            await asyncio.wait_for(scan(), timeout)
         except TimeoutError:
-            raise AssertionError(f"timed out waiting for {needle!r}; got {self.data!r}") from None
+            raise AssertionError(f"timed out waiting for {what}; got {self.data!r}") from None
+
+    async def wait_for(self, needle: bytes, *, after: int = 0, timeout: float = TIMEOUT) -> int:
+        """Wait until ``needle`` appears past offset ``after``; return the end offset."""
+        await self.wait_until(lambda data: data.find(needle, after) >= 0, repr(needle), timeout)
+        return self.data.find(needle, after) + len(needle)
 
     async def close(self) -> None:
         self._task.cancel()

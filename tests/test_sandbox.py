@@ -163,3 +163,21 @@ async def test_python_under_the_design_note_profile(
     sandbox = await backend.create(room_id, Limits(memory="100m", cpus=0.05))
     status, output = await python(sandbox, "print(sum(range(10)))")
     assert output.strip() == "45" and status.code == 0
+
+
+@pytest.mark.parametrize("language", ["python", "node", "ruby", "bash"])
+async def test_every_repl_reaches_its_prompt_under_the_design_note_profile(
+    backend: BackendUnderTest, room_id: str, language: str
+) -> None:
+    from replroom.languages import get_language
+
+    spec = get_language(language)
+    sandbox = await backend.create(room_id, Limits(memory="100m", cpus=0.05))
+    process = await sandbox.spawn(list(spec.repl), env=dict(spec.repl_env))
+    screen = Screen(process)
+    try:
+        await screen.wait_until(spec.ready, f"the {language} prompt", timeout=120)
+    finally:
+        await process.signal(signal.SIGKILL)
+        await process.wait()
+        await screen.close()

@@ -87,7 +87,6 @@ def create_app(settings: Settings) -> FastAPI:
         if manager.at_capacity():
             return _capacity_page(manager)
         record, tokens = await manager.create_room()
-        await prestart(manager, record.id)
         # The creator's browser holds the owner token; the page shows it the
         # invitation and spectator links to share.
         return RedirectResponse(f"/r/{record.id}#t={tokens['owner']}", status_code=303)
@@ -102,7 +101,6 @@ def create_app(settings: Settings) -> FastAPI:
                 status_code=503, headers={"Retry-After": "30"},
             )  # fmt: skip
         record, tokens = await manager.create_room()
-        await prestart(manager, record.id)
         urls = links(request, record.id, tokens)
         return {
             "id": record.id,
@@ -218,13 +216,6 @@ def create_app(settings: Settings) -> FastAPI:
         app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
 
     return app
-
-
-async def prestart(manager: RoomManager, room_id: str) -> None:
-    """Have a new room's REPL starting while its creator gets there."""
-    room = await manager.get(room_id)
-    if room is not None and not manager.at_capacity():
-        room.prestart()
 
 
 async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str) -> None:

@@ -35,7 +35,6 @@ RUN_DIR = "/tmp/replroom-run"
 SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
 SKIP_TAIL = 4096
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
-UNCLAIMED_TIMEOUT = 60.0  # seconds a new room's sandbox waits for its first member
 
 
 def new_room_id() -> str:
@@ -195,14 +194,6 @@ class Room:
         self._idle_timer = asyncio.get_running_loop().call_later(
             delay, lambda: self._background(self.manager.retire(self))
         )
-
-    def prestart(self) -> None:
-        """Start the sandbox and the REPL now: the room's creator is loading the page.
-
-        A room nobody joins gives its sandbox back after ``UNCLAIMED_TIMEOUT``.
-        """
-        self._retire_after(min(UNCLAIMED_TIMEOUT, self.manager.settings.idle_timeout))
-        self._background(_quietly(self.ensure_repl(self.language)))
 
     def _announce_members(self, event: str, member: Member) -> None:
         members = [m.view() for m in self.members.values()]

@@ -650,7 +650,11 @@ class DockerSandbox(Sandbox):
             if error.status not in (404, 409):
                 self._destroyed = False
                 raise self.backend._error(error, f"cannot remove room {self.room_id}") from None
+        processes = list(self._watch.processes.values())
         self._watch.died()
+        # Nobody may read these to their end now: close their connections.
+        for process in processes:
+            await process._close_stream()
         self.backend._forget(self.room_id, self.id)
 
 

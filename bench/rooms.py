@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -21,21 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from figures import line
+
 from tests.client import RoomClient, Server
 
 PROMPT = b">>> "
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def line(label: str, samples: list[float], high: float = 95) -> str:
-    return (
-        f"{label:<44} p50 {statistics.median(samples):7.2f} ms   "
-        f"p{high:g} {percentile(samples, high):7.2f} ms   (n={len(samples)})"
-    )
 
 
 async def room_ready(server: Server) -> float:
@@ -147,7 +136,7 @@ async def flood(server: Server) -> None:
     print(f"{'flood: output seen by a member in 5 s':<44} {received / 1e6:.1f} MB")
     print(f"{'flood: server RSS growth (peak)':<44} {(rss_peak - rss_before) / 1e6:.1f} MB")
     print(f"{'flood: Ctrl-C to KeyboardInterrupt shown':<44} {silenced:.0f} ms")
-    print(line("flood: echo in another room", echo, 99))
+    print(line("flood: echo in another room", echo, high=99))
     for client in (alice, stalled, other):
         await client.close()
     bob.terminate()
@@ -167,7 +156,7 @@ async def bench(name: str, env: dict[str, str], runs: int) -> None:
             print(line("room ready: POST -> WebSocket -> prompt", ready))
             for members in (1, 10):
                 samples = await echo_round_trips(server, members, 200)
-                print(line(f"keystroke echo, {members} member(s)", samples, 99))
+                print(line(f"keystroke echo, {members} member(s)", samples, high=99))
             samples = await evaluations(server, 20, 5, think=(0.1, 0.5))
             print(line("20 users x 5 evaluations (think 0.1-0.5 s)", samples))
             samples = await evaluations(server, 20, 5, think=None)

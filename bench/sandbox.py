@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+
+from figures import line
 
 from replroom.config import Limits, Settings, format_size
 from replroom.languages import LANGUAGES, Language
@@ -23,17 +24,8 @@ from replroom.sandbox import Backend, Sandbox, make_backend
 LIMITS = Limits()
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index]
-
-
 def describe(samples: list[float]) -> str:
-    return (
-        f"p50 {statistics.median(samples):7.1f} ms   p95 {percentile(samples, 95):7.1f} ms"
-        f"   (n={len(samples)})"
-    )
+    return line("", samples, width=0).strip()
 
 
 def room() -> str:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from figures import line
 from playwright.async_api import Browser, Page, async_playwright
 
 from tests.client import Server
@@ -63,18 +64,6 @@ SENT = """() => {
 }"""
 
 
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-def line(label: str, samples: list[float], high: float = 95) -> str:
-    return (
-        f"{label:<52} p50 {statistics.median(samples):7.1f} ms   "
-        f"p{high:g} {percentile(samples, high):7.1f} ms   (n={len(samples)})"
-    )
-
-
 MARKS_JS = """() => Object.fromEntries(performance.getEntriesByType('mark')
     .filter((mark) => mark.name.startsWith('replroom:'))
     .map((mark) => [mark.name.slice(9), mark.startTime]))"""
@@ -105,7 +94,7 @@ async def prompt_visible(browser: Browser, server: Server, runs: int) -> None:
         cold.append(await open_site(browser, server, marks=marks))
         for context in browser.contexts:
             await context.close()
-    print(line("open site -> prompt visible (new browser profile)", cold))
+    print(line("open site -> prompt visible (new browser profile)", cold, width=52))
     steps = {
         "join": "join sent (index.html)",
         "start": "page code running",
@@ -120,7 +109,7 @@ async def prompt_visible(browser: Browser, server: Server, runs: int) -> None:
     page = await context.new_page()
     await open_site(browser, server, warm=page)
     warm = [await open_site(browser, server, warm=page) for _ in range(runs)]
-    print(line("open site -> prompt visible (cached page)", warm))
+    print(line("open site -> prompt visible (cached page)", warm, width=52))
     await context.close()
 
 
@@ -202,9 +191,9 @@ async def main() -> None:
                 await prompt_visible(browser, server, args.runs)
                 typist, watcher = await two_members(browser, server)
                 echo = await keystrokes(typist, watcher, args.keystrokes, editor=False)
-                print(line("terminal keystroke -> echo in another member's page", echo))
+                print(line("terminal keystroke -> echo in another member's page", echo, width=52))
                 edits = await keystrokes(typist, watcher, args.keystrokes, editor=True)
-                print(line("editor keystroke -> shown in another member's page", edits))
+                print(line("editor keystroke -> shown in another member's page", edits, width=52))
                 print(f"{'(benchmark wall time)':<52} {time.perf_counter() - started:.1f} s")
                 await browser.close()
         finally:

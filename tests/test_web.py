@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -280,13 +279,13 @@ async def test_flood_keeps_the_page_responsive_and_ctrl_c_stops_it(
     await page.wait_screen(">>> ")
     await page.type_terminal("while True: print(1)\n\n")
     await page.wait_screen("1\n1\n1\n1\n1")
-    # The page answers at once while the output pours in.
-    worst = 0.0
+    # The page keeps answering while the output pours in (how fast is for
+    # bench/web.py to measure; a frozen page would time out here).
     for _ in range(10):
-        started = time.monotonic()
-        await page.page.evaluate("() => document.querySelectorAll('.xterm-rows > div').length")
-        worst = max(worst, time.monotonic() - started)
-    assert worst < 1.0, f"the page took {worst:.2f} s to answer during the flood"
+        rows = await page.page.evaluate(
+            "() => document.querySelectorAll('.xterm-rows > div').length"
+        )
+        assert rows > 0
     await page.press_terminal("Control+c")
     await page.wait_screen("KeyboardInterrupt", timeout=15_000)
     await page.wait_screen(">>> ", timeout=15_000)

@@ -850,6 +850,10 @@ class DockerProcess(Process):
     async def _classify(self) -> ExitStatus:
         watch = self.sandbox._watch
         code = self._exit_code
+        if code is not None and code >= 128 and not watch.dead:
+            # A runsc exec reports 128 and more when its whole sandbox died,
+            # which the Engine may announce a moment later: look before judging.
+            await self._await_container_death(OOM_EVENT_GRACE)
         if watch.dead or code is None:
             # The whole container went: destroyed, or killed by the kernel
             # (a runsc sandbox is OOM-killed whole, whatever its exec reports).
@@ -869,6 +873,18 @@ class DockerProcess(Process):
                         await watch.next_oom()
             return ExitStatus.from_returncode(returncode, oom=watch.ooms > self._ooms_before)
         return ExitStatus.from_returncode(returncode)
+
+    async def _await_container_death(self, grace: float) -> None:
+        if self.sandbox.backend.runtime != "runsc":
+            return
+        deadline = asyncio.get_running_loop().time() + grace
+        while asyncio.get_running_loop().time() < deadline:
+            if self.sandbox._watch.dead:
+                return
+            if not await self.sandbox.alive():
+                self.sandbox._watch.died()
+                return
+            await asyncio.sleep(0.05)
 
     async def _container_oom_killed(self) -> bool:
         try:

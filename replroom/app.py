@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Header, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocketState
 
@@ -24,7 +23,7 @@ from replroom import metrics, protocol
 from replroom.config import Settings
 from replroom.editor import EditorSync
 from replroom.languages import LANGUAGES, UnknownLanguage
-from replroom.rooms import AtCapacity, Member, Room, RoomManager, links_of
+from replroom.rooms import COLORS, AtCapacity, Member, Room, RoomManager, links_of
 from replroom.sandbox import SandboxError, make_backend
 from replroom.storage import Store, hash_token
 from replroom.terminal import Frame
@@ -355,8 +354,6 @@ async def _receive_join(websocket: WebSocket) -> protocol.Join:
         parsed = protocol.parse_client_message(text)
     except protocol.BadMessage as error:
         raise _Refused(protocol.CLOSE_PROTOCOL, f"bad join: {error}"[:120]) from None
-    except ValidationError:
-        raise _Refused(protocol.CLOSE_PROTOCOL, "bad join") from None
     if not isinstance(parsed, protocol.Join):
         raise _Refused(protocol.CLOSE_PROTOCOL, "send a join message first")
     if parsed.v != protocol.PROTOCOL_VERSION:
@@ -374,8 +371,6 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 def _color_for(room: Room, member: Member) -> str:
-    from replroom.rooms import COLORS  # noqa: PLC0415
-
     used = {m.color for m in room.members.values()}
     free = [c for c in COLORS if c not in used]
     return free[0] if free else COLORS[len(room.members) % len(COLORS)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -232,8 +233,6 @@ class Room:
     # -- the terminal ---------------------------------------------------------
 
     def _screen_frames(self) -> list[Frame]:
-        import json  # noqa: PLC0415
-
         repl = self.repls.get(self.language)
         frames: list[Frame] = [json.dumps(protocol.terminal_reset(self.language))]
         if repl:

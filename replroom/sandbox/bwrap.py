@@ -45,7 +45,7 @@ from replroom.sandbox.base import (
     SandboxStats,
     check_sandbox_path,
 )
-from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names
+from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names, remove_parent
 from replroom.sandbox.seccomp import compiled_filter
 from replroom.sandbox.uids import UidLease, UidLeases
 
@@ -161,6 +161,10 @@ class BwrapBackend(Backend):
         for name in names:
             await asyncio.to_thread(self._remove_room_resources, name)
         return len(names)
+
+    async def close(self) -> None:
+        if not self._leases:  # rooms still alive keep their cgroups' parent
+            remove_parent(self.hierarchy, self.instance)
 
     def _kill_room(self, name: str) -> None:
         cgroup = Cgroup(self.hierarchy, self.instance, name)

@@ -261,6 +261,14 @@ class Cgroup:
         return len(self.pids())
 
 
+def remove_parent(hierarchy: Hierarchy, parent: str) -> None:
+    """Remove the instance's own cgroup directories once no room is left in them."""
+    for root in (*hierarchy.v1.values(), hierarchy.v2):
+        if root:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                (root / parent).rmdir()
+
+
 def leftover_names(hierarchy: Hierarchy, parent: str) -> set[str]:
     """Names of the room cgroups under ``parent`` that exist now."""
     names: set[str] = set()

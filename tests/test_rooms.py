@@ -277,8 +277,9 @@ async def test_flood_with_a_stalled_member(
     await alice._until(lambda: len(alice.output) > 3 * 1024 * 1024, "3 MiB of output", 60)
     assert server.rss() - rss_before < 50 * 1024 * 1024
     await alice.type("\x03")
-    at = await alice.wait_output("bytes of output skipped after Ctrl-C]")
-    at = await alice.wait_output("KeyboardInterrupt", after=at)
+    # Output already in flight may be skipped (only while the room's output
+    # is being limited), so the skip note is not asserted; the interrupt is.
+    at = await alice.wait_output("KeyboardInterrupt")
     await alice.wait_output(">>> ", after=at)
     await alice.type("print('quiet ' + 'now')\r")
     await alice.wait_output("quiet now\r\n")

@@ -22,9 +22,10 @@ from starlette.websockets import WebSocketState
 from replroom import metrics, protocol
 from replroom.config import Settings
 from replroom.editor import EditorSync
+from replroom.host import open_backend
 from replroom.languages import LANGUAGES, UnknownLanguage
 from replroom.rooms import COLORS, AtCapacity, Member, Room, RoomManager, links_of
-from replroom.sandbox import SandboxError, make_backend
+from replroom.sandbox import SandboxError
 from replroom.storage import Store, hash_token
 from replroom.terminal import Frame
 
@@ -38,8 +39,7 @@ WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        backend = make_backend(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        backend = await open_backend(settings)
         store = await Store.open(settings.data_dir / "replroom.sqlite3")
         removed = await backend.cleanup_orphans()
         if removed:

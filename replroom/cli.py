@@ -1,4 +1,4 @@
-"""The ``replroom`` command: doctor, image, sandbox (and, later, serve)."""
+"""The ``replroom`` command: serve, doctor, image, sandbox."""
 
 from __future__ import annotations
 
@@ -46,7 +46,8 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
 def _first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 # -- doctor -------------------------------------------------------------------
@@ -213,14 +214,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     given = {n: getattr(args, n) for n in ("host", "port", "data_dir") if getattr(args, n)}
     settings = _settings(args, **given)
     logs.configure(args.log_level)
-    try:
-        app = create_app(settings)
-    except SandboxError as error:
-        _fail(str(error))
+    # The host is checked before we listen, so that a server that cannot run
+    # rooms stops now with the reason rather than fail at the first member.
+    _fail_unless_host_ready(settings)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"replroom: open http://{host}:{settings.port}/ to start a room", flush=True)
     uvicorn.run(
-        app,
+        create_app(settings),
         host=settings.host,
         port=settings.port,
         log_config=None,
@@ -231,6 +231,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=5,
     )
     return 0
+
+
+def _fail_unless_host_ready(settings: Settings) -> None:
+    from replroom.host import HostNotReady, open_backend  # noqa: PLC0415
+
+    async def check() -> None:
+        backend = await open_backend(settings)
+        await backend.close()
+
+    try:
+        asyncio.run(check())
+    except HostNotReady as error:
+        print(f"replroom: cannot serve: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 # -- parser -------------------------------------------------------------------

@@ -12,7 +12,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -74,17 +81,30 @@ def _physical_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _default_data_dir() -> Path:
+def _state_root() -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/replroom")
     return Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "replroom"
+
+
+def _default_data_dir() -> Path:
+    return _state_root()
+
+
+def _default_image_dir() -> Path:
+    # Not under data_dir: a server started with another --data-dir still finds
+    # the image that `make run` built (it takes a minute to build).
+    return _state_root() / "images"
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="REPLROOM_", env_nested_delimiter="__")
 
     data_dir: Path = Field(default_factory=_default_data_dir, description="server state")
-    image_dir: Path | None = Field(None, description="room images; default DATA_DIR/images")
+    image_dir: Path = Field(
+        default_factory=_default_image_dir,
+        description="room images, built once and shared by every data dir",
+    )
     runtime_dir: Path = Field(Path("/run/replroom"), description="per-room mounts and sockets")
 
     instance: str = Field(
@@ -138,9 +158,30 @@ class Settings(BaseSettings):
     uid_base: int = Field(2_000_000, ge=1000, description="first host uid for bwrap rooms")
     uid_count: int = Field(65536, ge=1, description="number of host uids for bwrap rooms")
 
+    @field_validator("default_language")
+    @classmethod
+    def _known_language(cls, name: str) -> str:
+        from replroom.languages import LANGUAGES  # noqa: PLC0415 - languages imports nothing of ours
+
+        if name not in LANGUAGES:
+            raise ValueError(f"unknown language {name!r} (known: {', '.join(LANGUAGES)})")
+        return name
+
     @property
-    def images(self) -> Path:
-        return self.image_dir or self.data_dir / "images"
+    def max_sandboxes(self) -> int:
+        """How many sandboxes fit in the memory budget at once."""
+        return max(1, self.memory_budget // self.limits.memory)
+
+    @model_validator(mode="after")
+    def _pool_fits(self) -> Settings:
+        pool = self.pool_size_for(self.backend)
+        if pool and pool >= self.max_sandboxes:
+            raise ValueError(
+                f"pool_size {pool} leaves no room for rooms: the memory budget "
+                f"({format_size(self.memory_budget)}) holds {self.max_sandboxes} sandbox(es) of "
+                f"{format_size(self.limits.memory)}; lower pool_size or raise memory_budget"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

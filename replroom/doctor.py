@@ -1,45 +1,69 @@
-"""``replroom doctor``: which sandbox backends and runtimes work on this host, and why not."""
+"""``replroom doctor``: can this host serve rooms as configured, and which backends work here.
+
+The configured backend is checked through the code ``serve`` runs at start-up
+(:func:`replroom.host.open_backend`: directories, image, backend), then a real
+sandbox with the room limits starts the default language's REPL. The other
+backends and runtimes are listed for information.
+"""
 
 from __future__ import annotations
 
 from replroom.config import Settings
+from replroom.host import HostNotReady, open_backend, try_repl
 from replroom.image import current_image
+from replroom.sandbox import SandboxError
 from replroom.sandbox.bwrap import BwrapBackend
 from replroom.sandbox.docker import diagnose as diagnose_docker
 
 
-def _line(name: str, problems: list[str]) -> str:
+def _line(name: str, problems: list[str], detail: str = "") -> str:
     if not problems:
-        return f"  {name:<16} ok"
+        return f"  {name:<16} ok" + (f": {detail}" if detail else "")
     first, *rest = problems
     lines = [f"  {name:<16} NO: {first}"]
     lines += [f"  {'':<16}     {problem}" for problem in rest]
     return "\n".join(lines)
 
 
+def _configured(settings: Settings) -> str:
+    if settings.backend == "docker":
+        return f"docker ({settings.docker_runtime})"
+    return settings.backend
+
+
 async def report(settings: Settings) -> int:
-    """Print what works; exit status 0 when the configured backend is usable."""
+    """Print what works; exit status 0 when ``serve`` would serve rooms with these settings."""
     image = current_image(settings)
-    image_problems = [] if image else ["not built: run `replroom image build`"]
-    print(f"room image ({settings.images})")
-    print(_line(image.id if image else "image", image_problems))
+    print(f"room image ({settings.image_dir})")
+    print(_line(image.id if image else "image", [] if image else ["not built: run `make run`"]))
 
     print("sandbox backends")
-    bwrap_problems = BwrapBackend.problems()
-    print(_line("bwrap", bwrap_problems))
-    docker_problems: dict[str, list[str]] = {}
+    print(_line("bwrap", BwrapBackend.problems()))
     for runtime in ("runc", "runsc"):
         reason = await diagnose_docker(settings.docker_host, runtime, image)
-        docker_problems[runtime] = [reason] if reason else []
-        print(_line(f"docker ({runtime})", docker_problems[runtime]))
+        print(_line(f"docker ({runtime})", [reason] if reason else []))
 
-    if settings.backend == "bwrap":
-        usable = not bwrap_problems
-    else:
-        usable = not docker_problems[settings.docker_runtime]
-    usable = usable and image is not None
-    chosen = settings.backend + (
-        f" ({settings.docker_runtime})" if settings.backend == "docker" else ""
+    chosen = _configured(settings)
+    print(f"configured: {chosen}, data {settings.data_dir}, runtime {settings.runtime_dir}")
+    try:
+        backend = await open_backend(settings)
+    except HostNotReady as error:
+        print(_line("start-up", [str(error)]))
+        print(f"configured backend: {chosen}: NOT ready")
+        return 1
+    print(_line("start-up", []))
+    try:
+        check = await try_repl(backend, settings)
+    except SandboxError as error:
+        print(_line("room", [str(error)]))
+        print(f"configured backend: {chosen}: NOT ready")
+        return 1
+    finally:
+        await backend.close()
+    detail = (
+        f"{check.language} prompt {1000 * check.prompt_seconds:.0f} ms after a "
+        f"{1000 * check.sandbox_seconds:.0f} ms sandbox start"
     )
-    print(f"configured backend: {chosen}: {'ready' if usable else 'NOT ready'}")
-    return 0 if usable else 1
+    print(_line("room", [], detail))
+    print(f"configured backend: {chosen}: ready")
+    return 0

@@ -555,7 +555,7 @@ class RoomManager:
 
     @property
     def max_sandboxes(self) -> int:
-        return max(1, self.settings.memory_budget // self.settings.limits.memory)
+        return self.settings.max_sandboxes
 
     def at_capacity(self) -> bool:
         return len(self.running_sandboxes) >= self.max_sandboxes

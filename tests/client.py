@@ -59,7 +59,7 @@ class Server:
             "REPLROOM_RUNTIME_DIR": str(self.runtime_dir),
             "REPLROOM_HEALTH_INTERVAL": "0.5",
             "REPLROOM_INSTANCE": self.instance,
-            "REPLROOM_IMAGE_DIR": str(Settings().images),
+            "REPLROOM_IMAGE_DIR": str(Settings().image_dir),
             **self.env,
         }
         self.log_path = self.data_dir / f"server-{self.port}.log"

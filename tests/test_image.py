@@ -151,13 +151,13 @@ def test_missing_image_says_how_to_build_it(tmp_path: Path) -> None:
 def test_prune_keeps_the_current_image(tmp_path: Path) -> None:
     settings = Settings(image_dir=tmp_path / "images")
     for image_id in ("0123456789ab", recipe_id()):
-        (settings.images / image_id / "rootfs" / "etc").mkdir(parents=True)
-    (settings.images / "unfinished" / "rootfs.building-1").mkdir(parents=True)
+        (settings.image_dir / image_id / "rootfs" / "etc").mkdir(parents=True)
+    (settings.image_dir / "unfinished" / "rootfs.building-1").mkdir(parents=True)
     assert [image.id for image in list_images(settings)] == sorted(["0123456789ab", recipe_id()])
     assert prune_images(settings, progress=lambda _message: None) == ["0123456789ab"]
-    assert not (settings.images / "0123456789ab").exists()
+    assert not (settings.image_dir / "0123456789ab").exists()
     assert current_image(settings) == RoomImage(
-        recipe_id(), settings.images / recipe_id() / "rootfs"
+        recipe_id(), settings.image_dir / recipe_id() / "rootfs"
     )
 
 

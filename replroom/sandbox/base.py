@@ -166,6 +166,15 @@ class Backend(ABC):
     name: str
 
     @abstractmethod
+    async def prepare(self) -> None:
+        """Make the host ready for sandboxes and check it, before the first one is made.
+
+        Idempotent and cheap enough to run at every start; it must not assume
+        an earlier run (``/run`` is empty after a reboot). Raises
+        :class:`SandboxError` saying what to do when sandboxes cannot be made.
+        """
+
+    @abstractmethod
     async def create(self, room_id: str, limits: Limits) -> Sandbox:
         """Make a sandbox for ``room_id``, labelled with it, ready to spawn in."""
 

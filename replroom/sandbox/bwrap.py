@@ -72,6 +72,22 @@ def _unmount(target: Path) -> None:
             raise SandboxError(f"cannot unmount {target}: {os.strerror(code)}")
 
 
+def _make_traversable(path: Path) -> None:
+    """Make ``path`` and its missing parents, mode 0711: room uids pass through, never list.
+
+    ``/run`` is emptied at every boot, so nothing here may assume an earlier run.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=0o711)
+            directory.chmod(0o711)
+        except FileExistsError:
+            continue  # made by another server between our look and our mkdir
+        except OSError as error:
+            raise SandboxError(f"cannot create {directory}: {error.strerror}") from None
+
+
 def _mounted_under(root: Path) -> list[Path]:
     prefix = str(root) + "/"
     with open("/proc/self/mountinfo") as mountinfo:
@@ -133,6 +149,15 @@ class BwrapBackend(Backend):
             found.append("user namespaces are disabled: sysctl user.max_user_namespaces=15000")
         return found
 
+    async def prepare(self) -> None:
+        problems = self.problems()
+        if problems:
+            raise SandboxError("; ".join(problems))
+        if not (self.rootfs / "usr").is_dir():
+            raise SandboxError(f"room image not found at {self.rootfs}")
+        _make_traversable(self.rooms_dir)
+        self.uids.prepare()
+
     async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
         if not ROOM_ID.match(room_id):
             raise SandboxError(f"invalid room id {room_id!r}")
@@ -192,9 +217,9 @@ class BwrapSandbox(Sandbox):
         self._processes: set[BwrapProcess] = set()
 
     def set_up(self) -> None:
-        # bwrap runs as the room's uid and must traverse these (but not list them).
-        for directory in (self.backend.rooms_dir.parent, self.backend.rooms_dir):
-            directory.mkdir(mode=0o711, exist_ok=True)
+        # Made again here, not only at start-up: the runtime dir may have been
+        # removed under a running server (a tmpfs cleaner, a careless operator).
+        _make_traversable(self.backend.rooms_dir)
         self.dir.mkdir(mode=0o711)
         (self.dir / "room.json").write_text(json.dumps({"room": self.room_id, "uid": self.uid}))
         self.writable.mkdir(mode=0o700)

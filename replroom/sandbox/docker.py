@@ -307,6 +307,30 @@ class DockerBackend(Backend):
 
     # ------------------------------------------------------------ life cycle
 
+    async def prepare(self) -> None:
+        """The Engine answers, has our runtime, and holds the room image (when one is set)."""
+        try:
+            info = await self.docker.system.info()
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+            raise _unreachable(self.docker_host, error) from None
+        runtimes = sorted(info.get("Runtimes") or {})
+        if self.runtime not in runtimes:
+            raise SandboxError(
+                f"the Docker Engine at {self.docker_host} has no runtime {self.runtime!r}"
+                f" (it has {', '.join(runtimes) or 'none'}); see docs/docker.md"
+            )
+        if self.image is None:
+            return
+        try:
+            await self.docker.images.inspect(self.image)
+        except aiodocker.DockerError as error:
+            if error.status == 404:
+                raise SandboxError(
+                    f"image {self.image} is not in the Docker Engine at {self.docker_host}: "
+                    f"{BUILD_HINT}"
+                ) from None
+            raise SandboxError(f"cannot inspect image {self.image}: {error.message}") from None
+
     async def create(self, room_id: str, limits: Limits) -> DockerSandbox:
         if not ROOM_ID.match(room_id):
             raise SandboxError(f"invalid room id {room_id!r}")
@@ -908,23 +932,11 @@ async def diagnose(
     backend = DockerBackend(tag, runtime=runtime, docker_host=host)
     try:
         try:
-            info = await backend.docker.system.info()
-        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-            return str(_unreachable(host, error))
-        runtimes = sorted(info.get("Runtimes") or {})
-        if runtime not in runtimes:
-            return (
-                f"the Docker Engine at {host} has no runtime {runtime!r}"
-                f" (it has {', '.join(runtimes) or 'none'}); see docs/docker.md"
-            )
+            await backend.prepare()
+        except SandboxError as error:
+            return str(error)
         if tag is None:
             return None
-        try:
-            await backend.docker.images.inspect(tag)
-        except aiodocker.DockerError as error:
-            if error.status == 404:
-                return f"image {tag} is not in the Docker Engine at {host}: {BUILD_HINT}"
-            return f"cannot inspect image {tag}: {error.message}"
         room_id = "doctor-" + secrets.token_hex(6)
         try:
             sandbox = await backend.create(room_id, Limits(memory=128 * MiB, pids=64))

@@ -37,8 +37,14 @@ class UidLeases:
         self.base = base
         self.count = count
 
+    def prepare(self) -> None:
+        try:
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as error:
+            raise SandboxError(f"cannot create {self.directory}: {error.strerror}") from None
+
     def acquire(self) -> UidLease:
-        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.prepare()
         # Start at a random slot so that concurrent servers rarely contend.
         start = secrets.randbelow(self.count)
         for step in range(self.count):

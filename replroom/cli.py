@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import stat
 import sys
 import termios
 import tty
@@ -16,9 +17,10 @@ from typing import NoReturn
 from pydantic import ValidationError
 
 from replroom.config import Limits, Settings, format_size
-from replroom.sandbox import ExitReason, Process, SandboxError, make_backend
+from replroom.sandbox import ExitReason, Process, Sandbox, SandboxError, make_backend
 
 USAGE_ERROR = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -109,40 +111,95 @@ def cmd_sandbox_run(args: argparse.Namespace) -> int:
 async def _run_in_sandbox(
     settings: Settings, limits: Limits, command: list[str], use_tty: bool
 ) -> int:
+    """Run ``command`` in a new sandbox and remove the sandbox however we are stopped.
+
+    SIGTERM, SIGINT and SIGHUP, and our stdout being closed, end the run with
+    128 + the signal (141 for the closed stdout, like a shell's SIGPIPE),
+    after the sandbox is destroyed: nothing is left running.
+    """
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stopped_by: list[int] = []
+
+    def stop(signum: int) -> None:
+        if not stopped_by:
+            stopped_by.append(signum)
+            main.cancel()
+
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop, signum)
+    if _is_pipe(1):
+        # epoll reports an error on a pipe's write end once its reader is gone,
+        # so we notice even while the command prints nothing.
+        loop.add_reader(1, stop, signal.SIGPIPE)
     backend = make_backend(settings)
-    room_id = "cli-" + os.urandom(8).hex()
-    sandbox = await backend.create(room_id, limits)
+    sandbox: Sandbox | None = None
+    creating = asyncio.ensure_future(backend.create("cli-" + os.urandom(8).hex(), limits))
     try:
-        cols, rows = os.get_terminal_size(sys.stdout.fileno()) if _is_tty(1) else (80, 24)
-        process = await sandbox.spawn(command, tty=use_tty, cols=cols, rows=rows)
-        loop = asyncio.get_running_loop()
-        stdin_task = asyncio.create_task(_pump_stdin(process, raw=use_tty and _is_tty(0)))
-        if use_tty and _is_tty(1):
-            loop.add_signal_handler(
-                signal.SIGWINCH,
-                lambda: asyncio.ensure_future(process.resize(*os.get_terminal_size(1))),
-            )
+        # Shielded: a signal during creation must not leave a half-made sandbox.
+        sandbox = await asyncio.shield(creating)
+        return await _attach(sandbox, command, use_tty, limits)
+    except asyncio.CancelledError:
+        if not stopped_by:
+            raise
+        if sandbox is None and not creating.cancelled():
+            with contextlib.suppress(SandboxError):
+                sandbox = await creating
+        return 128 + stopped_by[0]
+    except BrokenPipeError:
+        stopped_by.append(signal.SIGPIPE)
+        return 128 + signal.SIGPIPE
+    finally:
+        if stopped_by[:1] == [signal.SIGPIPE]:
+            _silence_stdout()
+        if sandbox is not None:
+            await sandbox.destroy()
+        await backend.close()
+
+
+async def _attach(sandbox: Sandbox, command: list[str], use_tty: bool, limits: Limits) -> int:
+    cols, rows = os.get_terminal_size(sys.stdout.fileno()) if _is_tty(1) else (80, 24)
+    process = await sandbox.spawn(command, tty=use_tty, cols=cols, rows=rows)
+    loop = asyncio.get_running_loop()
+    stdin_task = asyncio.create_task(_pump_stdin(process, raw=use_tty and _is_tty(0)))
+    if use_tty and _is_tty(1):
+        loop.add_signal_handler(
+            signal.SIGWINCH,
+            lambda: asyncio.ensure_future(process.resize(*os.get_terminal_size(1))),
+        )
+    try:
         out = sys.stdout.buffer
         while chunk := await process.read():
             out.write(chunk)
             out.flush()
         status = await process.wait()
+    finally:
         stdin_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await stdin_task
-        if status.reason is ExitReason.OUT_OF_MEMORY:
-            print(
-                f"replroom: {status.describe(limits)}: the process was killed",
-                file=sys.stderr,
-            )
-        return status.returncode
-    finally:
-        await sandbox.destroy()
-        await backend.close()
+    if status.reason is ExitReason.OUT_OF_MEMORY:
+        print(f"replroom: {status.describe(limits)}: the process was killed", file=sys.stderr)
+    return status.returncode
 
 
 def _is_tty(fd: int) -> bool:
     return os.isatty(fd)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that exiting with a closed one prints no error."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
 
 
 async def _pump_stdin(process: Process, *, raw: bool) -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,39 @@ def test_doctor_reports_every_backend(settings: Settings, room_image: object) ->
     for name in ("bwrap", "docker (runc)", "docker (runsc)"):
         assert name in result.stdout
     assert "configured backend: bwrap: ready" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT", "SIGHUP", "stdout closed"])
+def test_run_removes_its_sandbox_however_it_is_stopped(
+    settings: Settings, backend_args: list[str], how: str
+) -> None:
+    """Nothing is left running when an operator or a pipeline stops `sandbox run`."""
+    env = {
+        **os.environ,
+        "REPLROOM_RUNTIME_DIR": str(settings.runtime_dir),
+        "REPLROOM_INSTANCE": f"sig-{uuid.uuid4().hex[:12]}",
+    }
+    run = subprocess.Popen(
+        [*REPLROOM, "sandbox", "run", *backend_args, "--", "sh", "-c", "echo started; sleep 300"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    assert run.stdout is not None
+    try:
+        assert run.stdout.readline() == b"started\n"
+        if how == "stdout closed":
+            run.stdout.close()
+            expected = 128 + signal.SIGPIPE
+        else:
+            run.send_signal(signal.Signals[how])
+            expected = 128 + signal.Signals[how]
+        assert run.wait(timeout=120) == expected
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    cleanup = subprocess.run(
+        [*REPLROOM, "sandbox", "cleanup", *backend_args],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert cleanup.returncode == 0, cleanup.stderr
+    assert cleanup.stdout.strip() == "removed 0 leftover sandbox(es)"

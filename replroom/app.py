@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
+import json
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from fastapi import FastAPI, Header, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
 from replroom import metrics, protocol
@@ -32,6 +34,7 @@ from replroom.terminal import Frame
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
+INTERNAL_ERROR = "internal server error (logged); try again"
 EXPIRE_INTERVAL = 3600.0
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
@@ -67,6 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
             await store.close()
 
     app = FastAPI(title="replroom", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.add_middleware(_HttpGuard)
+    uvicorn_log = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _ClientFaultFilter) for f in uvicorn_log.filters):
+        uvicorn_log.addFilter(_ClientFaultFilter())
     app.state.settings = settings
 
     def manager_of(request: Request | WebSocket) -> RoomManager:
@@ -171,7 +178,11 @@ def create_app(settings: Settings) -> FastAPI:
             await websocket.close(protocol.CLOSE_FORBIDDEN, "origin not allowed")
             return
         await websocket.accept()
-        await _serve_member(websocket, manager_of(websocket), room_id)
+        try:
+            await _serve_member(websocket, manager_of(websocket), room_id)
+        except Exception:
+            log.exception("room %.64s: serving a member failed", room_id)
+            await _fail(websocket, protocol.error("internal", INTERNAL_ERROR))
 
     @app.websocket("/yjs/{room_id}/{language}")
     async def editor_socket(
@@ -190,26 +201,11 @@ def create_app(settings: Settings) -> FastAPI:
             await websocket.close(protocol.CLOSE_FORBIDDEN, "invalid editor ticket")
             return
         await websocket.accept()
-        closed = asyncio.get_running_loop().create_future()
-
-        def on_leave() -> None:
-            if not closed.done():
-                closed.set_result(None)
-
-        member.on_leave.append(on_leave)
-        editor: EditorSync = websocket.app.state.editor
-        serving = asyncio.create_task(
-            editor.serve(websocket, f"{room_id}/{language}", read_only=not member.can_write)
-        )
         try:
-            await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await serving
-            with contextlib.suppress(ValueError):
-                member.on_leave.remove(on_leave)
-            await _close(websocket, protocol.CLOSE_FORBIDDEN, "the member left the room")
+            await _serve_editor(websocket, member, f"{room_id}/{language}")
+        except Exception:
+            log.exception("room %s: serving a member's editor failed", room_id)
+            await _fail(websocket, None)
 
     if (WEB_DIST / "assets").is_dir():
         app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
@@ -272,19 +268,24 @@ async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str
         extra["links"] = links_of(join.token, room.record.link_generation)
     sender = asyncio.create_task(member.outbox.run())
     receiver = asyncio.create_task(_receive(websocket, room, member))
+    failed = True
     try:
         # On failure the member was told why; they stay and may retry.
         with contextlib.suppress(AtCapacity, SandboxError):
             await room.join(member, extra)
         await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        if receiver.done() and not receiver.cancelled():
+            receiver.result()  # raises what made it fail
+        failed = False
     finally:
         receiver.cancel()
         await room.leave(member)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
-        code, reason = closing[0] if closing else (1000, "")
-        await _close(websocket, code, reason)
+        if not failed:  # else the caller logs the failure and closes with 1011
+            code, reason = closing[0] if closing else (1000, "")
+            await _close(websocket, code, reason)
 
 
 async def _receive(websocket: WebSocket, room: Room, member: Member) -> None:
@@ -292,24 +293,33 @@ async def _receive(websocket: WebSocket, room: Room, member: Member) -> None:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
-        data = message.get("bytes")
-        if data is not None:
-            if len(data) > protocol.MAX_INPUT_FRAME:
-                limit = protocol.MAX_INPUT_FRAME
-                _reply_error(member, "too_large", f"input frame over {limit} bytes ignored")
-                continue
-            await room.input(member, data)
-            continue
-        text = message.get("text") or ""
         try:
-            parsed = protocol.parse_client_message(text)
-        except protocol.BadMessage as error:
-            _reply_error(member, "bad_message", str(error))
-            continue
-        try:
-            await _dispatch(room, member, parsed)
-        except (UnknownLanguage, SandboxError, AtCapacity) as error:
-            _reply_error(member, "failed", str(error) or "server at capacity")
+            await _handle(room, member, message)
+        except Exception:
+            # One message failed, not the connection: the member is still in the
+            # room with a working outbox, and the next message may well succeed.
+            log.exception("room %s: a message from member %s failed", room.id, member.id)
+            member.outbox.send_json(protocol.error("internal", INTERNAL_ERROR))
+
+
+async def _handle(room: Room, member: Member, message: Message) -> None:
+    data = message.get("bytes")
+    if data is not None:
+        if len(data) > protocol.MAX_INPUT_FRAME:
+            limit = protocol.MAX_INPUT_FRAME
+            _reply_error(member, "too_large", f"input frame over {limit} bytes ignored")
+            return
+        await room.input(member, data)
+        return
+    try:
+        parsed = protocol.parse_client_message(message.get("text") or "")
+    except protocol.BadMessage as error:
+        _reply_error(member, "bad_message", str(error))
+        return
+    try:
+        await _dispatch(room, member, parsed)
+    except (UnknownLanguage, SandboxError, AtCapacity) as error:
+        _reply_error(member, "failed", str(error) or "server at capacity")
 
 
 async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage) -> None:
@@ -370,6 +380,40 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
             await websocket.close(code, reason[:120])
 
 
+async def _fail(websocket: WebSocket, message: dict[str, Any] | None) -> None:
+    """After an unexpected failure (already logged): tell the client, close with 1011.
+
+    ``message`` is the room protocol's ``error``; the editor socket speaks
+    y-websocket and gets the close code only.
+    """
+    if message is not None and websocket.application_state == WebSocketState.CONNECTED:
+        with contextlib.suppress(Exception):
+            await websocket.send_text(json.dumps(message))
+    await _close(websocket, protocol.CLOSE_INTERNAL, "internal error")
+
+
+async def _serve_editor(websocket: WebSocket, member: Member, doc_name: str) -> None:
+    """The y-websocket protocol for one member, until either side or the member leaves."""
+    closed = asyncio.get_running_loop().create_future()
+
+    def on_leave() -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    member.on_leave.append(on_leave)
+    editor: EditorSync = websocket.app.state.editor
+    serving = asyncio.create_task(editor.serve(websocket, doc_name, read_only=not member.can_write))
+    try:
+        await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await serving
+        with contextlib.suppress(ValueError):
+            member.on_leave.remove(on_leave)
+        await _close(websocket, protocol.CLOSE_FORBIDDEN, "the member left the room")
+
+
 def _color_for(room: Room, member: Member) -> str:
     used = {m.color for m in room.members.values()}
     free = [c for c in COLORS if c not in used]
@@ -413,6 +457,59 @@ def _capacity_page(manager: RoomManager) -> HTMLResponse:
     return HTMLResponse(
         _page("Server at capacity", text), status_code=503, headers={"Retry-After": "30"}
     )
+
+
+class _HttpGuard:
+    """Answers an HTTP request whose handler failed unexpectedly with a plain 500.
+
+    The failure is logged here, once, and not passed on: Starlette's error
+    middleware would re-raise it to uvicorn, which logs it a second time as
+    "Exception in ASGI application". (The WebSocket handlers guard themselves:
+    they know the room and close with 1011.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("%s %.200s failed", scope["method"], scope["path"])
+            if started:
+                return  # the client sees the response cut short
+            body = json.dumps({"error": "internal", "message": INTERNAL_ERROR}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            with contextlib.suppress(Exception):
+                await send({"type": "http.response.start", "status": 500, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+
+
+class _ClientFaultFilter(logging.Filter):
+    """uvicorn logs a client's invalid UTF-8 text frame as an error with a traceback.
+
+    The fault is the client's, which gets close code 1007: one warning line says
+    enough, and a traceback in the log stays the sign of a server bug.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg == "Invalid UTF-8 sequence received from client.":
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 async def _expire_rooms(manager: RoomManager, editor: EditorSync) -> None:

@@ -59,7 +59,7 @@ MAX_DOC_NAME = 200
 CLOSE_UNSUPPORTED = 1003  # a text frame: y-websocket sends binary frames only
 CLOSE_BAD_MESSAGE = 1007  # a malformed y-protocol message
 CLOSE_POLICY = 1008  # an unusable document name
-CLOSE_ERROR = 1011  # the server failed; the client may reconnect
+CLOSE_ERROR = protocol.CLOSE_INTERNAL  # the server failed; the client may reconnect
 CLOSE_SLOW = 1013  # the client fell too far behind; it resyncs when it reconnects
 CLOSE_DOC_TOO_LARGE = 4413  # the update would make the document exceed MAX_DOC_SIZE
 

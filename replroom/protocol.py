@@ -26,6 +26,7 @@ CLOSE_PROTOCOL = 4000  # wrong protocol version, or a message before join
 CLOSE_FORBIDDEN = 4003  # no valid link, or the link was rotated
 CLOSE_NOT_FOUND = 4004  # no such room
 CLOSE_TOO_BIG = 1009  # a frame over the limits above (RFC 6455's own code)
+CLOSE_INTERNAL = 1011  # an unexpected server failure (logged); reconnect with backoff
 CLOSE_AT_CAPACITY = 4029  # the server runs as many sandboxes as it may
 CLOSE_SHUTDOWN = 1012  # the server restarts: reconnect
 

@@ -18,7 +18,6 @@ import httpx
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from replroom.config import Settings
 from replroom.protocol import PROTOCOL_VERSION
 
 TIMEOUT = 60.0
@@ -32,14 +31,19 @@ def free_port() -> int:
 
 @dataclass
 class Server:
-    """`replroom serve` in a child process on 127.0.0.1, stopped by its PID."""
+    """`replroom serve` in a child process on 127.0.0.1, stopped by its PID.
 
-    data_dir: Path
-    runtime_dir: Path
+    A ``data_dir`` or ``runtime_dir`` of None leaves that setting at the
+    shipped default (then ``log_dir`` says where the server's log goes).
+    """
+
+    data_dir: Path | None
+    runtime_dir: Path | None
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    log_dir: Path | None = None
 
     @property
     def instance(self) -> str:
@@ -54,21 +58,21 @@ class Server:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        env = {
-            **os.environ,
-            "REPLROOM_RUNTIME_DIR": str(self.runtime_dir),
-            "REPLROOM_HEALTH_INTERVAL": "0.5",
-            "REPLROOM_INSTANCE": self.instance,
-            "REPLROOM_IMAGE_DIR": str(Settings().image_dir),
-            **self.env,
-        }
-        self.log_path = self.data_dir / f"server-{self.port}.log"
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "REPLROOM_HEALTH_INTERVAL": "0.5", "REPLROOM_INSTANCE": self.instance}
+        args = ["serve", "--port", str(self.port)]
+        if self.runtime_dir is not None:
+            env["REPLROOM_RUNTIME_DIR"] = str(self.runtime_dir)
+        if self.data_dir is not None:
+            args += ["--data-dir", str(self.data_dir)]
+        env.update(self.env)
+        log_dir = self.log_dir or self.data_dir
+        assert log_dir is not None, "a server on the default data dir needs a log_dir"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"server-{self.port}.log"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "replroom.cli", "serve", "--port", str(self.port),
-             "--data-dir", str(self.data_dir)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", "replroom.cli", *args], env=env, stdout=log,
+            stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -430,6 +430,12 @@ async def _joined(fd: int, process: BwrapProcess) -> bool:
     return readable.done()
 
 
+def _resolve(future: asyncio.Future[None]) -> None:
+    # The loop may run a ready callback after its waiter was cancelled.
+    if not future.done():
+        future.set_result(None)
+
+
 def _set_size(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
@@ -515,7 +521,7 @@ class PtyProcess(BwrapProcess):
                 raise
             readable = loop.create_future()
             fd = self.master
-            loop.add_reader(fd, readable.set_result, None)
+            loop.add_reader(fd, _resolve, readable)
             try:
                 await readable
             finally:
@@ -531,7 +537,7 @@ class PtyProcess(BwrapProcess):
             except BlockingIOError:
                 writable = loop.create_future()
                 fd = self.master
-                loop.add_writer(fd, writable.set_result, None)
+                loop.add_writer(fd, _resolve, writable)
                 try:
                     await writable
                 finally:

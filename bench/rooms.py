@@ -13,6 +13,7 @@ import asyncio
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -143,6 +144,35 @@ async def flood(server: Server) -> None:
     await bob.wait()
 
 
+async def shutdown(env: dict[str, str], live_rooms: int) -> None:
+    """SIGTERM to a server with ``live_rooms`` rooms, each with a member at a Python prompt."""
+    with tempfile.TemporaryDirectory() as data:
+        runtime = Path(f"/run/replroom-bench-stop-{os.getpid()}")
+        runtime.mkdir(mode=0o711, exist_ok=True)
+        server = Server(Path(data), runtime, env={"REPLROOM_MEMORY_BUDGET": "1000g", **env})
+        server.start()
+        clients: list[RoomClient] = []
+        try:
+            for start in range(0, live_rooms, 25):
+                rooms = [await server.create_room() for _ in range(min(25, live_rooms - start))]
+                batch = await asyncio.gather(
+                    *(RoomClient.connect(server, r["id"], r["invite_token"]) for r in rooms)
+                )
+                await asyncio.gather(*(c.wait_output(PROMPT, timeout=120) for c in batch))
+                clients += batch
+            assert server.process is not None
+            started = time.perf_counter()
+            server.process.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(server.process.wait, 120)
+            elapsed = time.perf_counter() - started
+            print(f"{f'SIGTERM -> exit, {live_rooms} live rooms':<44} {elapsed:7.2f} s"
+                  "   (target <= 10 s)")  # fmt: skip
+        finally:
+            server.stop()
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+            shutil.rmtree(runtime, ignore_errors=True)
+
+
 async def bench(name: str, env: dict[str, str], runs: int) -> None:
     print(f"\n== {name} ==")
     with tempfile.TemporaryDirectory() as data:
@@ -165,6 +195,7 @@ async def bench(name: str, env: dict[str, str], runs: int) -> None:
         finally:
             server.stop()
             shutil.rmtree(runtime, ignore_errors=True)
+    await shutdown(env, 300 if name == "bwrap" else 100)
 
 
 async def main() -> None:

@@ -206,7 +206,7 @@ def find_mirror(suite: str = SUITE, sources: Iterable[AptSource] | None = None) 
 
 
 def _image_dir(settings: Settings, image_id: str) -> Path:
-    return settings.images / image_id
+    return settings.image_dir / image_id
 
 
 def current_image(settings: Settings | None = None) -> RoomImage | None:
@@ -228,11 +228,11 @@ def require_image(settings: Settings | None = None) -> RoomImage:
 def list_images(settings: Settings | None = None) -> list[RoomImage]:
     """Every finished image in the cache, the current one included."""
     settings = settings or get_settings()
-    if not settings.images.is_dir():
+    if not settings.image_dir.is_dir():
         return []
     return [
         RoomImage(path.name, path / "rootfs")
-        for path in sorted(settings.images.iterdir())
+        for path in sorted(settings.image_dir.iterdir())
         if (path / "rootfs").is_dir()
     ]
 
@@ -300,8 +300,8 @@ def build_image(
 
 @contextlib.contextmanager
 def _build_lock(settings: Settings, progress: Progress) -> Iterator[int]:
-    settings.images.mkdir(parents=True, exist_ok=True)
-    fd = os.open(settings.images / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    settings.image_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(settings.image_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

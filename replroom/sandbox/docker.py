@@ -4,7 +4,8 @@ Every room is one container of the room image, talking to the Engine through
 its API (aiodocker; the ``docker`` CLI is never used):
 
 - no network, a read-only root, all capabilities dropped, no-new-privileges,
-  memory = memory+swap (no swap), CPU and process limits;
+  the rooms' seccomp policy (``sandbox/seccomp.py``) as the container's
+  profile, memory = memory+swap (no swap), CPU and process limits;
 - tmpfs at /home/room and /tmp (and a small /dev/shm). Docker cannot bind one
   tmpfs at several places, so ``Limits.disk`` is split: /tmp gets a quarter,
   /dev/shm an eighth and /home/room the rest;
@@ -59,6 +60,7 @@ from replroom.sandbox.base import (
     SandboxStats,
     check_sandbox_path,
 )
+from replroom.sandbox.seccomp import docker_security_opt
 
 if TYPE_CHECKING:
     from aiodocker.containers import DockerContainer
@@ -223,7 +225,9 @@ def container_config(
             "NetworkMode": "none",
             "ReadonlyRootfs": True,
             "CapDrop": ["ALL"],
-            "SecurityOpt": ["no-new-privileges"],
+            # runc applies the profile to every exec'd REPL too; runsc (with
+            # --oci-seccomp) to the first process only, see docs/security.md.
+            "SecurityOpt": ["no-new-privileges", docker_security_opt()],
             "IpcMode": "private",
             "Memory": limits.memory,
             "MemorySwap": limits.memory,
@@ -288,11 +292,13 @@ class DockerBackend(Backend):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerBackend:
-        from replroom.image import current_image  # noqa: PLC0415 - the image module is heavy
+        from replroom.image import DOCKER_REPOSITORY, recipe_id  # noqa: PLC0415 - heavy module
 
-        image = current_image(settings)
+        # The tag follows from the recipe alone: the Engine must hold the
+        # image, this host's disk need not (a server in a container has no
+        # rootfs, see deploy/compose.yaml); prepare() checks the Engine.
         return cls(
-            image.docker_tag if image else None,
+            f"{DOCKER_REPOSITORY}:{recipe_id()}",
             runtime=settings.docker_runtime,
             docker_host=settings.docker_host,
             instance=settings.instance,

@@ -1,87 +1,268 @@
-"""The seccomp filter of bwrap sandboxes, modelled on Docker's default profile.
+"""The one seccomp policy of every room, rendered for each backend.
 
-Docker allows the system calls a normal program needs and refuses those that
-need a capability the container does not have or that widen the kernel's
-attack surface. This filter refuses the same set (with EPERM, as Docker does,
-so programs see an ordinary permission error) and additionally refuses
-``TIOCSTI``/``TIOCLINUX`` so that nothing in a room can push keystrokes into a
-terminal. System calls made through another ABI (i386, x32) kill the process:
-libseccomp's default for foreign architectures.
+The policy is an allowlist derived from Docker's default profile (moby's
+``profiles/seccomp/default.json``): the system calls it allows to a container
+without capabilities, minus what a room must not have:
 
-The filter is compiled once per server with libseccomp and handed to bwrap
-as BPF bytes through ``--seccomp FD``.
+- io_uring (``io_uring_setup``/``_enter``/``_register``): a large, young
+  kernel interface that the syscall filter cannot see into;
+- ``personality`` only with the values Docker allows (plain Linux, 32-bit
+  and 2.6-uname variants, and the query), so no ``ADDR_NO_RANDOMIZE`` and no
+  ``READ_IMPLIES_EXEC``;
+- ``clone`` only without ``CLONE_NEW*`` flags, ``clone3`` answers ENOSYS (its
+  flags are in memory, out of the filter's sight, and libc then falls back to
+  ``clone``); ``unshare``, ``setns``, mounts, keyrings, BPF, perf,
+  userfaultfd, kernel modules, clocks and reboot are not on the list at all;
+- ``ioctl`` ``TIOCSTI``/``TIOCLINUX``, which push keystrokes into a terminal.
+
+Everything not allowed fails with EPERM, an ordinary permission error.
+Conditions are all "argument masked with M equals V": the kernel reads these
+arguments as 32-bit ints, so masking to 32 bits compares exactly what it will
+use, and a refusal of some values is an allowance of all the others, spelt as
+bit prefixes (libseccomp can neither add a rule with the default action nor
+compare one argument twice in a rule).
+
+Renderings: ``docker_profile()`` is the Docker/OCI JSON profile the docker
+backend hands to the Engine; ``compiled_filter()`` is the same rules compiled
+by libseccomp to BPF for ``bwrap --seccomp``. Both contain exactly the names
+this host's libseccomp resolves on the native architecture; calls through a
+foreign ABI (i386, x32) are not allowed.
 """
 
 from __future__ import annotations
 
 import errno
+import json
+import platform
+import socket
 import tempfile
 import termios
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
-# Each group mirrors a block of Docker's default profile that a container
-# without capabilities does not get.
-DENIED_SYSCALLS: tuple[str, ...] = (
-    # mounts and filesystem views (CAP_SYS_ADMIN)
-    "mount", "umount2", "pivot_root", "chroot", "fsopen", "fsconfig", "fsmount",
-    "fspick", "move_mount", "open_tree", "mount_setattr",
-    # namespaces
-    "unshare", "setns",
-    # kernel modules, kexec, reboot, swap, quotas, accounting (CAP_SYS_MODULE/BOOT/ADMIN)
-    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load",
-    "reboot", "swapon", "swapoff", "quotactl", "acct",
-    # clocks (CAP_SYS_TIME)
-    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
-    # kernel keyring, BPF, perf, userfaultfd, io_uring: attack surface
-    "add_key", "request_key", "keyctl", "bpf", "perf_event_open", "userfaultfd",
-    "io_uring_setup", "io_uring_enter", "io_uring_register",
-    # peeking at other processes' memory and handles (CAP_SYS_PTRACE/DAC_READ_SEARCH)
-    "process_vm_readv", "process_vm_writev", "kcmp", "open_by_handle_at",
-    "name_to_handle_at",
-    # raw hardware and obsolete interfaces
-    "iopl", "ioperm", "lookup_dcookie", "syslog", "uselib", "ustat", "sysfs",
-    "vhangup", "nfsservctl", "personality_unused", "fanotify_init",
-    # NUMA placement (CAP_SYS_NICE)
-    "mbind", "set_mempolicy", "move_pages", "migrate_pages",
+# The unconditional allowlist of Docker's default profile (architecture
+# specific names for x86_64 and arm64 included; the others simply do not
+# resolve), with ptrace and process_vm_readv/writev, which Docker allows on
+# every kernel >= 4.8, and without io_uring.
+ALLOWED: tuple[str, ...] = (
+    "accept", "accept4", "access", "adjtimex", "alarm", "bind", "brk", "capget", "capset",
+    "chdir", "chmod", "chown", "chown32", "clock_adjtime", "clock_adjtime64", "clock_getres",
+    "clock_getres_time64", "clock_gettime", "clock_gettime64", "clock_nanosleep",
+    "clock_nanosleep_time64", "close", "close_range", "connect", "copy_file_range", "creat",
+    "dup", "dup2", "dup3", "epoll_create", "epoll_create1", "epoll_ctl", "epoll_ctl_old",
+    "epoll_pwait", "epoll_pwait2", "epoll_wait", "epoll_wait_old", "eventfd", "eventfd2",
+    "execve", "execveat", "exit", "exit_group", "faccessat", "faccessat2", "fadvise64",
+    "fadvise64_64", "fallocate", "fanotify_mark", "fchdir", "fchmod", "fchmodat", "fchown",
+    "fchown32", "fchownat", "fcntl", "fcntl64", "fdatasync", "fgetxattr", "flistxattr",
+    "flock", "fork", "fremovexattr", "fsetxattr", "fstat", "fstat64", "fstatat64", "fstatfs",
+    "fstatfs64", "fsync", "ftruncate", "ftruncate64", "futex", "futex_time64", "futex_waitv",
+    "futimesat", "get_robust_list", "get_thread_area", "getcpu", "getcwd", "getdents",
+    "getdents64", "getegid", "getegid32", "geteuid", "geteuid32", "getgid", "getgid32",
+    "getgroups", "getgroups32", "getitimer", "getpeername", "getpgid", "getpgrp", "getpid",
+    "getppid", "getpriority", "getrandom", "getresgid", "getresgid32", "getresuid",
+    "getresuid32", "getrlimit", "getrusage", "getsid", "getsockname", "getsockopt", "gettid",
+    "gettimeofday", "getuid", "getuid32", "getxattr", "inotify_add_watch", "inotify_init",
+    "inotify_init1", "inotify_rm_watch", "io_cancel", "io_destroy", "io_getevents",
+    "io_pgetevents", "io_pgetevents_time64", "io_setup", "io_submit", "ioprio_get",
+    "ioprio_set", "ipc", "kill", "landlock_add_rule", "landlock_create_ruleset",
+    "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link", "linkat", "listen",
+    "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat",
+    "lstat64", "madvise", "membarrier", "memfd_create", "memfd_secret", "mincore", "mkdir",
+    "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect",
+    "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64",
+    "mq_timedsend", "mq_timedsend_time64", "mq_unlink", "mremap", "msgctl", "msgget",
+    "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap", "name_to_handle_at",
+    "nanosleep", "newfstatat", "_newselect", "open", "openat", "openat2", "pause",
+    "pidfd_open", "pidfd_send_signal", "pipe", "pipe2", "pkey_alloc", "pkey_free",
+    "pkey_mprotect", "poll", "ppoll", "ppoll_time64", "prctl", "pread64", "preadv", "preadv2",
+    "prlimit64", "process_mrelease", "process_vm_readv", "process_vm_writev", "pselect6",
+    "pselect6_time64", "ptrace", "pwrite64", "pwritev", "pwritev2", "read", "readahead",
+    "readlink", "readlinkat", "readv", "recv", "recvfrom", "recvmmsg", "recvmmsg_time64",
+    "recvmsg", "remap_file_pages", "removexattr", "rename", "renameat", "renameat2",
+    "restart_syscall", "rmdir", "rseq", "rt_sigaction", "rt_sigpending", "rt_sigprocmask",
+    "rt_sigqueueinfo", "rt_sigreturn", "rt_sigsuspend", "rt_sigtimedwait",
+    "rt_sigtimedwait_time64", "rt_tgsigqueueinfo", "sched_get_priority_max",
+    "sched_get_priority_min", "sched_getaffinity", "sched_getattr", "sched_getparam",
+    "sched_getscheduler", "sched_rr_get_interval", "sched_rr_get_interval_time64",
+    "sched_setaffinity", "sched_setattr", "sched_setparam", "sched_setscheduler",
+    "sched_yield", "seccomp", "select", "semctl", "semget", "semop", "semtimedop",
+    "semtimedop_time64", "send", "sendfile", "sendfile64", "sendmmsg", "sendmsg", "sendto",
+    "set_robust_list", "set_thread_area", "set_tid_address", "setfsgid", "setfsgid32",
+    "setfsuid", "setfsuid32", "setgid", "setgid32", "setgroups", "setgroups32", "setitimer",
+    "setpgid", "setpriority", "setregid", "setregid32", "setresgid", "setresgid32",
+    "setresuid", "setresuid32", "setreuid", "setreuid32", "setrlimit", "setsid",
+    "setsockopt", "setuid", "setuid32", "setxattr", "shmat", "shmctl", "shmdt", "shmget",
+    "shutdown", "sigaltstack", "signalfd", "signalfd4", "sigprocmask", "sigreturn",
+    "socketcall", "socketpair", "splice", "stat", "stat64", "statfs", "statfs64", "statx",
+    "symlink", "symlinkat", "sync", "sync_file_range", "syncfs", "sysinfo", "tee", "tgkill",
+    "time", "timer_create", "timer_delete", "timer_getoverrun", "timer_gettime",
+    "timer_gettime64", "timer_settime", "timer_settime64", "timerfd_create",
+    "timerfd_gettime", "timerfd_gettime64", "timerfd_settime", "timerfd_settime64", "times",
+    "tkill", "truncate", "truncate64", "ugetrlimit", "umask", "uname", "unlink", "unlinkat",
+    "utime", "utimensat", "utimensat_time64", "utimes", "vfork", "vmsplice", "wait4",
+    "waitid", "waitpid", "write", "writev",
+    # x86 only
+    "arch_prctl", "modify_ldt",
+    # arm64 only
+    "arm_fadvise64_64", "arm_sync_file_range", "breakpoint", "cacheflush", "set_tls",
+    "sync_file_range2",
+    # Newer than the profile's list, ordinary calls: a libc that uses them
+    # falls back only on ENOSYS, so EPERM would break lchmod and threads.
+    "fchmodat2", "map_shadow_stack",
 )  # fmt: skip
 
-# clone() with any CLONE_NEW* flag: a second line of defence behind bwrap's
-# --disable-userns, as in Docker's profile.
-CLONE_NAMESPACE_FLAGS = (
-    0x0002_0000,  # CLONE_NEWNS
-    0x0200_0000,  # CLONE_NEWCGROUP
-    0x0400_0000,  # CLONE_NEWUTS
-    0x0800_0000,  # CLONE_NEWIPC
-    0x1000_0000,  # CLONE_NEWUSER
-    0x2000_0000,  # CLONE_NEWPID
-    0x4000_0000,  # CLONE_NEWNET
-    0x0000_0080,  # CLONE_NEWTIME
-)
-DENIED_IOCTLS = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
+# Arguments the kernel declares as (unsigned) int: compare their low 32 bits
+# only, since the upper half of the register is ignored by the kernel.
+INT = 0xFFFF_FFFF
+
+# personality(2) values Docker allows: PER_LINUX, PER_LINUX32, UNAME26,
+# PER_LINUX32|UNAME26, and 0xffffffff, which only queries.
+PERSONALITIES = (0x0, 0x8, 0x2_0000, 0x2_0008, 0xFFFF_FFFF)
+
+# CLONE_NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET. CLONE_NEWTIME
+# (0x80) is not a clone() flag: that bit belongs to the exit signal there.
+CLONE_NAMESPACES = 0x7E02_0000
+
+REFUSED_IOCTLS = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
+REFUSED_SOCKET_FAMILIES = (getattr(socket, "AF_VSOCK", 40),)
+
+# The errno of everything the policy does not allow.
+REFUSAL = errno.EPERM
+
+_ARCHITECTURES = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+@dataclass(frozen=True)
+class Masked:
+    """Argument ``index``, masked with ``mask``, equals ``value``."""
+
+    index: int
+    mask: int
+    value: int
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One system call, allowed (``refuse_with`` None) or refused with that errno, when all of
+    ``when`` hold. Rules for the same call are alternatives."""
+
+    name: str
+    when: tuple[Masked, ...] = ()
+    refuse_with: int | None = None
+
+
+def all_but(index: int, refused: tuple[int, ...], bits: int = 32) -> Iterator[Masked]:
+    """Conditions that, as alternatives, hold for every ``bits``-bit value of
+    argument ``index`` except the ``refused`` ones: one per bit prefix that no
+    refused value starts with, so about ``bits`` per refused value."""
+
+    def walk(prefix: int, length: int, inside: list[int]) -> Iterator[Masked]:
+        shift = bits - length
+        if not inside:
+            yield Masked(index, ((1 << length) - 1) << shift, prefix << shift)
+        elif length < bits:
+            for child in (prefix << 1, prefix << 1 | 1):
+                yield from walk(child, length + 1, [v for v in inside if v >> shift - 1 == child])
+
+    yield from walk(0, 0, sorted(set(refused)))
+
+
+def rules() -> tuple[Rule, ...]:
+    """The whole policy, for any architecture; names may not exist on this one."""
+    conditional = [
+        *(Rule("personality", (Masked(0, INT, value),)) for value in PERSONALITIES),
+        Rule("clone", (Masked(0, CLONE_NAMESPACES, 0),)),
+        Rule("clone3", refuse_with=errno.ENOSYS),
+        *(Rule("ioctl", (m,)) for m in all_but(1, REFUSED_IOCTLS)),
+        *(Rule("socket", (m,)) for m in all_but(0, REFUSED_SOCKET_FAMILIES)),
+    ]
+    return (*(Rule(name) for name in ALLOWED), *conditional)
+
+
+def syscall_number(name: str) -> int | None:
+    """The call's number on this machine, or None if the architecture (or
+    this libseccomp, which may be older than the kernel) does not know it."""
+    import pyseccomp as seccomp  # noqa: PLC0415 - loads libseccomp; see compiled_filter
+
+    try:
+        number = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+    except (ValueError, OSError):
+        return None
+    # Negative numbers are libseccomp's pseudo-calls for other architectures.
+    return number if number >= 0 else None
+
+
+@lru_cache(maxsize=1)
+def native_rules() -> tuple[Rule, ...]:
+    """The rules whose call exists here: what both renderings contain."""
+    return tuple(rule for rule in rules() if syscall_number(rule.name) is not None)
+
+
+def allowed_names() -> list[str]:
+    """The calls allowed here, at least for some arguments."""
+    return sorted({rule.name for rule in native_rules() if rule.refuse_with is None})
+
+
+@lru_cache(maxsize=1)
+def docker_profile() -> dict[str, Any]:
+    """The policy as a Docker seccomp profile (the Engine's ``seccomp=<json>``)."""
+    unconditional = [r.name for r in native_rules() if not r.when and r.refuse_with is None]
+    entries: list[dict[str, Any]] = [{"names": unconditional, "action": "SCMP_ACT_ALLOW"}]
+    for rule in native_rules():
+        if not rule.when and rule.refuse_with is None:
+            continue
+        entry: dict[str, Any] = {"names": [rule.name], "action": "SCMP_ACT_ALLOW"}
+        if rule.refuse_with is not None:
+            entry.update(action="SCMP_ACT_ERRNO", errnoRet=rule.refuse_with)
+        if rule.when:
+            entry["args"] = [
+                {"index": m.index, "value": m.mask, "valueTwo": m.value, "op": "SCMP_CMP_MASKED_EQ"}
+                for m in rule.when
+            ]
+        entries.append(entry)
+    return {
+        "defaultAction": "SCMP_ACT_ERRNO",
+        "defaultErrnoRet": REFUSAL,
+        "architectures": [_ARCHITECTURES[platform.machine()]],
+        "syscalls": entries,
+    }
+
+
+def docker_security_opt() -> str:
+    """The ``HostConfig.SecurityOpt`` entry that installs the profile."""
+    return "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
+
+
+def _libseccomp_filter() -> Any:
+    # Imported here: it loads libseccomp, whose absence `replroom doctor` reports.
+    import pyseccomp as seccomp  # noqa: PLC0415
+
+    flt = seccomp.SyscallFilter(seccomp.ERRNO(REFUSAL))
+    # A call through another ABI would be matched against the wrong numbers.
+    flt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
+    # A binary tree of call numbers instead of a linear scan of ~350 of them.
+    flt.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
+    for rule in native_rules():
+        action = seccomp.ALLOW if rule.refuse_with is None else seccomp.ERRNO(rule.refuse_with)
+        args = [seccomp.Arg(m.index, seccomp.MASKED_EQ, m.mask, m.value) for m in rule.when]
+        flt.add_rule(action, rule.name, *args)
+    return flt
 
 
 @lru_cache(maxsize=1)
 def compiled_filter() -> bytes:
-    """The filter as BPF bytes, ready for ``bwrap --seccomp``."""
-    # Imported here: it loads libseccomp, whose absence `replroom doctor` reports.
-    import pyseccomp as seccomp  # noqa: PLC0415
-
-    deny = seccomp.ERRNO(errno.EPERM)
-    flt = seccomp.SyscallFilter(seccomp.ALLOW)
-    for name in DENIED_SYSCALLS:
-        try:
-            flt.add_rule(deny, name)
-        except (ValueError, OSError):
-            continue  # not a system call on this architecture
-    # Rules for one system call are alternatives; each matches one flag.
-    for flag in CLONE_NAMESPACE_FLAGS:
-        flt.add_rule(deny, "clone", seccomp.Arg(0, seccomp.MASKED_EQ, flag, flag))
-    for request in DENIED_IOCTLS:
-        flt.add_rule(deny, "ioctl", seccomp.Arg(1, seccomp.MASKED_EQ, 0xFFFF_FFFF, request))
-    # clone3 passes its flags in memory, out of seccomp's sight: make libc fall
-    # back to clone(), which the rules above can inspect.
-    flt.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
+    """The policy as BPF bytes, ready for ``bwrap --seccomp``."""
     with tempfile.TemporaryFile() as bpf:
-        flt.export_bpf(bpf)
+        _libseccomp_filter().export_bpf(bpf)
         bpf.seek(0)
         return bpf.read()
+
+
+def filter_text() -> str:
+    """libseccomp's readable form of the compiled filter (for tests and debugging)."""
+    with tempfile.TemporaryFile() as pfc:
+        _libseccomp_filter().export_pfc(pfc)
+        pfc.seek(0)
+        return pfc.read().decode()

@@ -30,6 +30,7 @@ from replroom.sandbox.docker import (
     diagnose,
     disconnect,
 )
+from replroom.sandbox.seccomp import docker_security_opt
 from tests.sandboxes import Screen, read_all
 from tests.sandboxes import run as run_on_pipes
 
@@ -353,7 +354,8 @@ async def test_container_is_hardened(docker_backend: DockerBackend, sandbox: Doc
     info = await sandbox.container.show()
     host = info["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["CapDrop"] == ["ALL"]
+    assert host["SecurityOpt"] == ["no-new-privileges", docker_security_opt()]
     assert host["Memory"] == host["MemorySwap"] == SMALL.memory
     assert host["NanoCpus"] == 500_000_000
     assert host["Runtime"] == docker_backend.runtime and host["Init"] is True

@@ -45,7 +45,14 @@ from replroom.sandbox.base import (
     SandboxStats,
     check_sandbox_path,
 )
-from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names, remove_parent
+from replroom.sandbox.cgroups import (
+    Cgroup,
+    CgroupError,
+    Hierarchy,
+    leftover_names,
+    make_parent,
+    remove_parent,
+)
 from replroom.sandbox.seccomp import compiled_filter
 from replroom.sandbox.uids import UidLease, UidLeases
 
@@ -157,6 +164,10 @@ class BwrapBackend(Backend):
             raise SandboxError(f"room image not found at {self.rootfs}")
         _make_traversable(self.rooms_dir)
         self.uids.prepare()
+        try:
+            make_parent(self.hierarchy, self.instance)
+        except CgroupError as error:
+            raise SandboxError(str(error)) from None
 
     async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
         if not ROOM_ID.match(room_id):

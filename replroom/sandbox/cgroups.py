@@ -261,6 +261,18 @@ class Cgroup:
         return len(self.pids())
 
 
+def make_parent(hierarchy: Hierarchy, parent: str) -> None:
+    """Make the instance's own cgroup directories, under which its rooms' cgroups go."""
+    for root in (*hierarchy.v1.values(), hierarchy.v2):
+        if root:
+            try:
+                (root / parent).mkdir(exist_ok=True)
+            except OSError as error:
+                raise CgroupError(
+                    f"cannot create the cgroup {root / parent}: {error.strerror}"
+                ) from None
+
+
 def remove_parent(hierarchy: Hierarchy, parent: str) -> None:
     """Remove the instance's own cgroup directories once no room is left in them."""
     for root in (*hierarchy.v1.values(), hierarchy.v2):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -22,6 +23,7 @@ import pytest
 
 from replroom.config import Limits
 from replroom.sandbox import ExitReason, Sandbox
+from replroom.sandbox.seccomp import syscall_number
 from tests.sandboxes import BackendUnderTest, host_disk_free, python, run
 
 ATTACK_LIMITS = Limits(memory="96m", cpus=0.25, pids=64, disk="16m")
@@ -291,3 +293,146 @@ async def test_host_is_untouched(rooms: Rooms) -> None:
         assert os.path.exists(canary)
     finally:
         os.unlink(canary)
+
+
+async def raw_syscalls(
+    sandbox: Sandbox, calls: list[tuple[str, str, tuple[int | str, ...]]]
+) -> dict[str, str]:
+    """Make raw system calls in ``sandbox``: label -> "ok" or the errno's name.
+
+    An argument "buf" is the address of a zeroed 4 KiB buffer. The numbers
+    are the host's: sandboxes run on the host's architecture.
+    """
+    numbers = {name: syscall_number(name) for _, name, _ in calls}
+    _status, output = await python(
+        sandbox,
+        "import ctypes, errno, json\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.syscall.restype = ctypes.c_long\n"
+        "buf = ctypes.create_string_buffer(4096)\n"
+        "results = {}\n"
+        f"for label, name, args in {calls!r}:\n"
+        "    args = [ctypes.addressof(buf) if a == 'buf' else a for a in args]\n"
+        f"    r = libc.syscall(ctypes.c_long({numbers!r}[name]), "
+        "*[ctypes.c_ulong(a) for a in args])\n"
+        "    results[label] = 'ok' if r >= 0 else errno.errorcode[ctypes.get_errno()]\n"
+        "print(json.dumps(results))\n",
+    )
+    return json.loads(output)
+
+
+async def test_every_room_process_runs_under_the_seccomp_policy(
+    rooms: Rooms, backend: BackendUnderTest
+) -> None:
+    _status, output = await run(
+        rooms.attacker, ["sh", "-c", "grep Seccomp: /proc/self/status /proc/1/status"]
+    )
+    assert "/proc/1/status:Seccomp:\t2" in output, output
+    if backend.name == "docker-runsc":
+        # gVisor filters the container's first process only (--oci-seccomp);
+        # an exec'd process meets gVisor's kernel, not the host's.
+        assert "/proc/self/status:Seccomp:\t0" in output, output
+    else:
+        assert "/proc/self/status:Seccomp:\t2" in output, output
+
+
+async def test_io_uring_is_refused(rooms: Rooms, backend: BackendUnderTest) -> None:
+    results = await raw_syscalls(
+        rooms.attacker,
+        [
+            ("setup", "io_uring_setup", (8, "buf")),
+            ("enter", "io_uring_enter", (0xFFFF_FFFF, 0, 0, 0, 0, 0)),
+            ("register", "io_uring_register", (0xFFFF_FFFF, 0, 0, 0)),
+        ],
+    )
+    if backend.name == "docker-runsc":
+        # gVisor's own partial io_uring, in the Sentry: a ring can be made
+        # (the host's io_uring is not behind it), registering is not
+        # implemented (Linux would say EBADF), and entering a bad fd is EPERM.
+        assert results == {"setup": "ok", "enter": "EPERM", "register": "ENOSYS"}
+    else:
+        # Docker's own profile (Engine 20.10) would let io_uring_setup through.
+        assert results == {"setup": "EPERM", "enter": "EPERM", "register": "EPERM"}
+
+
+async def test_personality_cannot_weaken_the_address_space(
+    rooms: Rooms, backend: BackendUnderTest
+) -> None:
+    results = await raw_syscalls(
+        rooms.attacker,
+        [
+            ("ADDR_NO_RANDOMIZE", "personality", (0x004_0000,)),
+            ("READ_IMPLIES_EXEC", "personality", (0x040_0000,)),
+            # The kernel reads an int: upper bits must not smuggle a value past.
+            ("high bits + ADDR_NO_RANDOMIZE", "personality", (1 << 32 | 0x004_0000,)),
+            ("PER_LINUX", "personality", (0,)),
+            ("query", "personality", (0xFFFF_FFFF,)),
+        ],
+    )
+    if backend.name == "docker-runsc":
+        # gVisor implements no personality at all: every call is EINVAL.
+        assert set(results.values()) == {"EINVAL"}, results
+    else:
+        assert results == {
+            "ADDR_NO_RANDOMIZE": "EPERM",
+            "READ_IMPLIES_EXEC": "EPERM",
+            "high bits + ADDR_NO_RANDOMIZE": "EPERM",
+            "PER_LINUX": "ok",
+            "query": "ok",
+        }
+    # The everyday way to ask for it, util-linux's `setarch -R`, fails too.
+    status, output = await run(rooms.attacker, ["setarch", "-R", "true"])
+    assert status.code != 0 and "failed to set personality" in output, output
+
+
+async def test_device_nodes_cannot_be_made_or_used(rooms: Rooms, backend: BackendUnderTest) -> None:
+    _status, output = await python(
+        rooms.attacker,
+        "import os, stat\n"
+        "print('fuse', os.path.exists('/dev/fuse'), 'tun', os.path.exists('/dev/net/tun'))\n"
+        "for path, kind, dev in (('/home/room/null', stat.S_IFCHR, (1, 3)),\n"
+        "                        ('/tmp/fuse', stat.S_IFCHR, (10, 229)),\n"
+        "                        ('/home/room/sda', stat.S_IFBLK, (8, 0))):\n"
+        "    try:\n"
+        "        os.mknod(path, kind | 0o600, os.makedev(*dev))\n"
+        "    except OSError as e:\n"
+        "        print('mknod', path, 'refused', e.strerror)\n"
+        "        continue\n"
+        "    try:\n"
+        "        print('mknod', path, 'MADE, opened', open(path, 'rb').read(0) == b'')\n"
+        "    except OSError as e:\n"
+        "        print('mknod', path, 'MADE, unusable', e.strerror)\n"
+        "os.mkfifo('/tmp/fifo')\n"
+        "print('fifo', stat.S_ISFIFO(os.stat('/tmp/fifo').st_mode))\n",
+    )
+    assert "fifo True" in output, output
+    if backend.name != "docker-runsc":
+        assert "fuse False tun False" in output, output
+        assert output.count("refused Operation not permitted") == 3, output
+        return
+    # gVisor (release 20221219) has /dev/fuse and /dev/net/tun in its own
+    # /dev and makes device nodes without CAP_MKNOD. They lead to the
+    # Sentry's devices only: a host disk is nothing, FUSE cannot be mounted
+    # and a TUN device cannot be made. See docs/security.md.
+    assert "fuse True tun True" in output, output
+    assert "mknod /home/room/sda MADE, unusable No such device or address" in output, output
+    _status, output = await python(
+        rooms.attacker,
+        "import ctypes, fcntl, os, struct\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "fuse = os.open('/dev/fuse', os.O_RDWR)\n"
+        "os.mkdir('/tmp/mnt')\n"
+        "options = f'fd={fuse},rootmode=40000,user_id=1000,group_id=1000'.encode()\n"
+        "if libc.mount(b'room', b'/tmp/mnt', b'fuse', 0, options) == 0:\n"
+        "    print('FUSE MOUNTED')\n"
+        "else:\n"
+        "    print('fuse mount refused', os.strerror(ctypes.get_errno()))\n"
+        "tun = os.open('/dev/net/tun', os.O_RDWR)\n"
+        "try:\n"
+        "    fcntl.ioctl(tun, 0x400454CA, struct.pack('16sH22x', b'evil0', 0x1001))\n"
+        "    print('TUNSETIFF ALLOWED')\n"
+        "except OSError as e:\n"
+        "    print('TUNSETIFF refused', e.strerror)\n",
+    )
+    assert "fuse mount refused Operation not permitted" in output, output
+    assert "TUNSETIFF refused Operation not permitted" in output, output

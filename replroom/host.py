@@ -63,7 +63,8 @@ def prepare_directories(settings: Settings) -> None:
 async def open_backend(settings: Settings) -> Backend:
     """The configured backend, with its directories made and the host checked."""
     prepare_directories(settings)
-    if current_image(settings) is None:
+    # The docker backend needs the image in the Engine only (its prepare() looks).
+    if settings.backend == "bwrap" and current_image(settings) is None:
         raise HostNotReady(f"{NOT_BUILT} (looked in {settings.image_dir})")
     try:
         backend = make_backend(settings)

@@ -46,6 +46,24 @@ _EDITOR_JS = """() => {
 }"""
 
 
+# Every toast the page shows, in order (an init script: it runs before the page's code).
+_RECORD_TOASTS_JS = """(() => {
+    const shown = window.replroomToasts = [];
+    const toasts = new MutationObserver((records) => {
+        for (const record of records)
+            for (const node of record.addedNodes)
+                if (node.classList?.contains('toast')) shown.push(node.textContent);
+    });
+    const find = new MutationObserver(() => {
+        const box = document.getElementById('toasts');
+        if (!box) return;
+        find.disconnect();
+        toasts.observe(box, {childList: true});
+    });
+    find.observe(document, {childList: true, subtree: true});
+})()"""
+
+
 def web_client_built() -> bool:
     return (WEB_DIST / "index.html").is_file() and (WEB_DIST / "assets").is_dir()
 
@@ -71,6 +89,11 @@ async def new_context(
             f"try {{ localStorage.setItem('replroom:name', {json.dumps(name)}) }} catch (e) {{}}"
         )
     return context
+
+
+async def record_toasts(context: BrowserContext) -> None:
+    """The context's pages remember every toast they show (RoomPage.toasts_shown)."""
+    await context.add_init_script(_RECORD_TOASTS_JS)
 
 
 class RoomPage:
@@ -170,6 +193,21 @@ class RoomPage:
     async def members(self) -> list[str]:
         names = await self.page.locator("#members .member .name").all_text_contents()
         return [str(name) for name in names]
+
+    async def toasts_shown(self) -> list[str]:
+        """The text of every toast shown so far (the context must record_toasts)."""
+        return [str(text) for text in await self.page.evaluate("window.replroomToasts")]
+
+    async def wait_toast(self, text: str, timeout: float = WAIT_MS) -> None:
+        """Until a toast that contains ``text`` has been shown (it may be gone again)."""
+        try:
+            await self.page.wait_for_function(
+                "(text) => window.replroomToasts.some((shown) => shown.includes(text))",
+                arg=text,
+                timeout=timeout,
+            )
+        except Exception as error:
+            raise AssertionError(f"no toast {text!r}: {await self.toasts_shown()!r}") from error
 
     async def copy_link(self, kind: str) -> str:
         await self.page.click(f"#copy-{kind}")

@@ -4,13 +4,20 @@ import "./style.css";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
 import {
   CLOSE,
+  CLOSE_MEANING,
   type LanguageInfo,
   MAX_CODE,
   type MemberInfo,
   type ServerMessage,
   type Welcome,
 } from "./protocol";
-import { type ConnectionState, RoomConnection } from "./room-connection";
+import {
+  CLOSE_ABNORMAL,
+  type Closed,
+  type ConnectionState,
+  RoomConnection,
+  type Undelivered,
+} from "./room-connection";
 import {
   defaultName,
   forgetToken,
@@ -25,6 +32,7 @@ import {
   askName,
   byId,
   copyText,
+  dismissToast,
   hideBanner,
   MemberList,
   showBanner,
@@ -56,6 +64,12 @@ class RoomPage {
   private joinedSize: Size | null = null;
   private editorRequested = false;
   private countdown: number | undefined;
+  /** The connection's latest state, for the banner. */
+  private link: ConnectionState = { kind: "connecting", attempt: 0 };
+  /** The close that explains the current outage (null while in the room). */
+  private outage: Closed | null = null;
+  /** The page showed an outage since the connection last settled. */
+  private hadOutage = false;
 
   constructor(
     private readonly roomId: string,
@@ -79,6 +93,7 @@ class RoomPage {
         return true;
       },
       welcome: (message) => this.welcome(message),
+      settled: (undelivered) => this.settled(undelivered),
       message: (message) => this.message(message),
       output: (data) => {
         this.terminal.write(data);
@@ -164,7 +179,7 @@ class RoomPage {
     this.name = message.you.name;
     rememberToken(this.roomId, this.token, message.you.role);
     hideBanner();
-    if (this.welcomed > 1) toast("Reconnected", "success", 2500);
+    this.outage = null;
 
     this.languages = new Map(message.room.languages.map((l) => [l.name, l]));
     this.languageSelect.replaceChildren(
@@ -189,6 +204,21 @@ class RoomPage {
     if (!this.nameWasStored && this.welcomed === 1) {
       askName(this.name, (name) => this.rename(name));
     }
+  }
+
+  /** One notice for a whole outage, whatever it cost, once the connection has settled. */
+  private settled(undelivered: Undelivered): void {
+    // Welcomed before this connection: the member was in the room, and is back.
+    const back = this.welcomed > 1;
+    const lost = lossText(undelivered, back ? "disconnected" : "joining");
+    if (this.hadOutage) {
+      const news = back ? "Reconnected" : "Connected";
+      const text = lost ? `${news}. ${lost}` : news;
+      toast(text, lost ? "warning" : "success", lost ? 15_000 : 2500, "connection");
+    } else if (lost) {
+      toast(lost, "warning", 15_000, "connection");
+    }
+    this.hadOutage = false;
   }
 
   private message(message: ServerMessage): void {
@@ -248,6 +278,7 @@ class RoomPage {
   }
 
   private connectionState(state: ConnectionState): void {
+    this.link = state;
     showConnection(state);
     const online = state.kind === "connected";
     document.body.classList.toggle("offline", !online);
@@ -256,58 +287,77 @@ class RoomPage {
     }
     this.languageSelect.disabled = !online || !this.canWrite;
     window.clearInterval(this.countdown);
-    if (state.kind === "waiting") {
-      const update = () => {
-        const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
-        const why =
-          state.code === CLOSE.atCapacity
-            ? `${sentence(state.reason || "server at capacity")}.`
-            : state.code === CLOSE.restarting
-              ? "The server is restarting."
-              : "Connection lost.";
-        const edits = this.canWrite ? " Your edits are kept and sent when it is back." : "";
-        showBanner(`${why} Reconnecting in ${seconds} s…${edits}`, "warning", {
-          label: "Retry now",
-          run: () => this.connection.retryNow(),
-        });
-      };
-      update();
-      this.countdown = window.setInterval(update, 1000);
-    } else if (state.kind === "stopped") {
-      this.stopped(state.code, state.reason);
+    if (state.kind === "waiting" || state.kind === "stopped") {
+      // A handshake that failed says less than the close before it (say, "the
+      // server is restarting" while it restarts): keep the better reason.
+      if (state.closed.opened || !this.outage) this.outage = state.closed;
+      this.hadOutage = true;
+      dismissToast("connection");
     }
+    if (state.kind === "stopped") {
+      this.stopped(state.closed);
+      return;
+    }
+    if (state.kind === "waiting") {
+      this.countdown = window.setInterval(() => this.showOutage(), 1000);
+    }
+    this.showOutage();
   }
 
-  private stopped(code: number, reason: string): void {
+  /** The one banner of an outage: why, when the next attempt is, what input was lost. */
+  private showOutage(): void {
+    const outage = this.outage;
+    const state = this.link;
+    if (!outage || (state.kind !== "waiting" && state.kind !== "connecting")) return;
+    const lead = this.welcomed > 0 ? "Connection lost" : "Could not join the room";
+    const why = `${lead}: ${closeReason(outage)} (code ${outage.code}).`;
+    const lost = lossText(this.connection.undelivered, "disconnected");
+    const edits = this.canWrite ? "Your edits are kept and sent when it is back." : "";
+    if (state.kind === "connecting") {
+      showBanner(join(why, "Reconnecting…", lost, edits), "warning");
+      return;
+    }
+    const seconds = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
+    showBanner(join(why, `Reconnecting in ${seconds} s…`, lost, edits), "warning", {
+      label: "Retry now",
+      run: () => this.connection.retryNow(),
+    });
+  }
+
+  private stopped(closed: Closed): void {
     this.editorEndpoint = null;
     this.syncEditor();
-    if (code === CLOSE.notFound) {
-      showBanner("Room not found: this room does not exist (any more).", "error", {
-        label: "Open a new room",
-        run: () => location.assign("/"),
-      });
-    } else if (code === CLOSE.forbidden) {
+    const lost = lossText(this.connection.undelivered, "disconnected");
+    if (closed.code === CLOSE.notFound) {
+      showBanner(
+        join("Room not found (code 4004): this room does not exist (any more).", lost),
+        "error",
+        { label: "Open a new room", run: () => location.assign("/") },
+      );
+    } else if (closed.code === CLOSE.forbidden) {
       forgetToken(this.roomId);
       this.links = {};
       for (const id of ["copy-invite", "copy-spectator", "rotate"]) byId(id).hidden = true;
       showBanner(
-        "This link is invalid or was revoked (the owner may have rotated the links). " +
-          "Ask the room's owner for a new link.",
+        join(
+          "This link is invalid or was revoked (code 4003; the owner may have rotated the " +
+            "links). Ask the room's owner for a new link.",
+          lost,
+        ),
         "error",
       );
     } else {
-      showBanner(`Disconnected: ${reason || `code ${code}`}.`, "error", {
-        label: "Reload",
-        run: () => location.reload(),
-      });
+      const why = `Disconnected: ${closeReason(closed)} (code ${closed.code}).`;
+      showBanner(join(why, lost), "error", { label: "Reload", run: () => location.reload() });
     }
   }
 
   // -- to the server ----------------------------------------------------------
 
   private input(data: string | Uint8Array): void {
-    if (!this.canWrite) return;
+    if (this.you?.role === "spectator") return;
     if (this.connection.sendInput(data)) this.editor?.noteTerminalTyping();
+    else this.showOutage(); // it counts the keystrokes not sent
   }
 
   private run(): void {
@@ -466,8 +516,35 @@ class RoomPage {
   }
 }
 
-function sentence(text: string): string {
-  return text.charAt(0).toUpperCase() + text.slice(1);
+function join(...parts: string[]): string {
+  return parts.filter((part) => part).join(" ");
+}
+
+/** The server's reason for a close, else what its code means. */
+function closeReason(closed: Closed): string {
+  if (closed.reason) return closed.reason;
+  if (closed.code === CLOSE_ABNORMAL) {
+    return closed.opened ? "the connection broke off" : "the server could not be reached";
+  }
+  return CLOSE_MEANING[closed.code] ?? "no reason given";
+}
+
+function keystrokes(count: number): string {
+  return `${count} keystroke${count === 1 ? "" : "s"}`;
+}
+
+/** What an outage cost of the terminal input (see Undelivered), in words; "" if nothing. */
+function lossText(lost: Undelivered, typedWhile: "disconnected" | "joining"): string {
+  const parts: string[] = [];
+  if (lost.unconfirmed) {
+    parts.push(`Your last ${keystrokes(lost.unconfirmed)} may not have reached the room.`);
+  }
+  if (lost.unsent) {
+    const when = typedWhile === "joining" ? "before you were in the room" : "while disconnected";
+    const verb = lost.unsent === 1 ? "was" : "were";
+    parts.push(`${keystrokes(lost.unsent)} typed ${when} ${verb} not sent.`);
+  }
+  return join(...parts);
 }
 
 function start(): void {

@@ -6,12 +6,25 @@ export const PROTOCOL_VERSION = 1;
 export const CLOSE = {
   normal: 1000,
   tooBig: 1009,
+  internalError: 1011,
   restarting: 1012,
   protocol: 4000,
   forbidden: 4003,
   notFound: 4004,
   atCapacity: 4029,
 } as const;
+
+/** What each close code means (docs/protocol.md), for when the server gave no reason. */
+export const CLOSE_MEANING: Record<number, string> = {
+  [CLOSE.normal]: "closed",
+  [CLOSE.tooBig]: "a message was too large",
+  [CLOSE.internalError]: "internal error",
+  [CLOSE.restarting]: "the server is restarting",
+  [CLOSE.protocol]: "protocol error",
+  [CLOSE.forbidden]: "invalid or revoked link",
+  [CLOSE.notFound]: "room not found",
+  [CLOSE.atCapacity]: "server at capacity",
+};
 
 /** The largest binary frame the server takes (keystrokes and pastes). */
 export const MAX_INPUT_FRAME = 64 * 1024;

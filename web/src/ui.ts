@@ -25,14 +25,31 @@ function make<K extends keyof HTMLElementTagNameMap>(
 
 export type Level = "info" | "warning" | "error" | "success";
 
-export function toast(text: string, level: Level = "info", ms?: number): void {
+/**
+ * A toast. Never two alike: a toast with the same ``key`` (or, without a key,
+ * the same text and level) replaces the one shown, so that an event that
+ * repeats refreshes one toast instead of stacking them.
+ */
+export function toast(text: string, level: Level = "info", ms?: number, key?: string): void {
   const box = byId("toasts");
+  for (const old of Array.from(box.children) as HTMLElement[]) {
+    const alike = old.textContent === text && old.classList.contains(level);
+    if (key ? old.dataset.key === key : alike) old.remove();
+  }
   const item = make("div", `toast ${level}`, text);
+  if (key) item.dataset.key = key;
   item.setAttribute("role", level === "error" ? "alert" : "status");
   item.addEventListener("click", () => item.remove());
   box.append(item);
   while (box.children.length > 5) box.firstElementChild?.remove();
   window.setTimeout(() => item.remove(), ms ?? (level === "error" ? 12_000 : 6_000));
+}
+
+/** Take back the toast shown with ``key``, if any (its news are stale). */
+export function dismissToast(key: string): void {
+  for (const old of Array.from(byId("toasts").children) as HTMLElement[]) {
+    if (old.dataset.key === key) old.remove();
+  }
 }
 
 export function showBanner(

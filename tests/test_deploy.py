@@ -94,13 +94,14 @@ def test_systemd_unit_runs_serve_as_the_issue_asks() -> None:
     assert int(service["TimeoutStopSec"].removesuffix("s")) >= 10  # the shutdown target
 
 
-def _as_the_unit_would(argv: list[str]) -> list[str]:
-    """argv under the unit's privileges, without systemd.
+def _as_the_unit_would(argv: list[str], state: Path, image_dir: Path) -> list[str]:
+    """argv under the unit's privileges and directories, without systemd.
 
     NoNewPrivileges and CapabilityBoundingSet through setpriv (root's
     capabilities after exec are the bounding set, as under systemd);
     ProtectSystem=full, ProtectHome=read-only and PrivateTmp through read-only
-    bind mounts and tmpfs in a mount namespace of its own.
+    bind mounts and tmpfs in a mount namespace of its own, where ``state``
+    stands for /var/lib/replroom with the room images at ``state/images``.
     """
     service = _unit_service_section()
     assert service["NoNewPrivileges"] == "yes"
@@ -109,6 +110,7 @@ def _as_the_unit_would(argv: list[str]) -> list[str]:
     assert service["PrivateTmp"] == "yes"
     caps = [c.removeprefix("CAP_").lower() for c in service["CapabilityBoundingSet"].split()]
     read_only = ("/usr", "/boot", "/efi", "/etc", "/home", "/root", "/run/user")
+    (state / "images").mkdir()
     script = "\n".join([
         "set -e",
         f"for d in {' '.join(read_only)}; do",
@@ -116,6 +118,7 @@ def _as_the_unit_would(argv: list[str]) -> list[str]:
         "done",
         "mount -t tmpfs tmpfs /tmp",
         "mount -t tmpfs tmpfs /var/tmp",
+        f"mount --bind {shlex.quote(str(image_dir))} {shlex.quote(str(state / 'images'))}",
         "exec setpriv --no-new-privs --bounding-set=-all,"
         + ",".join(f"+{c}" for c in caps) + ' -- "$@"',
     ])  # fmt: skip
@@ -123,33 +126,42 @@ def _as_the_unit_would(argv: list[str]) -> list[str]:
 
 
 @pytest.fixture
-def service_dirs() -> Iterator[Path]:
-    # Outside /tmp, which the unit makes private, like /run/replroom and /var/lib/replroom.
+def service_dirs() -> Iterator[tuple[Path, Path]]:
+    """(state, runtime) directories as systemd makes them for the unit.
+
+    Outside /tmp, which the unit makes private.
+    """
+    service = _unit_service_section()
     path = Path(f"/run/replroom-deploy-test-{os.getpid()}")
-    path.mkdir(mode=0o711)
-    yield path
+    path.mkdir(mode=0o755)
+    made = []
+    for name, mode in (("state", "StateDirectoryMode"), ("run", "RuntimeDirectoryMode")):
+        made.append(path / name)
+        made[-1].mkdir()
+        made[-1].chmod(int(service[mode], 8))
+    yield made[0], made[1]
     shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_a_bwrap_room_works_under_the_units_privileges(
-    service_dirs: Path, tmp_path: Path, room_image: object
+    service_dirs: tuple[Path, Path], tmp_path: Path, room_image: object
 ) -> None:
-    server = Server(service_dirs / "data", service_dirs / "run")
+    state, runtime = service_dirs
+    # The defaults in /var/lib/replroom: data dir and, below it, the images.
+    server = Server(state, runtime)
     env = {
         **os.environ,
         "REPLROOM_BACKEND": "bwrap",
-        "REPLROOM_RUNTIME_DIR": str(server.runtime_dir),
-        "REPLROOM_DATA_DIR": str(server.data_dir),
-        "REPLROOM_IMAGE_DIR": str(Settings().image_dir),
+        "REPLROOM_RUNTIME_DIR": str(runtime),
+        "REPLROOM_DATA_DIR": str(state),
+        "REPLROOM_IMAGE_DIR": str(state / "images"),
         "REPLROOM_INSTANCE": server.instance,
         "REPLROOM_PORT": str(server.port),
     }
     server.log_path = tmp_path / "server.log"
+    argv = _as_the_unit_would([str(CHECKOUT_REPLROOM), "serve"], state, Settings().image_dir)
     with server.log_path.open("wb") as log:
-        server.process = subprocess.Popen(
-            _as_the_unit_would([str(CHECKOUT_REPLROOM), "serve"]),
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        server.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT)
     pids = Hierarchy.detect().controller_dir("pids")
     assert pids is not None
     try:

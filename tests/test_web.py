@@ -611,4 +611,6 @@ async def test_keys_typed_into_a_dead_server_are_reported_not_replayed(
         assert len([text for text in shown if text.startswith("Reconnected")]) == 1, shown
     finally:
         await people.close()
+        if server.process and server.process.poll() is None:
+            os.kill(server.process.pid, signal.SIGCONT)  # if it failed while stopped
         server.stop()

@@ -28,7 +28,7 @@ from replroom.host import open_backend
 from replroom.languages import LANGUAGES, UnknownLanguage
 from replroom.rooms import COLORS, AtCapacity, Member, Room, RoomManager, links_of
 from replroom.sandbox import SandboxError
-from replroom.storage import Store, hash_token
+from replroom.storage import StorageError, Store, hash_token
 from replroom.terminal import Frame
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ def create_app(settings: Settings) -> FastAPI:
         if removed:
             log.info("removed %d sandbox(es) left by an earlier run", removed)
         manager = RoomManager(settings, backend, store)
-        editor = EditorSync(settings.data_dir / "editor.sqlite3")
+        editor = EditorSync(
+            settings.data_dir / "editor.sqlite3", on_store_failure=manager.editor_not_saved
+        )
         await editor.start()
         app.state.manager = manager
         app.state.editor = editor
@@ -75,6 +77,14 @@ def create_app(settings: Settings) -> FastAPI:
     if not any(isinstance(f, _ClientFaultFilter) for f in uvicorn_log.filters):
         uvicorn_log.addFilter(_ClientFaultFilter())
     app.state.settings = settings
+
+    @app.exception_handler(StorageError)
+    async def storage_failed(request: Request, error: StorageError) -> Response:
+        # Logged where it failed; 507 "Insufficient Storage" for a full disk.
+        status = 507 if error.full else 503
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": "storage", "message": str(error)}, status_code=status)
+        return HTMLResponse(_page("Cannot create a room", str(error)), status_code=status)
 
     def manager_of(request: Request | WebSocket) -> RoomManager:
         return request.app.state.manager  # type: ignore[no-any-return]

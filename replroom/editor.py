@@ -79,8 +79,13 @@ T = TypeVar("T")
 class EditorSync:
     """The editor documents of all rooms: serves y-websocket clients and persists to SQLite."""
 
-    def __init__(self, db_path: Path) -> None:
+    def __init__(
+        self, db_path: Path, *, on_store_failure: Callable[[str], None] | None = None
+    ) -> None:
+        """``on_store_failure(doc_name)`` is called when a document's updates cannot be
+        stored (a full disk), once until storing works again."""
         self._db_path = Path(db_path)
+        self._on_store_failure = on_store_failure
         self._database: _Database | None = None
         self._server: _EditorServer | None = None
         self._server_task: asyncio.Task[None] | None = None
@@ -92,6 +97,7 @@ class EditorSync:
         database = _Database(self._db_path)
         await database.open()
         server = _EditorServer(database)
+        server.on_store_failure = self._on_store_failure
         self._server_task = asyncio.create_task(server.start(), name="editor-server")
         await server.started.wait()
         self._database, self._server = database, server
@@ -458,6 +464,8 @@ class _EditorRoom(YRoom):
         self.changed = False  # updates since the last snapshot
         self.broken = False
         self.on_message_error = self._message_failed
+        self.on_store_failure: Callable[[str], None] | None = None
+        self.store_failing = False
 
     def restore(self, rows: list[tuple[bytes, float]]) -> None:
         """Apply stored updates before the room starts, so that none is echoed or stored again."""
@@ -564,9 +572,14 @@ class _EditorRoom(YRoom):
             self.stored_bytes += sum(len(update) for update in batch)
             if self.stored_rows > COMPACT_ROWS or self.stored_bytes > COMPACT_BYTES:
                 await self.compact()
-        except Exception:
+        except Exception as error:
             # The document keeps the update; the snapshot on unload saves it.
-            log.exception("editor %s: could not store an update", self.name)
+            log.error("editor %s: could not store an update: %r", self.name, error)
+            if not self.store_failing and self.on_store_failure is not None:
+                self.on_store_failure(self.name)
+            self.store_failing = True
+        else:
+            self.store_failing = False
 
     def _channels_served(self) -> list[_Channel]:
         return [cast(_Channel, client) for client in self.clients]
@@ -589,6 +602,7 @@ class _EditorServer(WebsocketServer):
         self._deleting: dict[str, asyncio.Future[None]] = {}
         self._shutdowns: set[asyncio.Task[None]] = set()
         self.closing = False
+        self.on_store_failure: Callable[[str], None] | None = None
 
     async def get_room(self, name: str) -> _EditorRoom:
         """The started, loaded room of a document.
@@ -711,6 +725,7 @@ class _EditorServer(WebsocketServer):
 
     async def _load(self, name: str) -> _EditorRoom:
         room = _EditorRoom(name, _DocStore(name, database=self._database))
+        room.on_store_failure = self.on_store_failure
         rows = await self._database.load(name)
         room.restore(rows)
         if len(rows) > 1:

@@ -38,8 +38,13 @@ class SandboxPool:
         """A ready sandbox if there is one, else a new one made now for ``room_id``."""
         while self._ready:
             sandbox = self._ready.popleft()
+            try:
+                alive = await sandbox.alive()
+            except SandboxError:
+                self._ready.appendleft(sandbox)  # the backend cannot say now: keep it, ask later
+                raise
             self._refill()
-            if await sandbox.alive():
+            if alive:
                 return sandbox
             await sandbox.destroy()
         self._refill()

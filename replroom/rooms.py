@@ -5,6 +5,12 @@ durable state (links, language) is a :class:`~replroom.storage.RoomRecord`.
 The :class:`RoomManager` creates and finds rooms, enforces capacity, and
 supervises sandboxes: when a REPL or a whole sandbox dies, members are told
 why and the room is brought back.
+
+Faults of the parts below are expected, not exceptional: a backend that
+cannot answer (a Docker Engine restarting) means "wait and ask again", not
+"dead"; a sandbox that cannot be removed now is removed later; a database
+write that fails (a full disk) is refused with a reason, while the rooms
+keep running.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from replroom.config import Settings, format_size
 from replroom.languages import LANGUAGES, Language, get_language
 from replroom.pool import SandboxPool
 from replroom.sandbox import Backend, ExitReason, ExitStatus, Process, Sandbox, SandboxError
-from replroom.storage import RoomRecord, Store, derive_token, hash_token
+from replroom.storage import RoomRecord, StorageError, Store, derive_token, hash_token
 from replroom.terminal import Frame, Outbox, RateLimit, Replay
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,7 @@ SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
 SKIP_TAIL = 4096
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
 SHUTDOWN_CONCURRENCY = 16  # sandboxes destroyed at once when the server stops
+RETRY_FIRST, RETRY_MAX = 0.25, 1.0  # seconds between asking an unanswering backend again
 
 
 def new_room_id() -> str:
@@ -118,6 +125,10 @@ class Room:
         self._closing = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.cols, self.rows = 80, 24
+        # The server stopped (or crashed) while this room had a sandbox.
+        self._interrupted = record.had_sandbox
+        self._unanswered = False  # members were told the sandbox does not answer
+        self._failure_told: str | None = None  # the last start failure members were told
 
     @property
     def language(self) -> str:
@@ -172,7 +183,7 @@ class Room:
         self._announce_members("joined", member)
         await self._fit_terminal()
         member.outbox.replace_screen(self._screen_frames())
-        await self.manager.store.touch(self.id)
+        await self.manager.touch(self.id)
         await self.ensure_repl(self.language)
 
     async def leave(self, member: Member) -> None:
@@ -187,7 +198,7 @@ class Room:
         self._output_allowed.set()  # the one who was behind may be gone
         self._update_flow()
         if not self.members:
-            await self.manager.store.touch(self.id)
+            await self.manager.touch(self.id)
             self._retire_after(self.manager.settings.idle_timeout)
 
     def _retire_after(self, delay: float) -> None:
@@ -314,7 +325,6 @@ class Room:
         title = repl.language.title
         if status.reason is ExitReason.OUT_OF_MEMORY:
             metrics.OOM_KILLS.inc()
-        sandbox_alive = self.sandbox is not None and await self.sandbox.alive()
         if status.reason is ExitReason.EXITED:
             repl.state = "exited"
             self._status()
@@ -332,9 +342,10 @@ class Room:
                         "error")  # fmt: skip
             return
         repl.restarts.append(now)
-        if not sandbox_alive:
-            if self.sandbox is not None:
-                await self.replace_sandbox(self.sandbox)
+        sandbox = self.sandbox
+        if sandbox is None or not await self._sandbox_alive(sandbox):
+            if sandbox is not None:
+                await self.replace_sandbox(sandbox)
             return
         self.notice(f"{title}: {status.describe(self.limits)} — restarting", "warning")
         self._write_to_screen(repl, f"\r\n[{status.describe(self.limits)} — restarting]\r\n")
@@ -387,10 +398,22 @@ class Room:
                 raise
             except SandboxError as error:
                 self.sandbox_state = "stopped"
-                self.notice(f"could not start a sandbox: {error}", "error")
+                text = f"could not start a sandbox: {error}"
+                if text != self._failure_told:  # retries of the same failure say nothing new
+                    self._failure_told = text
+                    self.notice(text, "error")
                 raise
+            self._failure_told = None
             self.sandbox_state = "ready"
             self._status()
+            if self._interrupted:
+                self._interrupted = False
+                title = get_language(self.language).title
+                self.notice(f"the server was restarted: {title} started again, its earlier"
+                            " state is gone (the editor's code is kept)", "warning")  # fmt: skip
+            if not self.record.had_sandbox:
+                self.record.had_sandbox = True
+                self._background(self.manager.note_sandbox(self.id, True))
             if self._supervisor is None:
                 self._supervisor = asyncio.create_task(self._watch_sandbox())
             return self.sandbox
@@ -419,12 +442,12 @@ class Room:
         except SandboxError as error:
             repl.state = "exited"
             self._status()
-            if await sandbox.alive():
+            if await self._answer_alive(sandbox):
                 self.notice(f"{language.title} could not start: {error}", "error")
             else:
                 # Replaced from outside this REPL's lock, which the
                 # replacement takes again to start the REPL in the new sandbox.
-                self._background(self.replace_sandbox(sandbox))
+                self._background(self._replace_if_dead(sandbox))
             return
         repl.process = process
         repl.ready.clear()
@@ -441,8 +464,14 @@ class Room:
         language = get_language(language_name)
         if language.name == self.language:
             return
+        try:
+            await self.manager.store.set_language(self.id, language.name)
+        except StorageError as error:
+            member.outbox.send_json(
+                protocol.error("storage", f"the language was not changed: {error}")
+            )
+            return
         self.record.language = language.name
-        await self.manager.store.set_language(self.id, language.name)
         self.broadcast(protocol.language_changed(language.name, member.name))
         await self.ensure_repl(language.name)
         for each in self.members.values():
@@ -495,9 +524,54 @@ class Room:
         self.sandbox_state = "restarting"
         self._status()
         await self._stop_sandbox()
-        # On failure members were told why; the next keystroke tries again.
-        with contextlib.suppress(SandboxError, AtCapacity):
-            await self.ensure_repl(self.language)
+        # The backend may be failing for a while (an Engine restarting): try
+        # again while someone is there to use the room; members were told why.
+        delay = RETRY_FIRST
+        while not self._closing and self.members:
+            try:
+                await self.ensure_repl(self.language)
+            except AtCapacity:
+                return
+            except SandboxError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX)
+                continue
+            if delay > RETRY_FIRST:
+                self.notice("the sandbox is back", "info")
+            return
+
+    async def _answer_alive(self, sandbox: Sandbox) -> bool | None:
+        """Whether ``sandbox`` is alive; None while its backend cannot say (Engine down).
+
+        Members are told once that it does not answer, and again when it does.
+        """
+        try:
+            alive = await sandbox.alive()
+        except SandboxError as error:
+            if not self._unanswered:
+                self._unanswered = True
+                self.notice(f"the sandbox does not answer ({error}) — waiting for it", "warning")
+            return None
+        if self._unanswered:
+            self._unanswered = False
+            if alive:
+                self.notice("the sandbox answers again", "info")
+        return alive
+
+    async def _sandbox_alive(self, sandbox: Sandbox) -> bool:
+        """Whether ``sandbox`` is alive, waiting for its backend to be able to say."""
+        delay = RETRY_FIRST
+        while not self._closing and self.sandbox is sandbox:
+            alive = await self._answer_alive(sandbox)
+            if alive is not None:
+                return alive
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX)
+        return False
+
+    async def _replace_if_dead(self, sandbox: Sandbox) -> None:
+        if not await self._sandbox_alive(sandbox):
+            await self.replace_sandbox(sandbox)
 
     async def _stop_sandbox(self) -> None:
         async with self._sandbox_lock:
@@ -509,8 +583,10 @@ class Room:
                 if repl.reader and repl.reader is not asyncio.current_task():
                     repl.reader.cancel()
             if sandbox is not None:
-                with contextlib.suppress(Exception):
+                try:
                     await sandbox.destroy()
+                except SandboxError as error:
+                    self.manager.destroy_later(sandbox, error)
                 self.manager.sandbox_stopped(self)
 
     async def _watch_sandbox(self) -> None:
@@ -521,11 +597,9 @@ class Room:
             sandbox = self.sandbox
             if sandbox is None or self.sandbox_state != "ready":
                 continue
-            try:
-                alive = await sandbox.alive()
-            except Exception:  # the engine itself may be restarting
-                alive = False
-            if not alive and self.members:
+            # None (the backend cannot say, e.g. the Engine restarts) is not dead:
+            # the answer comes when it is back, and then decides.
+            if await self._answer_alive(sandbox) is False and self.members:
                 await self.replace_sandbox(sandbox)
 
     async def close(self) -> None:
@@ -553,6 +627,7 @@ class RoomManager:
         self.pool = SandboxPool(backend, settings.limits, settings.pool_size_for(backend.name))
         self.pool.start()
         self.running_sandboxes: set[str] = set()
+        self._undestroyed: dict[Sandbox, asyncio.Task[None]] = {}
 
     @property
     def max_sandboxes(self) -> int:
@@ -597,13 +672,19 @@ class RoomManager:
             return room
 
     async def rotate_links(self, room: Room, owner_token: str) -> dict[str, str]:
-        """New invitation and spectator links; holders of the old ones are disconnected."""
-        old = {room.record.invite_hash, room.record.spectator_hash}
-        room.record.link_generation += 1
-        tokens = links_of(owner_token, room.record.link_generation)
-        room.record.invite_hash = hash_token(tokens["invite"])
-        room.record.spectator_hash = hash_token(tokens["spectator"])
-        await self.store.set_links(room.record)
+        """New invitation and spectator links; holders of the old ones are disconnected.
+
+        Stored first: if that fails (StorageError), the old links stay valid.
+        """
+        record = room.record
+        old = {record.invite_hash, record.spectator_hash}
+        generation = record.link_generation + 1
+        tokens = links_of(owner_token, generation)
+        invite, spectator = hash_token(tokens["invite"]), hash_token(tokens["spectator"])
+        await self.store.set_links(room.id, invite, spectator, generation)
+        record.link_generation, record.invite_hash, record.spectator_hash = (
+            generation, invite, spectator,
+        )  # fmt: skip
         room.disconnect(old, protocol.CLOSE_FORBIDDEN, "the room's links were rotated")
         return tokens
 
@@ -623,6 +704,42 @@ class RoomManager:
         metrics.SANDBOX_START_SECONDS.observe(time.perf_counter() - started)
         return sandbox
 
+    async def touch(self, room_id: str) -> None:
+        """Note a room's use; a failed write (logged) only delays the room's expiry."""
+        with contextlib.suppress(StorageError):
+            await self.store.touch(room_id)
+
+    async def note_sandbox(self, room_id: str, had_sandbox: bool) -> None:
+        # Only what members are told after a restart depends on it: a failed
+        # write (logged) is not worth refusing a room for.
+        with contextlib.suppress(StorageError):
+            await self.store.set_had_sandbox(room_id, had_sandbox)
+
+    def editor_not_saved(self, doc_name: str) -> None:
+        """The editor could not store a change of ``doc_name`` (already logged): tell the room."""
+        room = self.rooms.get(doc_name.partition("/")[0])
+        if room is not None:
+            room.notice("the server cannot save the editor's changes now (its disk may be"
+                        " full): they are kept while the room is open", "error")  # fmt: skip
+
+    def destroy_later(self, sandbox: Sandbox, error: SandboxError) -> None:
+        """Keep trying to destroy a sandbox its backend could not destroy now (Engine down)."""
+        if sandbox in self._undestroyed:
+            return
+        log.warning("room %s: cannot destroy its old sandbox yet: %s", sandbox.room_id, error)
+        task = asyncio.create_task(self._destroy_eventually(sandbox))
+        self._undestroyed[sandbox] = task
+        task.add_done_callback(lambda _: self._undestroyed.pop(sandbox, None))
+
+    async def _destroy_eventually(self, sandbox: Sandbox) -> None:
+        delay = RETRY_FIRST
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX * 10)
+            with contextlib.suppress(SandboxError):
+                await sandbox.destroy()
+                return
+
     def sandbox_stopped(self, room: Room) -> None:
         self.running_sandboxes.discard(room.id)
         metrics.SANDBOXES.set(len(self.running_sandboxes))
@@ -640,11 +757,14 @@ class RoomManager:
             del self.rooms[room.id]
             metrics.ROOMS_ACTIVE.set(len(self.rooms))
         await room.close()
+        if room.record.had_sandbox:  # left by its members, not interrupted
+            room.record.had_sandbox = False
+            await self.note_sandbox(room.id, False)
 
     async def expire_old_rooms(self) -> list[str]:
         """Delete rooms unused for ``room_retention``; return their ids."""
         for room_id in list(self.rooms):  # rooms in use now are not unused
-            await self.store.touch(room_id)
+            await self.touch(room_id)
         cutoff = time.time() - self.settings.room_retention
         return await self.store.delete_inactive(cutoff)
 
@@ -667,6 +787,12 @@ class RoomManager:
                     log.exception("room %s: could not be closed", room.id)
 
         await asyncio.gather(*(close(room) for room in rooms))
+        # One last try for sandboxes their backend could not destroy before;
+        # what is still left, the next start removes as leftovers.
+        for sandbox, task in list(self._undestroyed.items()):
+            task.cancel()
+            with contextlib.suppress(Exception):
+                await sandbox.destroy()
         await self.pool.close()
         log.info("destroyed %d sandbox(es) in %.2f s", running, time.perf_counter() - started)
 

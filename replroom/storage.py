@@ -8,15 +8,22 @@ A room has three links. The owner's token is random; the invitation and
 spectator tokens are derived from it (HMAC with a generation number), so that
 the owner's browser can be shown them again although the server keeps only
 hashes, and rotating them is bumping the generation.
+
+A write that fails (the disk is full, the file is read-only) is rolled back
+whole, logged once, and raised as :class:`StorageError`, whose message is fit
+to show people; what was stored before is never touched.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
+import logging
 import os
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +31,9 @@ from typing import Any
 
 import aiosqlite
 
-SCHEMA_VERSION = 1
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rooms (
@@ -36,10 +45,19 @@ CREATE TABLE IF NOT EXISTS rooms (
     link_generation INTEGER NOT NULL DEFAULT 0,
     settings        TEXT NOT NULL DEFAULT '{}',
     created_at      REAL NOT NULL,
-    last_active_at  REAL NOT NULL
+    last_active_at  REAL NOT NULL,
+    had_sandbox     INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active_at);
 """
+
+
+class StorageError(Exception):
+    """A write to the database failed and was rolled back; the message is for people."""
+
+    def __init__(self, message: str, *, full: bool) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 def hash_token(token: str) -> str:
@@ -67,6 +85,9 @@ class RoomRecord:
     settings: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     last_active_at: float = field(default_factory=time.time)
+    # The room had a sandbox when the server last stopped (or crashed): its
+    # REPLs' state is gone, and the next members are told so.
+    had_sandbox: bool = False
 
     def role_of(self, token: str) -> str | None:
         """``"owner"``, ``"member"``, ``"spectator"`` or None for this link token."""
@@ -100,6 +121,8 @@ class Store:
                 f"{path} was written by a newer replroom (schema {version} > {SCHEMA_VERSION})"
             )
         await db.executescript(SCHEMA)
+        if version == 1:
+            await db.execute("ALTER TABLE rooms ADD COLUMN had_sandbox INTEGER NOT NULL DEFAULT 0")
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
         os.chmod(path, 0o600)
@@ -108,18 +131,33 @@ class Store:
     async def close(self) -> None:
         await self.db.close()
 
+    async def _write(self, doing: str, sql: str, parameters: tuple[Any, ...]) -> None:
+        """One statement in its own transaction: committed, or rolled back and raised."""
+        try:
+            await self.db.execute(sql, parameters)
+            await self.db.commit()
+        except sqlite3.Error as error:
+            # SQLite may keep the failed transaction open (SQLITE_FULL does):
+            # a later commit must not carry this write with it.
+            with contextlib.suppress(sqlite3.Error):
+                await self.db.rollback()
+            full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+            log.error("cannot %s: the database refused the write: %s", doing, error)
+            reason = "the server's disk is full" if full else "the server cannot save it"
+            raise StorageError(f"{reason} ({error})", full=full) from None
+
     async def create_room(self, room: RoomRecord) -> None:
-        await self.db.execute(
+        await self._write(
+            "create a room",
             "INSERT INTO rooms (id, language, invite_hash, spectator_hash, owner_hash,"
-            " link_generation, settings, created_at, last_active_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " link_generation, settings, created_at, last_active_at, had_sandbox)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 room.id, room.language, room.invite_hash, room.spectator_hash, room.owner_hash,
                 room.link_generation, json.dumps(room.settings), room.created_at,
-                room.last_active_at,
+                room.last_active_at, int(room.had_sandbox),
             ),
         )  # fmt: skip
-        await self.db.commit()
 
     async def get_room(self, room_id: str) -> RoomRecord | None:
         cursor = await self.db.execute("SELECT * FROM rooms WHERE id = ?", (room_id,))
@@ -128,32 +166,47 @@ class Store:
             return None
         values = dict(row)
         values["settings"] = json.loads(values["settings"])
+        values["had_sandbox"] = bool(values["had_sandbox"])
         return RoomRecord(**values)
 
     async def set_language(self, room_id: str, language: str) -> None:
-        await self.db.execute("UPDATE rooms SET language = ? WHERE id = ?", (language, room_id))
-        await self.db.commit()
+        await self._write(
+            "switch the language",
+            "UPDATE rooms SET language = ? WHERE id = ?",
+            (language, room_id),
+        )
 
-    async def set_links(self, room: RoomRecord) -> None:
-        await self.db.execute(
+    async def set_links(
+        self, room_id: str, invite_hash: str, spectator_hash: str, generation: int
+    ) -> None:
+        await self._write(
+            "rotate the links",
             "UPDATE rooms SET invite_hash = ?, spectator_hash = ?, link_generation = ?"
             " WHERE id = ?",
-            (room.invite_hash, room.spectator_hash, room.link_generation, room.id),
+            (invite_hash, spectator_hash, generation, room_id),
         )
-        await self.db.commit()
+
+    async def set_had_sandbox(self, room_id: str, had_sandbox: bool) -> None:
+        await self._write(
+            "note the room's sandbox",
+            "UPDATE rooms SET had_sandbox = ? WHERE id = ?",
+            (int(had_sandbox), room_id),
+        )
 
     async def touch(self, room_id: str, when: float | None = None) -> None:
-        await self.db.execute(
-            "UPDATE rooms SET last_active_at = ? WHERE id = ?", (when or time.time(), room_id)
+        await self._write(
+            "note the room's use",
+            "UPDATE rooms SET last_active_at = ? WHERE id = ?",
+            (when or time.time(), room_id),
         )
-        await self.db.commit()
 
     async def delete_inactive(self, before: float) -> list[str]:
         """Delete rooms last used before ``before``; return their ids."""
         cursor = await self.db.execute("SELECT id FROM rooms WHERE last_active_at < ?", (before,))
         ids = [row["id"] for row in await cursor.fetchall()]
-        await self.db.execute("DELETE FROM rooms WHERE last_active_at < ?", (before,))
-        await self.db.commit()
+        await self._write(
+            "delete unused rooms", "DELETE FROM rooms WHERE last_active_at < ?", (before,)
+        )
         return ids
 
     async def count_rooms(self) -> int:

@@ -289,6 +289,9 @@ class DockerBackend(Backend):
         self._events_task: asyncio.Task[None] | None = None
         self._events_ready: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        # Containers that could not be removed (the Engine was going away):
+        # removed once it answers again, or at close.
+        self._unremoved: set[str] = set()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerBackend:
@@ -357,8 +360,7 @@ class DockerBackend(Backend):
             await container.start()
         except BaseException as error:
             self._forget(room_id, container.id)
-            with contextlib.suppress(aiodocker.DockerError):
-                await container.delete(force=True, v=True)
+            await self._remove(container.id)
             if isinstance(error, aiodocker.DockerError):
                 raise self._error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
@@ -391,6 +393,19 @@ class DockerBackend(Backend):
             )
         return SandboxError(f"{doing}: {message}")
 
+    async def _remove(self, container_id: str) -> None:
+        """Remove a container nobody uses; if the Engine cannot now, when it is back."""
+        try:
+            await self.docker.containers.container(container_id).delete(force=True, v=True)
+        except aiodocker.DockerError as error:
+            if error.status not in (404, 409):  # 409: its removal is under way
+                self._unremoved.add(container_id)
+                return
+        except (aiohttp.ClientError, OSError):
+            self._unremoved.add(container_id)
+            return
+        self._unremoved.discard(container_id)
+
     def _forget(self, room_id: str, container_id: str) -> None:
         self._watches.pop(container_id, None)
         if self._rooms.get(room_id) == container_id:
@@ -421,6 +436,8 @@ class DockerBackend(Backend):
         return sum(removed)
 
     async def close(self) -> None:
+        for container_id in list(self._unremoved):
+            await self._remove(container_id)
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -488,7 +505,8 @@ class DockerBackend(Backend):
                     # A bad event must not stop the stream that every process relies on.
                     log.exception("Docker event stream failed; reconnecting")
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                # Short: while the stream is down, OOM kills are not counted.
+                backoff = min(backoff * 2, 1.0)
         finally:
             if not ready.done():
                 ready.set_exception(SandboxError("the Docker event stream ended"))
@@ -511,7 +529,12 @@ class DockerBackend(Backend):
             watch.died()
 
     async def _resync(self) -> None:
-        """After a gap in the event stream: ask about every process still running."""
+        """After a gap in the event stream: ask about every process still running.
+
+        The Engine answers again, so containers it could not remove before go now.
+        """
+        for container_id in list(self._unremoved):
+            await self._remove(container_id)
         for watch in list(self._watches.values()):
             for process in list(watch.processes.values()):
                 with contextlib.suppress(Exception):
@@ -657,6 +680,7 @@ class DockerSandbox(Sandbox):
         return max(0, len(output.split()) - 1)
 
     async def alive(self) -> bool:
+        """Raises SandboxError when the Engine cannot say (it is down or restarting)."""
         if self._destroyed or self._watch.dead:
             return False
         try:
@@ -665,6 +689,8 @@ class DockerSandbox(Sandbox):
             if error.status == 404:
                 return False
             raise self.backend._error(error, "cannot inspect the sandbox") from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise _unreachable(self.backend.docker_host, error) from None
         return bool(info["State"]["Running"])
 
     async def destroy(self) -> None:
@@ -675,10 +701,16 @@ class DockerSandbox(Sandbox):
             process._sent.add(signals.SIGKILL)
         try:
             await self.container.delete(force=True, v=True)
-        except aiodocker.DockerError as error:
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
             # 404: already gone; 409: someone else is removing it.
-            if error.status not in (404, 409):
-                self._destroyed = False
+            if not isinstance(error, aiodocker.DockerError) or error.status not in (404, 409):
+                self._destroyed = False  # the caller may try again
+                if _is_unreachable(error) or not isinstance(error, aiodocker.DockerError):
+                    # The Engine is away: the room may start a new sandbox meanwhile,
+                    # which takes this one's name over (and removes it, if it can).
+                    if self.backend._rooms.get(self.room_id) == self.id:
+                        del self.backend._rooms[self.room_id]
+                    raise _unreachable(self.backend.docker_host, error) from None
                 raise self.backend._error(error, f"cannot remove room {self.room_id}") from None
         processes = list(self._watch.processes.values())
         self._watch.died()

@@ -35,7 +35,10 @@ async def report(settings: Settings) -> int:
     """Print what works; exit status 0 when ``serve`` would serve rooms with these settings."""
     image = current_image(settings)
     print(f"room image ({settings.image_dir})")
-    print(_line(image.id if image else "image", [] if image else ["not built: run `make run`"]))
+    if image is None and settings.backend == "docker":
+        print(_line("image", [], "not on disk; the docker backend needs it in the Engine only"))
+    else:
+        print(_line(image.id if image else "image", [] if image else ["not built: run make run"]))
 
     print("sandbox backends")
     print(_line("bwrap", BwrapBackend.problems()))

@@ -31,16 +31,17 @@ class HostNotReady(Exception):
 
 
 def make_directory(path: Path, mode: int) -> None:
-    """Make ``path`` and its missing parents, and check that we can use it.
+    """Make ``path`` (with ``mode``) and its missing parents (0755), and check we can use it.
 
-    Sandboxed uids must traverse the runtime directory (mode 0711), so its
-    mode is set whatever the umask.
+    The mode is set whatever the umask: sandboxed uids must traverse the
+    runtime directory, and the image directory below the data directory.
     """
     missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         for directory in reversed(missing):
-            directory.mkdir(mode=mode)
-            directory.chmod(mode)
+            wanted = mode if directory == path else 0o755
+            directory.mkdir(mode=wanted)
+            directory.chmod(wanted)
     except FileExistsError:
         pass  # made by another process between our look and our mkdir
     except OSError as error:
@@ -55,7 +56,8 @@ def make_directory(path: Path, mode: int) -> None:
 
 
 def prepare_directories(settings: Settings) -> None:
-    make_directory(settings.data_dir, 0o700)
+    # 0711: the default image dir is below it, and room uids must reach the image.
+    make_directory(settings.data_dir, 0o711)
     if settings.backend == "bwrap":
         make_directory(settings.runtime_dir, 0o711)
 

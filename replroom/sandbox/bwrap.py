@@ -162,6 +162,12 @@ class BwrapBackend(Backend):
             raise SandboxError("; ".join(problems))
         if not (self.rootfs / "usr").is_dir():
             raise SandboxError(f"room image not found at {self.rootfs}")
+        for directory in (self.rootfs, *self.rootfs.parents):
+            if not directory.stat().st_mode & 0o001:
+                raise SandboxError(
+                    f"room uids cannot reach the image at {self.rootfs}: {directory} is not "
+                    "searchable by others (chmod o+x it, or move image_dir)"
+                )
         _make_traversable(self.rooms_dir)
         self.uids.prepare()
         try:

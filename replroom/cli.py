@@ -65,15 +65,19 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
+    from aiodocker import DockerError  # noqa: PLC0415
+
     from replroom.image import build_image  # noqa: PLC0415
+    from replroom.server_image import build_server_image  # noqa: PLC0415
 
     settings = _settings(args)
+    build = build_server_image if args.server else build_image
     try:
-        image = build_image(settings, docker=args.docker, force=args.force)
-    except SandboxError as error:
+        image = build(settings, docker=args.docker, force=args.force)
+    except (SandboxError, DockerError) as error:
         print(f"replroom: error: {error}", file=sys.stderr)
         return 1
-    print(f"room image {image.id}: {image.rootfs}")
+    print(f"{'server' if args.server else 'room'} image {image.id}: {image.rootfs}")
     if args.docker:
         print(f"docker image: {image.docker_tag}")
     return 0
@@ -322,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = image.add_parser("build", help="build the room image with debootstrap (cached)")
     build.add_argument("--docker", action="store_true", help="also import it into Docker")
     build.add_argument("--force", action="store_true", help="rebuild even if cached")
+    build.add_argument(
+        "--server", action="store_true", help="the server's own image instead (deploy/compose.yaml)"
+    )
     build.set_defaults(func=cmd_image_build)
 
     sandbox = commands.add_parser("sandbox", help="run things in a sandbox").add_subparsers(

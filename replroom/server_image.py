@@ -24,12 +24,11 @@ to ``/opt/replroom/replroom`` next to ``/opt/replroom/web/dist``, the layout
 the server looks for its page in (a checkout's), found through a ``.pth``
 file like an editable install.
 
-``python -m replroom.server_image build [--docker]`` builds it.
+``replroom image build --server [--docker]`` builds it.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hashlib
 import importlib.metadata
@@ -437,27 +436,3 @@ async def _import(client: aiodocker.Docker, image: ServerImage) -> None:
 
 
 # ------------------------------------------------------------------- main
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m replroom.server_image", description="the server image (deploy/)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    build = commands.add_parser("build", help="build it (cached by content hash)")
-    build.add_argument("--docker", action="store_true", help="also import it into Docker")
-    build.add_argument("--force", action="store_true", help="rebuild even if cached")
-    args = parser.parse_args(argv)
-    try:
-        image = build_server_image(docker=args.docker, force=args.force)
-    except (ImageError, aiodocker.DockerError) as error:
-        print(f"replroom: error: {error}", file=sys.stderr)
-        return 1
-    print(f"server image {image.id}: {image.rootfs}")
-    if args.docker:
-        print(f"docker image: {image.docker_tag} (also {SERVER_REPOSITORY}:latest)")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

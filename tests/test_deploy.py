@@ -216,7 +216,7 @@ def server_image_tag() -> str:
     """The server image for this checkout, in the Engine (built once, then cached)."""
     _docker_socket()
     result = subprocess.run(
-        [sys.executable, "-m", "replroom.server_image", "build", "--docker"],
+        [sys.executable, "-m", "replroom.cli", "image", "build", "--server", "--docker"],
         capture_output=True, text=True, timeout=900, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr

@@ -205,7 +205,6 @@ def allowed_names() -> list[str]:
     return sorted({rule.name for rule in native_rules() if rule.refuse_with is None})
 
 
-@lru_cache(maxsize=1)
 def docker_profile() -> dict[str, Any]:
     """The policy as a Docker seccomp profile (the Engine's ``seccomp=<json>``)."""
     unconditional = [r.name for r in native_rules() if not r.when and r.refuse_with is None]
@@ -230,6 +229,7 @@ def docker_profile() -> dict[str, Any]:
     }
 
 
+@lru_cache(maxsize=1)
 def docker_security_opt() -> str:
     """The ``HostConfig.SecurityOpt`` entry that installs the profile."""
     return "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))

@@ -9,6 +9,7 @@ import json
 import platform
 import random
 import re
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from replroom.sandbox import seccomp
-from replroom.sandbox.seccomp import Masked, all_but
+from replroom.sandbox.seccomp import Masked, all_but, all_file_types_but
 
 UNISTD_64 = Path("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
 
@@ -48,6 +49,20 @@ def test_all_but_matches_every_32_bit_value_except_the_refused(refused: tuple[in
     assert len(conditions) <= 32 * len(refused)
 
 
+@pytest.mark.parametrize("index", [1, 2])
+def test_mknod_conditions_refuse_exactly_character_and_block_devices(index: int) -> None:
+    conditions = list(all_file_types_but(index, seccomp.REFUSED_FILE_TYPES))
+    assert all(c.index == index for c in conditions)
+    # Every 16-bit mode (the kernel's umode_t), with permission bits and with
+    # upper register bits the kernel drops.
+    for mode in range(1 << 16):
+        refused = stat.S_IFMT(mode) in (stat.S_IFCHR, stat.S_IFBLK)
+        assert holds(conditions, mode) is not refused, oct(mode)
+        assert holds(conditions, mode | 0xDEAD_0000_0000) is not refused, oct(mode)
+    for allowed in (0, stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+        assert holds(conditions, allowed | 0o644)
+
+
 def test_io_uring_is_not_allowed_and_personality_only_with_dockers_values() -> None:
     names = {rule.name for rule in seccomp.rules()}
     assert not {"io_uring_setup", "io_uring_enter", "io_uring_register"} & names
@@ -62,7 +77,8 @@ def test_every_allowed_x86_64_call_is_in_the_compiled_filter() -> None:
     if not UNISTD_64.exists():
         pytest.skip("needs the kernel's x86_64 call table: apt-get install linux-libc-dev")
     on_x86_64 = set(re.findall(r"#define __NR_(\w+) \d+", UNISTD_64.read_text()))
-    allowed = set(seccomp.ALLOWED) | {"personality", "clone", "ioctl", "socket"}
+    conditional = {"personality", "clone", "ioctl", "socket", "mknod", "mknodat"}
+    allowed = set(seccomp.ALLOWED) | conditional
     missing = (allowed & on_x86_64) - compiled_names()
     assert not missing, f"libseccomp here does not know {sorted(missing)}"
     # Whatever was skipped does not exist on x86_64 (32-bit or arm64 only).
@@ -92,6 +108,14 @@ def test_docker_profile_holds_exactly_the_compiled_rules() -> None:
             "args": [{"index": 0, "value": 0x7E02_0000, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}],
         }
     ]
+    mknodat = [e["args"] for e in profile["syscalls"] if e["names"] == ["mknodat"]]
+    assert {(a["index"], a["value"], a["valueTwo"]) for [a] in mknodat} == {
+        (2, 0o160000, 0o000000),  # regular (0) and FIFO
+        (2, 0o170000, 0o030000),
+        (2, 0o160000, 0o040000),  # directory and 0o50000
+        (2, 0o170000, 0o070000),
+        (2, 0o100000, 0o100000),  # regular, symlink, socket, ...
+    }
     assert len(seccomp.allowed_names()) == len(names) - 1  # all but clone3
 
 
@@ -101,6 +125,7 @@ def test_docker_profile_holds_exactly_the_compiled_rules() -> None:
 CHILD = r"""
 import ctypes, errno, fcntl, json, os, pty, sys, termios
 numbers, bpf = json.loads(sys.argv[1]), sys.stdin.buffer.read()
+os.chdir(sys.argv[2])
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
@@ -115,7 +140,11 @@ assert libc.prctl(22, 2, ctypes.byref(prog), 0, 0) == 0, ctypes.get_errno()  # S
 buf = ctypes.create_string_buffer(4096)
 results = {}
 def call(label, name, *args):
+    if numbers[name] is None:  # not on this architecture (mknod on arm64)
+        return
     args = [ctypes.addressof(buf) if a == "buf" else a for a in args]
+    kept = [ctypes.create_string_buffer(a) if isinstance(a, bytes) else a for a in args]
+    args = [ctypes.addressof(a) if isinstance(a, ctypes.Array) else a for a in kept]
     r = libc.syscall(ctypes.c_long(numbers[name]), *[ctypes.c_ulong(a) for a in args])
     results[label] = "ok" if r >= 0 else errno.errorcode[ctypes.get_errno()]
 
@@ -143,6 +172,15 @@ call("unshare", "unshare", 0x10000000)
 call("keyctl", "keyctl", 0, 0)
 call("mount", "mount", 0, 0, 0, 0, 0)
 call("add_key", "add_key", 0, 0, 0, 0, 0)
+AT_FDCWD, null, sda = -100 & 0xFFFFFFFF, os.makedev(1, 3), os.makedev(8, 0)
+call("mknodat char", "mknodat", AT_FDCWD, b"null", 0o020600, null)
+call("mknodat block", "mknodat", AT_FDCWD, b"sda", 0o060600, sda)
+call("mknodat high|char", "mknodat", AT_FDCWD, b"null", 1 << 32 | 1 << 16 | 0o020600, null)
+call("mknodat fifo", "mknodat", AT_FDCWD, b"fifo", 0o010600, 0)
+call("mknodat regular", "mknodat", AT_FDCWD, b"file", 0o100600, 0)
+call("mknodat type 0", "mknodat", AT_FDCWD, b"plain", 0o600, 0)
+call("mknod char", "mknod", b"null2", 0o020600, null)
+call("mknod fifo", "mknod", b"fifo2", 0o010600, 0)
 pid = os.fork()
 if pid == 0:
     os._exit(7)
@@ -152,20 +190,23 @@ print(json.dumps(results))
 
 NUMBERS = (
     "io_uring_setup", "io_uring_enter", "io_uring_register", "personality", "ioctl", "socket",
-    "clone", "clone3", "unshare", "keyctl", "add_key", "mount",
+    "clone", "clone3", "unshare", "keyctl", "add_key", "mount", "mknodat", "mknod",
 )  # fmt: skip
 
 
-def test_compiled_filter_in_a_real_process() -> None:
+def test_compiled_filter_in_a_real_process(tmp_path: Path) -> None:
     numbers = {name: seccomp.syscall_number(name) for name in NUMBERS}
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(numbers)],
+        [sys.executable, "-c", CHILD, json.dumps(numbers), str(tmp_path)],
         input=seccomp.compiled_filter(),
         capture_output=True,
         timeout=60,
         check=True,
     )
     results = json.loads(done.stdout)
+    if numbers["mknod"] is not None:
+        assert results.pop("mknod char") == "EPERM"
+        assert results.pop("mknod fifo") == "ok"
     assert results == {
         "io_uring_setup": "EPERM",
         "io_uring_enter": "EPERM",
@@ -188,5 +229,18 @@ def test_compiled_filter_in_a_real_process() -> None:
         "keyctl": "EPERM",
         "mount": "EPERM",
         "add_key": "EPERM",
+        "mknodat char": "EPERM",
+        "mknodat block": "EPERM",
+        "mknodat high|char": "EPERM",
+        "mknodat fifo": "ok",
+        "mknodat regular": "ok",
+        "mknodat type 0": "ok",
         "fork": 7,
+    }
+    # Root made what was allowed and nothing else.
+    kinds = {p.name: stat.S_IFMT(p.lstat().st_mode) for p in tmp_path.iterdir()}
+    assert {k: v for k, v in kinds.items() if not k.endswith("2")} == {
+        "fifo": stat.S_IFIFO,
+        "file": stat.S_IFREG,
+        "plain": stat.S_IFREG,
     }

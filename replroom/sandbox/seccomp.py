@@ -13,7 +13,10 @@ without capabilities, minus what a room must not have:
   flags are in memory, out of the filter's sight, and libc then falls back to
   ``clone``); ``unshare``, ``setns``, mounts, keyrings, BPF, perf,
   userfaultfd, kernel modules, clocks and reboot are not on the list at all;
-- ``ioctl`` ``TIOCSTI``/``TIOCLINUX``, which push keystrokes into a terminal.
+- ``ioctl`` ``TIOCSTI``/``TIOCLINUX``, which push keystrokes into a terminal;
+- ``mknod``/``mknodat`` of character and block devices (FIFOs, sockets and
+  regular files stay allowed): without ``CAP_MKNOD`` Linux refuses them
+  anyway, but gVisor makes them for anyone, leading to the Sentry's devices.
 
 Everything not allowed fails with EPERM, an ordinary permission error.
 Conditions are all "argument masked with M equals V": the kernel reads these
@@ -35,6 +38,7 @@ import errno
 import json
 import platform
 import socket
+import stat
 import tempfile
 import termios
 from collections.abc import Iterator
@@ -70,7 +74,7 @@ ALLOWED: tuple[str, ...] = (
     "landlock_restrict_self", "lchown", "lchown32", "lgetxattr", "link", "linkat", "listen",
     "listxattr", "llistxattr", "_llseek", "lremovexattr", "lseek", "lsetxattr", "lstat",
     "lstat64", "madvise", "membarrier", "memfd_create", "memfd_secret", "mincore", "mkdir",
-    "mkdirat", "mknod", "mknodat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect",
+    "mkdirat", "mlock", "mlock2", "mlockall", "mmap", "mmap2", "mprotect",
     "mq_getsetattr", "mq_notify", "mq_open", "mq_timedreceive", "mq_timedreceive_time64",
     "mq_timedsend", "mq_timedsend_time64", "mq_unlink", "mremap", "msgctl", "msgget",
     "msgrcv", "msgsnd", "msync", "munlock", "munlockall", "munmap", "name_to_handle_at",
@@ -125,6 +129,11 @@ PERSONALITIES = (0x0, 0x8, 0x2_0000, 0x2_0008, 0xFFFF_FFFF)
 # (0x80) is not a clone() flag: that bit belongs to the exit signal there.
 CLONE_NAMESPACES = 0x7E02_0000
 
+# mknod's mode: S_IFMT, the four file type bits, is 0o170000. The types
+# refused, as values of those four bits: S_IFCHR and S_IFBLK.
+FILE_TYPE_SHIFT, FILE_TYPE_BITS = 12, 4
+REFUSED_FILE_TYPES = (stat.S_IFCHR >> FILE_TYPE_SHIFT, stat.S_IFBLK >> FILE_TYPE_SHIFT)
+
 REFUSED_IOCTLS = (termios.TIOCSTI, getattr(termios, "TIOCLINUX", 0x541C))
 REFUSED_SOCKET_FAMILIES = (getattr(socket, "AF_VSOCK", 40),)
 
@@ -169,6 +178,15 @@ def all_but(index: int, refused: tuple[int, ...], bits: int = 32) -> Iterator[Ma
     yield from walk(0, 0, sorted(set(refused)))
 
 
+def all_file_types_but(index: int, refused: tuple[int, ...]) -> Iterator[Masked]:
+    """Conditions that, as alternatives, hold for every mode of argument
+    ``index`` whose file type (``mode & S_IFMT``) is not one of ``refused``
+    (given as values of the four type bits). Only those bits are compared:
+    the kernel reads a 16-bit mode, and the other bits are permissions."""
+    for m in all_but(index, refused, bits=FILE_TYPE_BITS):
+        yield Masked(index, m.mask << FILE_TYPE_SHIFT, m.value << FILE_TYPE_SHIFT)
+
+
 def rules() -> tuple[Rule, ...]:
     """The whole policy, for any architecture; names may not exist on this one."""
     conditional = [
@@ -177,6 +195,8 @@ def rules() -> tuple[Rule, ...]:
         Rule("clone3", refuse_with=errno.ENOSYS),
         *(Rule("ioctl", (m,)) for m in all_but(1, REFUSED_IOCTLS)),
         *(Rule("socket", (m,)) for m in all_but(0, REFUSED_SOCKET_FAMILIES)),
+        *(Rule("mknod", (m,)) for m in all_file_types_but(1, REFUSED_FILE_TYPES)),
+        *(Rule("mknodat", (m,)) for m in all_file_types_but(2, REFUSED_FILE_TYPES)),
     ]
     return (*(Rule(name) for name in ALLOWED), *conditional)
 

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT = 10.0
 INTERNAL_ERROR = "internal server error (logged); try again"
+# What a member may have sent that the room has not taken yet (a Run's code fits).
+MAX_INBOX = protocol.MAX_TEXT_MESSAGE + protocol.MAX_INPUT_FRAME
+BUSY = "the REPL is not reading its input (Ctrl-S stops it; restart it if it is stuck): dropped"
 EXPIRE_INTERVAL = 3600.0
 WEB_DIST = Path(__file__).resolve().parent.parent / "web" / "dist"
 
@@ -299,17 +302,65 @@ async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str
 
 
 async def _receive(websocket: WebSocket, room: Room, member: Member) -> None:
+    """Read the member's messages; another task handles them, in order.
+
+    Handling may wait on the room for as long as its REPL does not read its input
+    (e.g. after Ctrl-S stopped its output), so reading goes on apart from it: a
+    member who leaves is always noticed, and what they send meanwhile is bounded.
+    """
+    inbox: asyncio.Queue[Message] = asyncio.Queue()
+    queued = [0]  # bytes in the inbox
+    handler = asyncio.create_task(_handle_inbox(inbox, queued, room, member))
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if _is_restart(message):
+                # At once: a restart is what frees a REPL that stopped reading, which
+                # the handler may be waiting on.
+                await _handle_guarded(room, member, message)
+                continue
+            size = len(message.get("bytes") or message.get("text") or "")
+            if queued[0] and queued[0] + size > MAX_INBOX:
+                _reply_error(member, "busy", BUSY)
+                continue
+            queued[0] += size
+            inbox.put_nowait(message)
+    finally:
+        handler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await handler
+
+
+async def _handle_inbox(
+    inbox: asyncio.Queue[Message], queued: list[int], room: Room, member: Member
+) -> None:
     while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+        message = await inbox.get()
         try:
-            await _handle(room, member, message)
-        except Exception:
-            # One message failed, not the connection: the member is still in the
-            # room with a working outbox, and the next message may well succeed.
-            log.exception("room %s: a message from member %s failed", room.id, member.id)
-            member.outbox.send_json(protocol.error("internal", INTERNAL_ERROR))
+            await _handle_guarded(room, member, message)
+        finally:
+            queued[0] -= len(message.get("bytes") or message.get("text") or "")
+
+
+def _is_restart(message: Message) -> bool:
+    text = message.get("text")
+    if text is None or '"restart"' not in text:
+        return False
+    with contextlib.suppress(protocol.BadMessage):
+        return isinstance(protocol.parse_client_message(text), protocol.Restart)
+    return False
+
+
+async def _handle_guarded(room: Room, member: Member, message: Message) -> None:
+    try:
+        await _handle(room, member, message)
+    except Exception:
+        # One message failed, not the connection: the member is still in the
+        # room with a working outbox, and the next message may well succeed.
+        log.exception("room %s: a message from member %s failed", room.id, member.id)
+        member.outbox.send_json(protocol.error("internal", INTERNAL_ERROR))
 
 
 async def _handle(room: Room, member: Member, message: Message) -> None:
@@ -333,7 +384,9 @@ async def _handle(room: Room, member: Member, message: Message) -> None:
 
 
 async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage) -> None:
-    if isinstance(message, protocol.Resize):
+    if isinstance(message, protocol.Join):
+        _reply_error(member, "bad_message", "already joined")
+    elif isinstance(message, protocol.Resize):
         await room.resize(member, message.cols, message.rows)
     elif isinstance(message, protocol.Rename):
         room.rename(member, message.name)
@@ -345,8 +398,6 @@ async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage)
         await room.run_code(member, message.code, message.language)
     elif isinstance(message, protocol.Restart):
         await room.restart_repl()
-    elif isinstance(message, protocol.Join):
-        _reply_error(member, "bad_message", "already joined")
 
 
 def _reply_error(member: Member, code: str, message: str) -> None:
@@ -373,7 +424,7 @@ async def _receive_join(websocket: WebSocket) -> protocol.Join:
     try:
         parsed = protocol.parse_client_message(text)
     except protocol.BadMessage as error:
-        raise _Refused(protocol.CLOSE_PROTOCOL, f"bad join: {error}"[:120]) from None
+        raise _Refused(protocol.CLOSE_PROTOCOL, f"bad join: {error}") from None
     if not isinstance(parsed, protocol.Join):
         raise _Refused(protocol.CLOSE_PROTOCOL, "send a join message first")
     if parsed.v != protocol.PROTOCOL_VERSION:
@@ -387,7 +438,7 @@ async def _receive_join(websocket: WebSocket) -> protocol.Join:
 async def _close(websocket: WebSocket, code: int, reason: str) -> None:
     if websocket.application_state == WebSocketState.CONNECTED:
         with contextlib.suppress(Exception):
-            await websocket.close(code, reason[:120])
+            await websocket.close(code, protocol.close_reason(reason))
 
 
 async def _fail(websocket: WebSocket, message: dict[str, Any] | None) -> None:

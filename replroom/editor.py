@@ -269,7 +269,7 @@ class _Channel:
     def close(self, code: int, reason: str) -> None:
         """Ask the writer to close the WebSocket; receiving stops at once."""
         if self._close_with is None and not self._gone:
-            self._close_with = (code, reason[:120])
+            self._close_with = (code, protocol.close_reason(reason))
         self._closed.set()
         self._outbox.put_nowait(None)
 

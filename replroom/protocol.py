@@ -31,6 +31,14 @@ CLOSE_AT_CAPACITY = 4029  # the server runs as many sandboxes as it may
 CLOSE_SHUTDOWN = 1012  # the server restarts: reconnect
 
 
+MAX_CLOSE_REASON = 123  # bytes of UTF-8 (RFC 6455: a close frame's payload is at most 125)
+
+
+def close_reason(text: str) -> str:
+    """``text`` cut to fit a close frame; a longer reason would fail the close itself."""
+    return text.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

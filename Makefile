@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh Debian machine (run as root):
 #   make run    install what is needed, check the host, serve on http://127.0.0.1:8000/
 #   make test   install what is needed, run the whole test suite
-.PHONY: run test bench lint clean
+.PHONY: run test bench lint clean fuzz
 
 run:
 	scripts/setup
@@ -18,6 +18,12 @@ bench:
 	.venv/bin/python bench/sandbox.py
 	.venv/bin/python bench/rooms.py
 	.venv/bin/python bench/web.py
+
+# Hostile input, fuzzed for longer than make test does (docs/protocol.md).
+fuzz:
+	scripts/setup
+	.venv/bin/replroom image build
+	HYPOTHESIS_PROFILE=long .venv/bin/pytest tests/test_fuzz.py -s
 
 lint:
 	.venv/bin/ruff check .

@@ -22,6 +22,12 @@ the command's, and :meth:`DockerProcess.signal` runs ``kill`` in the
 container through a second exec. That works the same with runc and runsc and
 with remote engines, which a host pid (exec inspect) would not.
 
+runsc applies the container's seccomp profile to its first process only, so
+there every exec (commands and the backend's own helpers) starts under a
+Python launcher instead: it installs the rooms' policy, compiled to BPF by
+the server, and only then does what the ``sh`` launcher does. gVisor's
+``/dev/fuse`` and ``/dev/net/tun`` are removed, as root, right after start.
+
 The backend follows the Engine's event stream (filtered to its containers):
 ``oom`` events count OOM kills per container, ``exec_die`` ends a process,
 ``die`` ends every process of a container. The events matter beyond speed:
@@ -60,7 +66,7 @@ from replroom.sandbox.base import (
     SandboxStats,
     check_sandbox_path,
 )
-from replroom.sandbox.seccomp import docker_security_opt
+from replroom.sandbox.seccomp import compiled_filter, docker_security_opt
 
 if TYPE_CHECKING:
     from aiodocker.containers import DockerContainer
@@ -99,6 +105,58 @@ DETACH_KEYS = "ctrl-^,ctrl-],ctrl-^,ctrl-],ctrl-^,ctrl-]"
 _LAUNCH = (
     'if [ -n "$1" ]; then stty cols "$1" rows "$2" 2>/dev/null; fi; shift 2; echo $$; exec "$@"'
 )
+
+# The launcher of every exec on runsc, where the container's seccomp profile
+# reaches the first process only. argv: the BPF program in hex (compiled by
+# the server: nothing in the room can change it), "pid" to report the pid as
+# _LAUNCH does (or ""), columns and rows (or two ""), the command. The filter
+# goes on before anything else: if it cannot, the command does not run and
+# no pid is reported. Room processes cannot reach the launcher before that:
+# gVisor's ptrace (Yama scope 1) and /proc/<pid>/mem refuse non-descendants.
+# Python ignores SIGPIPE and SIGXFSZ, which an exec would pass on.
+_LAUNCH_FILTERED = r"""
+import os, sys
+bpf, report, cols, rows, argv = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5:]
+try:
+    import ctypes
+    class Program(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+    code, word = bytes.fromhex(bpf), ctypes.c_ulong
+    program, libc = Program(len(code) // 8, code), ctypes.CDLL(None, use_errno=True)
+    # PR_SET_NO_NEW_PRIVS, then PR_SET_SECCOMP with SECCOMP_MODE_FILTER.
+    if libc.prctl(38, word(1), word(0), word(0), word(0)) or libc.prctl(
+        22, word(2), ctypes.byref(program), word(0), word(0)
+    ):
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+except Exception as error:
+    message = f"replroom: cannot install the seccomp filter ({error}); {argv[0]} not run\n"
+    os.write(2, message.encode())
+    os._exit(126)
+if cols:
+    import termios
+    try:
+        termios.tcsetwinsize(0, (int(rows), int(cols)))
+    except OSError:
+        pass
+if report:
+    os.write(1, b"%d\n" % os.getpid())
+import signal
+signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+try:
+    os.execvp(argv[0], argv)
+except OSError as error:
+    os.write(2, f"{argv[0]}: {error.strerror}\n".encode())
+    os._exit(127 if isinstance(error, FileNotFoundError) else 126)
+"""
+PYTHON = "/usr/bin/python3"
+
+# gVisor's own /dev (its devtmpfs, whatever the container's mounts) has
+# /dev/fuse and /dev/net/tun; runsc ignores MaskedPaths. Root may remove them
+# (/dev is root's, 0755); the room's user cannot put them back, and the
+# policy refuses device nodes anywhere else.
+_HIDE_DEVICES = "rm -f /dev/fuse /dev/net/tun && rmdir /dev/net"
+ROOT = "0:0"
 
 # Writes stdin to $1 with mode $2, as the room user. The directory is created,
 # then resolved: it must still be inside the writable area after symlinks,
@@ -226,7 +284,8 @@ def container_config(
             "ReadonlyRootfs": True,
             "CapDrop": ["ALL"],
             # runc applies the profile to every exec'd REPL too; runsc (with
-            # --oci-seccomp) to the first process only, see docs/security.md.
+            # --oci-seccomp) to the first process only: there every exec
+            # starts under _LAUNCH_FILTERED, see docs/security.md.
             "SecurityOpt": ["no-new-privileges", docker_security_opt()],
             "IpcMode": "private",
             "Memory": limits.memory,
@@ -364,7 +423,10 @@ class DockerBackend(Backend):
             if isinstance(error, aiodocker.DockerError):
                 raise self._error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
-        return DockerSandbox(self, room_id, limits, container, watch)
+        sandbox = DockerSandbox(self, room_id, limits, container, watch)
+        if self.runtime == "runsc":
+            await sandbox._hide_devices()
+        return sandbox
 
     async def _create_container(self, config: dict[str, Any], name: str) -> DockerContainer:
         try:
@@ -568,6 +630,7 @@ class DockerSandbox(Sandbox):
         tty: bool,
         env: Mapping[str, str] | None = None,
         cwd: str = SANDBOX_HOME,
+        user: str = USER,
     ) -> Exec:
         self._check_usable()
         try:
@@ -577,7 +640,7 @@ class DockerSandbox(Sandbox):
                 stdout=True,
                 stderr=True,
                 tty=tty,
-                user=USER,
+                user=user,
                 environment={**DEFAULT_ENV, **(env or {})},
                 workdir=cwd,
                 detach_keys=DETACH_KEYS if tty else None,
@@ -602,8 +665,8 @@ class DockerSandbox(Sandbox):
     ) -> DockerProcess:
         if not argv:
             raise SandboxError("nothing to run: empty argv")
-        size = [str(cols), str(rows)] if tty else ["", ""]
-        launcher = ["/bin/sh", "-c", _LAUNCH, "replroom", *size, *argv]
+        size = (str(cols), str(rows)) if tty else ("", "")
+        launcher = self._launcher(argv, report_pid=True, size=size)
         exec_ = await self._exec(launcher, tty=tty, env=env, cwd=cwd)
         process = DockerProcess(self, exec_, tty=tty)
         # Registered before it starts, so that its exec_die cannot be missed.
@@ -616,11 +679,49 @@ class DockerSandbox(Sandbox):
             raise
         return process
 
+    def _launcher(
+        self, argv: Sequence[str], *, report_pid: bool, size: tuple[str, str] = ("", "")
+    ) -> list[str]:
+        """The exec's command line for ``argv``: on runsc under the rooms' seccomp policy;
+        ``report_pid`` and ``size`` (columns, rows, or "" not to resize) as for _LAUNCH."""
+        if self.backend.runtime == "runsc":
+            bpf, report = compiled_filter().hex(), "pid" if report_pid else ""
+            return [PYTHON, "-I", "-S", "-c", _LAUNCH_FILTERED, bpf, report, *size, *argv]
+        # runc puts every exec under the container's profile itself.
+        if not report_pid:
+            return list(argv)
+        return ["/bin/sh", "-c", _LAUNCH, "replroom", *size, *argv]
+
+    async def _hide_devices(self) -> None:
+        """Remove gVisor's FUSE and TUN devices (see _HIDE_DEVICES); the sandbox is
+        destroyed if that fails."""
+        try:
+            code, output = await self._run(["/bin/sh", "-c", _HIDE_DEVICES], root=True)
+            if code != 0:
+                reason = output.decode(errors="replace").strip() or f"exit code {code}"
+                raise SandboxError(f"cannot remove gVisor's /dev/fuse and /dev/net/tun: {reason}")
+        except BaseException:
+            with contextlib.suppress(SandboxError):
+                await self.destroy()
+            raise
+
     async def _run(
-        self, argv: Sequence[str], stdin: bytes | None = None, limit: int = 65536
+        self,
+        argv: Sequence[str],
+        stdin: bytes | None = None,
+        limit: int = 65536,
+        *,
+        root: bool = False,
     ) -> tuple[int, bytes]:
-        """Run a helper command on pipes to its end: (exit code, first bytes of output)."""
-        exec_ = await self._exec(argv, tty=False)
+        """Run a helper command on pipes to its end: (exit code, first bytes of output).
+
+        ``root`` runs it as root (still without capabilities), as it is: only
+        for set-up, before the room has any process.
+        """
+        if root:
+            exec_ = await self._exec(argv, tty=False, user=ROOT)
+        else:
+            exec_ = await self._exec(self._launcher(argv, report_pid=False), tty=False)
         output = bytearray()
         try:
             async with asyncio.timeout(HELPER_TIMEOUT):

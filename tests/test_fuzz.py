@@ -53,12 +53,12 @@ from tests.client import RoomClient, Server
 
 settings.register_profile(
     "ci",
-    max_examples=40,
+    max_examples=100,
     deadline=None,
     database=None,  # nothing written into the repository
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
-settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=2000)
+settings.register_profile("long", parent=settings.get_profile("ci"), max_examples=5000)
 PROFILE = settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
@@ -67,7 +67,7 @@ def fuzz(share: float = 1.0) -> settings:
     return settings(PROFILE, max_examples=max(5, int(PROFILE.max_examples * share)))
 
 
-pytestmark = pytest.mark.timeout(1800 if PROFILE.max_examples > 100 else 300)
+pytestmark = pytest.mark.timeout(3600 if PROFILE.max_examples > 100 else 300)
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 30.0

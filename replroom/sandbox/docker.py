@@ -11,7 +11,8 @@ its API (aiodocker; the ``docker`` CLI is never used):
   /dev/shm an eighth and /home/room the rest;
 - PID 1 is Docker's init (tini) running ``sleep infinity`` as uid 65534, not
   as the room user: the room's processes can then neither kill it (which would
-  end the container and lose the room's files) nor be left as zombies;
+  end the container and lose the room's files) nor be left as zombies (on
+  runsc, as root without capabilities: it first removes gVisor's devices);
 - runtime ``runc``, or ``runsc`` (gVisor) for a second kernel between the room
   and the host.
 
@@ -25,8 +26,7 @@ with remote engines, which a host pid (exec inspect) would not.
 runsc applies the container's seccomp profile to its first process only, so
 there every exec (commands and the backend's own helpers) starts under a
 Python launcher instead: it installs the rooms' policy, compiled to BPF by
-the server, and only then does what the ``sh`` launcher does. gVisor's
-``/dev/fuse`` and ``/dev/net/tun`` are removed, as root, right after start.
+the server, and only then does what the ``sh`` launcher does.
 
 The backend follows the Engine's event stream (filtered to its containers):
 ``oom`` events count OOM kills per container, ``exec_die`` ends a process,
@@ -84,8 +84,10 @@ ROOM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 BUILD_HINT = "run `replroom image build --docker`"
 
 USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
-# PID 1's user: not the room's (see the module's docstring), not root.
+# PID 1's user: not the room's (see the module's docstring), not root (but
+# see RUNSC_INIT).
 INIT_USER = "65534:65534"
+INIT = ["sleep", "infinity"]
 PAGE = 4096
 
 # runsc counts its own threads (the Sentry's and, on the ptrace platform, about
@@ -106,12 +108,22 @@ _LAUNCH = (
     'if [ -n "$1" ]; then stty cols "$1" rows "$2" 2>/dev/null; fi; shift 2; echo $$; exec "$@"'
 )
 
+# gVisor's own /dev (its devtmpfs, whatever the container's mounts say) has
+# FUSE and TUN; runsc ignores MaskedPaths. On runsc PID 1 starts as root (no
+# capabilities: the room cannot kill it either) and removes them before it
+# becomes the sleep (/dev is root's, 0755: the room cannot put them back, and
+# the policy refuses device nodes elsewhere). _LAUNCH_FILTERED waits for that.
+GVISOR_DEVICES = ("/dev/fuse", "/dev/net")
+RUNSC_INIT = ["/bin/sh", "-c", 'rm -rf -- "$@" && exec sleep infinity', "init", *GVISOR_DEVICES]
+RUNSC_INIT_USER = "0:0"
+
 # The launcher of every exec on runsc, where the container's seccomp profile
 # reaches the first process only. argv: the BPF program in hex (compiled by
 # the server: nothing in the room can change it), "pid" to report the pid as
 # _LAUNCH does (or ""), columns and rows (or two ""), the command. The filter
-# goes on before anything else: if it cannot, the command does not run and
-# no pid is reported. Room processes cannot reach the launcher before that:
+# goes on before anything else, then the launcher waits until PID 1 removed
+# GVISOR_DEVICES: if either fails, the command does not run and no pid is
+# reported. Room processes cannot reach the launcher before the filter:
 # gVisor's ptrace (Yama scope 1) and /proc/<pid>/mem refuse non-descendants.
 # Python ignores SIGPIPE and SIGXFSZ, which an exec would pass on.
 _LAUNCH_FILTERED = r"""
@@ -132,6 +144,14 @@ except Exception as error:
     message = f"replroom: cannot install the seccomp filter ({error}); {argv[0]} not run\n"
     os.write(2, message.encode())
     os._exit(126)
+deadline = None
+while any(os.path.lexists(path) for path in GVISOR_DEVICES):
+    import time
+    deadline = deadline or time.monotonic() + 10
+    if time.monotonic() > deadline:
+        os.write(2, f"replroom: gVisor's devices are still there; {argv[0]} not run\n".encode())
+        os._exit(126)
+    time.sleep(0.01)
 if cols:
     import termios
     try:
@@ -148,15 +168,8 @@ try:
 except OSError as error:
     os.write(2, f"{argv[0]}: {error.strerror}\n".encode())
     os._exit(127 if isinstance(error, FileNotFoundError) else 126)
-"""
+""".replace("GVISOR_DEVICES", repr(GVISOR_DEVICES))
 PYTHON = "/usr/bin/python3"
-
-# gVisor's own /dev (its devtmpfs, whatever the container's mounts) has
-# /dev/fuse and /dev/net/tun; runsc ignores MaskedPaths. Root may remove them
-# (/dev is root's, 0755); the room's user cannot put them back, and the
-# policy refuses device nodes anywhere else.
-_HIDE_DEVICES = "rm -f /dev/fuse /dev/net/tun && rmdir /dev/net"
-ROOT = "0:0"
 
 # Writes stdin to $1 with mode $2, as the room user. The directory is created,
 # then resolved: it must still be inside the writable area after symlinks,
@@ -267,11 +280,12 @@ def container_config(
     home, tmp, shm = _split_disk(limits.disk)
     # noexec would be the Docker default; rooms run their own scripts.
     tmpfs = "rw,exec,nosuid,nodev"
+    init, init_user = (RUNSC_INIT, RUNSC_INIT_USER) if runtime == "runsc" else (INIT, INIT_USER)
     return {
         "Image": image,
-        "Entrypoint": ["sleep"],
-        "Cmd": ["infinity"],
-        "User": INIT_USER,
+        "Entrypoint": init,
+        "Cmd": [],
+        "User": init_user,
         "WorkingDir": "/",
         "Hostname": "room",
         "Env": [f"{key}={value}" for key, value in DEFAULT_ENV.items()],
@@ -423,10 +437,7 @@ class DockerBackend(Backend):
             if isinstance(error, aiodocker.DockerError):
                 raise self._error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
-        sandbox = DockerSandbox(self, room_id, limits, container, watch)
-        if self.runtime == "runsc":
-            await sandbox._hide_devices()
-        return sandbox
+        return DockerSandbox(self, room_id, limits, container, watch)
 
     async def _create_container(self, config: dict[str, Any], name: str) -> DockerContainer:
         try:
@@ -630,7 +641,6 @@ class DockerSandbox(Sandbox):
         tty: bool,
         env: Mapping[str, str] | None = None,
         cwd: str = SANDBOX_HOME,
-        user: str = USER,
     ) -> Exec:
         self._check_usable()
         try:
@@ -640,7 +650,7 @@ class DockerSandbox(Sandbox):
                 stdout=True,
                 stderr=True,
                 tty=tty,
-                user=user,
+                user=USER,
                 environment={**DEFAULT_ENV, **(env or {})},
                 workdir=cwd,
                 detach_keys=DETACH_KEYS if tty else None,
@@ -692,36 +702,11 @@ class DockerSandbox(Sandbox):
             return list(argv)
         return ["/bin/sh", "-c", _LAUNCH, "replroom", *size, *argv]
 
-    async def _hide_devices(self) -> None:
-        """Remove gVisor's FUSE and TUN devices (see _HIDE_DEVICES); the sandbox is
-        destroyed if that fails."""
-        try:
-            code, output = await self._run(["/bin/sh", "-c", _HIDE_DEVICES], root=True)
-            if code != 0:
-                reason = output.decode(errors="replace").strip() or f"exit code {code}"
-                raise SandboxError(f"cannot remove gVisor's /dev/fuse and /dev/net/tun: {reason}")
-        except BaseException:
-            with contextlib.suppress(SandboxError):
-                await self.destroy()
-            raise
-
     async def _run(
-        self,
-        argv: Sequence[str],
-        stdin: bytes | None = None,
-        limit: int = 65536,
-        *,
-        root: bool = False,
+        self, argv: Sequence[str], stdin: bytes | None = None, limit: int = 65536
     ) -> tuple[int, bytes]:
-        """Run a helper command on pipes to its end: (exit code, first bytes of output).
-
-        ``root`` runs it as root (still without capabilities), as it is: only
-        for set-up, before the room has any process.
-        """
-        if root:
-            exec_ = await self._exec(argv, tty=False, user=ROOT)
-        else:
-            exec_ = await self._exec(self._launcher(argv, report_pid=False), tty=False)
+        """Run a helper command on pipes to its end: (exit code, first bytes of output)."""
+        exec_ = await self._exec(self._launcher(argv, report_pid=False), tty=False)
         output = bytearray()
         try:
             async with asyncio.timeout(HELPER_TIMEOUT):

@@ -39,14 +39,16 @@ class SandboxPool:
         while self._ready:
             sandbox = self._ready.popleft()
             try:
-                alive = await sandbox.alive()
+                if await sandbox.alive():
+                    self._refill()
+                    return sandbox
+                await sandbox.destroy()
             except SandboxError:
-                self._ready.appendleft(sandbox)  # the backend cannot say now: keep it, ask later
+                # The backend cannot say or do it now (an Engine restarting):
+                # keep it, so that a later take() or close() tries again.
+                self._ready.appendleft(sandbox)
                 raise
             self._refill()
-            if alive:
-                return sandbox
-            await sandbox.destroy()
         self._refill()
         return await self.backend.create(room_id, self.limits)
 

@@ -386,7 +386,8 @@ async def test_engine_restart_under_live_rooms(
         await server.stop_async()
     assert "Traceback" not in server.log(), server.log()[-3000:]
     # Nothing left on the Engine: not the dead containers, not the new ones.
-    assert not await _containers(server, restartable_engine)
+    left = await _containers(server, restartable_engine)
+    assert not left, (left, server.log()[-3000:])
 
 
 # -- 4. the data disk fills up -------------------------------------------------

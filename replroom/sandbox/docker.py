@@ -362,9 +362,10 @@ class DockerBackend(Backend):
         self._events_task: asyncio.Task[None] | None = None
         self._events_ready: asyncio.Future[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        # Containers that could not be removed (the Engine was going away):
-        # removed once it answers again, or at close.
+        # Containers (ids, or names when a create's outcome is unknown) that could
+        # not be removed as the Engine went away: removed once it answers again.
         self._unremoved: set[str] = set()
+        self._creating: set[str] = set()  # names
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DockerBackend:
@@ -423,10 +424,18 @@ class DockerBackend(Backend):
         await self._follow_events()
         config = container_config(self.image, room_id, limits, self.runtime, self.instance)
         name = NAME_PREFIX + room_id
+        self._creating.add(name)
         try:
             container = await self._create_container(config, name)
-        except aiodocker.DockerError as error:
+        except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
+            if not isinstance(error, aiodocker.DockerError) or _is_unreachable(error):
+                # The Engine may have made it before the connection went.
+                self._unremoved.add(name)
+                raise _unreachable(self.docker_host, error) from None
             raise self._error(error, f"cannot create the sandbox of room {room_id}") from None
+        finally:
+            self._creating.discard(name)
+        self._unremoved.discard(name)
         watch = self._watches.setdefault(container.id, _Watch())
         self._rooms[room_id] = container.id
         try:
@@ -466,18 +475,26 @@ class DockerBackend(Backend):
             )
         return SandboxError(f"{doing}: {message}")
 
-    async def _remove(self, container_id: str) -> None:
-        """Remove a container nobody uses; if the Engine cannot now, when it is back."""
+    async def _remove(self, ref: str) -> None:
+        """Remove a container nobody uses, by id or name; if the Engine cannot now, later.
+
+        A name is looked up first and the container removed by id, never one that
+        a sandbox uses or that a create of that name is making now.
+        """
         try:
+            container_id = (await self.docker.containers.container(ref).show())["Id"]
+            if ref in self._creating or container_id in self._watches:
+                self._unremoved.discard(ref)  # in use after all
+                return
             await self.docker.containers.container(container_id).delete(force=True, v=True)
         except aiodocker.DockerError as error:
-            if error.status not in (404, 409):  # 409: its removal is under way
-                self._unremoved.add(container_id)
+            if error.status != 404:  # 409 too: an Engine shutting down may abandon a removal
+                self._unremoved.add(ref)
                 return
         except (aiohttp.ClientError, OSError):
-            self._unremoved.add(container_id)
+            self._unremoved.add(ref)
             return
-        self._unremoved.discard(container_id)
+        self._unremoved.discard(ref)
 
     def _forget(self, room_id: str, container_id: str) -> None:
         self._watches.pop(container_id, None)
@@ -509,8 +526,8 @@ class DockerBackend(Backend):
         return sum(removed)
 
     async def close(self) -> None:
-        for container_id in list(self._unremoved):
-            await self._remove(container_id)
+        for ref in list(self._unremoved):
+            await self._remove(ref)
         if self._events_task is not None:
             self._events_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -606,8 +623,8 @@ class DockerBackend(Backend):
 
         The Engine answers again, so containers it could not remove before go now.
         """
-        for container_id in list(self._unremoved):
-            await self._remove(container_id)
+        for ref in list(self._unremoved):
+            await self._remove(ref)
         for watch in list(self._watches.values()):
             for process in list(watch.processes.values()):
                 with contextlib.suppress(Exception):
@@ -788,10 +805,11 @@ class DockerSandbox(Sandbox):
         try:
             await self.container.delete(force=True, v=True)
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
-            # 404: already gone; 409: someone else is removing it.
-            if not isinstance(error, aiodocker.DockerError) or error.status not in (404, 409):
-                self._destroyed = False  # the caller may try again
-                if _is_unreachable(error) or not isinstance(error, aiodocker.DockerError):
+            # 404: already gone. Anything else, 409 included (a removal under way,
+            # which an Engine shutting down may abandon), is tried again later.
+            if not isinstance(error, aiodocker.DockerError) or error.status != 404:
+                self._destroyed = False
+                if not isinstance(error, aiodocker.DockerError) or _is_unreachable(error):
                     # The Engine is away: the room may start a new sandbox meanwhile,
                     # which takes this one's name over (and removes it, if it can).
                     if self.backend._rooms.get(self.room_id) == self.id:

@@ -114,7 +114,7 @@ async def _editor(server: Server, session: RoomClient, room_id: str) -> YClient:
 
 async def _write_editor(
     server: Server, session: RoomClient, room_id: str, members: list[Any], text: str
-) -> None:
+) -> YClient:
     """Type ``text`` into the room's Python document, acknowledged by a second client."""
     writer = await _editor(server, session, room_id)
     watcher = await _editor(server, session, room_id)
@@ -123,6 +123,7 @@ async def _write_editor(
     # The server commits an update before it broadcasts it: the watcher having
     # it is the acknowledgement that it is stored.
     await watcher.wait_text(text)
+    return writer
 
 
 async def _read_editor(
@@ -337,7 +338,7 @@ def restartable_engine(room_image: object) -> Iterator[str]:
         yield host
     finally:
         _dockerd("stop")
-        subprocess.run(["rm", "-rf", ENGINE_DIR], check=True)
+        subprocess.run(["rm", "-rf", "--one-file-system", ENGINE_DIR], check=True)
 
 
 @pytest.mark.docker
@@ -458,8 +459,7 @@ async def test_full_data_disk(
         members += [alice, bystander]
         await alice.wait_output(">>> ", timeout=WAIT)
         await bystander.wait_output(">>> ", timeout=WAIT)
-        await _write_editor(server, alice, room["id"], members, EDITOR_TEXT)
-        editor = members[-2]
+        editor = await _write_editor(server, alice, room["id"], members, EDITOR_TEXT)
 
         filler = _fill(small_disk)
         # The first write to each database fails. Later ones may not at once:

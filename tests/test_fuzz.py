@@ -554,6 +554,9 @@ async def test_invalid_utf8_is_closed_with_1007(
         await leave(rooms, client)
 
 
+CLOSE_OPCODE = 8
+
+
 def raw_frame(opcode: int, payload: bytes, *, fin: bool, rsv: int, mask: bool) -> bytes:
     """One WebSocket frame as RFC 6455 lays it out, whatever the rules say about it."""
     head = bytes([(0x80 if fin else 0) | rsv << 4 | opcode])
@@ -590,17 +593,30 @@ async def test_frames_that_break_the_rules(
 ) -> None:
     """Frames as a broken client might send them: continuations without a start, fragmented
     or long control frames, reserved opcodes and bits, unmasked frames. The server answers
-    or closes; it does not fail."""
-    client = await joined(server, rooms.target)
+    or closes; it does not fail.
+
+    Without compression: with permessage-deflate, RSV1 marks a compressed frame, and a
+    made-up one spoils the shared window, so that the client's own later frames decode
+    as garbage (the server answers bad_message, correctly, to each).
+    """
+    ws = await websockets.connect(
+        f"{server.ws_url}/ws/rooms/{rooms.target['id']}", compression=None, open_timeout=WAIT
+    )
+    client = RoomClient(ws)
     try:
-        transport = client.ws.transport
+        await client.send({"type": "join", "v": 1, "token": rooms.target["spectator_token"],
+                           "name": "fuzz"})  # fmt: skip
+        await client.wait_message("welcome")
         for opcode, payload, fin, rsv, mask in frames:
-            transport.write(raw_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
+            ws.transport.write(raw_frame(opcode, payload, fin=fin, rsv=rsv, mask=mask))
         try:
             await probe(client)
         except Exception:  # the connection was closed (or the close handshake failed)
             closed = await client.wait_closed()
-            assert closed.code in (1000, 1002, 1005, 1006, 1007, 1009), closed
+            # 1006: the server may hang up at once on a protocol error, and what the
+            # client still sends then makes its kernel drop the close frame.
+            closed_itself = any(opcode == CLOSE_OPCODE for opcode, *_ in frames)
+            assert closed_itself or closed.code in (1002, 1006, 1007, 1009), closed
         check_no_leak(seen_by(client))
     finally:
         await leave(rooms, client)

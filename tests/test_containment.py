@@ -24,7 +24,7 @@ import pytest
 from replroom.config import Limits
 from replroom.sandbox import ExitReason, Sandbox
 from replroom.sandbox.docker import _LAUNCH_FILTERED, PYTHON, DockerSandbox
-from replroom.sandbox.seccomp import syscall_number
+from replroom.sandbox.seccomp import compiled_filter, syscall_number
 from tests.sandboxes import BackendUnderTest, Screen, host_disk_free, python, run
 
 ATTACK_LIMITS = Limits(memory="96m", cpus=0.25, pids=64, disk="16m")
@@ -456,3 +456,11 @@ async def test_a_filter_that_cannot_be_installed_runs_nothing(rooms: Rooms) -> N
     assert b"touch not run" in output, output
     _status, listing = await run(rooms.attacker, ["ls", "/tmp"])
     assert "ran" not in listing.split(), listing
+    # With the real program it runs the command (and ignores a terminal size
+    # where there is no terminal, as stty does).
+    code, output = await rooms.attacker._run(
+        [PYTHON, "-I", "-S", "-c", _LAUNCH_FILTERED, compiled_filter().hex(), "pid", "80", "24",
+         "sh", "-c", 'echo "$$"; grep Seccomp: /proc/self/status']
+    )  # fmt: skip
+    pid, same_pid, mode = output.decode().splitlines()
+    assert code == 0 and pid == same_pid and mode == "Seccomp:\t2", output

@@ -156,7 +156,7 @@ if cols:
     import termios
     try:
         termios.tcsetwinsize(0, (int(rows), int(cols)))
-    except OSError:
+    except termios.error:  # not a terminal: ignored, as by stty in _LAUNCH
         pass
 if report:
     os.write(1, b"%d\n" % os.getpid())

@@ -7,6 +7,7 @@ bystander room are unaffected. They run on bwrap, docker+runc and docker+runsc.
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -464,3 +465,31 @@ async def test_a_filter_that_cannot_be_installed_runs_nothing(rooms: Rooms) -> N
     )  # fmt: skip
     pid, same_pid, mode = output.decode().splitlines()
     assert code == 0 and pid == same_pid and mode == "Seccomp:\t2", output
+
+
+async def test_an_exec_cannot_be_traced_before_its_filter_is_on(
+    rooms: Rooms, backend: BackendUnderTest
+) -> None:
+    # On runsc the launcher runs unfiltered for a few ms; a room process must
+    # not be able to take it over meanwhile. (bwrap: other processes are in
+    # other pid namespaces; runc: the filter is on before the command starts.)
+    if backend.name != "docker-runsc":
+        pytest.skip("only runsc's launcher has a moment without the filter")
+    sleeper = await rooms.attacker.spawn(["sleep", "600"], tty=False)
+    try:
+        _status, output = await python(
+            rooms.attacker,
+            "import ctypes, os\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print('attach', libc.ptrace(16, {sleeper.pid}, 0, 0), ctypes.get_errno())\n"
+            "try:\n"
+            f"    open('/proc/{sleeper.pid}/mem', 'r+b')\n"
+            "    print('mem OPENED')\n"
+            "except OSError as e:\n"
+            "    print('mem refused', e.strerror)\n",
+        )
+        assert f"attach -1 {errno.EPERM}" in output, output
+        assert "mem refused Permission denied" in output, output
+    finally:
+        await sleeper.signal(signal.SIGKILL)
+        await sleeper.wait()

@@ -27,7 +27,9 @@ compare one argument twice in a rule).
 
 Renderings: ``docker_profile()`` is the Docker/OCI JSON profile the docker
 backend hands to the Engine; ``compiled_filter()`` is the same rules compiled
-by libseccomp to BPF for ``bwrap --seccomp``. Both contain exactly the names
+by libseccomp to BPF for ``bwrap --seccomp`` and for the docker backend's
+launcher on runsc (which applies the profile to a container's first process
+only). Both contain exactly the names
 this host's libseccomp resolves on the native architecture; calls through a
 foreign ABI (i386, x32) are not allowed.
 """
@@ -273,7 +275,7 @@ def _libseccomp_filter() -> Any:
 
 @lru_cache(maxsize=1)
 def compiled_filter() -> bytes:
-    """The policy as BPF bytes, ready for ``bwrap --seccomp``."""
+    """The policy as BPF bytes, ready for ``bwrap --seccomp`` or ``PR_SET_SECCOMP``."""
     with tempfile.TemporaryFile() as bpf:
         _libseccomp_filter().export_bpf(bpf)
         bpf.seek(0)

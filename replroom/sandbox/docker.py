@@ -898,21 +898,24 @@ class DockerProcess(Process):
         while not self._eof:
             if self._reader is None:
                 self._reader = asyncio.ensure_future(self._stream.read_out())
+            reader = self._reader
             if self._done.is_set():
                 # The process is over and its last output is on its way; but
                 # the stream may never end (runsc after its sandbox died).
-                done, _ = await asyncio.wait({self._reader}, timeout=END_GRACE)
+                done, _ = await asyncio.wait({reader}, timeout=END_GRACE)
                 if not done:
                     break
             else:
                 ended = asyncio.ensure_future(self._done.wait())
                 try:
-                    await asyncio.wait({self._reader, ended}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({reader, ended}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     ended.cancel()
-                if not self._reader.done():
+                if not reader.done():
                     continue
-            reader, self._reader = self._reader, None
+            if self._reader is not reader:  # the stream was closed while we waited
+                break
+            self._reader = None
             try:
                 message: Message | None = reader.result()
             except (aiohttp.ClientError, OSError, RuntimeError):

@@ -37,6 +37,7 @@ from pycrdt.websocket import WebsocketServer, YRoom
 from starlette.websockets import WebSocket, WebSocketState
 
 from replroom import protocol
+from replroom.storage import make_private
 
 log = logging.getLogger(__name__)
 
@@ -805,6 +806,7 @@ class _Database:
 
     def _open(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self._path)
         connection = sqlite3.connect(self._path, isolation_level=None)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")

@@ -60,6 +60,18 @@ class StorageError(Exception):
         self.full = full
 
 
+def make_private(path: Path) -> None:
+    """Create the database file readable by its owner only, before SQLite opens it.
+
+    SQLite gives its -wal and -shm files the mode of the database file, so
+    they are private too; files left by an older release are made private.
+    """
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{path}{suffix}", 0o600)
+
+
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -107,6 +119,7 @@ class Store:
     @classmethod
     async def open(cls, path: Path) -> Store:
         path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(path)
         db = await aiosqlite.connect(path)
         db.row_factory = aiosqlite.Row
         await db.execute("PRAGMA journal_mode=WAL")
@@ -125,7 +138,6 @@ class Store:
             await db.execute("ALTER TABLE rooms ADD COLUMN had_sandbox INTEGER NOT NULL DEFAULT 0")
         await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         await db.commit()
-        os.chmod(path, 0o600)
         return cls(db)
 
     async def close(self) -> None:

@@ -1,7 +1,7 @@
 # Two commands do all set-up on a fresh Debian machine (run as root):
 #   make run    install what is needed, check the host, serve on http://127.0.0.1:8000/
 #   make test   install what is needed, run the whole test suite
-.PHONY: run test bench lint clean fuzz
+.PHONY: run test test-fast bench lint clean fuzz
 
 run:
 	scripts/setup
@@ -10,6 +10,12 @@ run:
 
 test:
 	scripts/test
+
+# Seconds: the tests that need no root, no sandbox and no server, and the linters.
+test-fast:
+	@test -x .venv/bin/python || scripts/setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -m fast -q -p no:cacheprovider
 
 # Benchmarks print figures; the docker ones run when DOCKER_HOST is set
 # (export "$$(scripts/dockerd start)" first).

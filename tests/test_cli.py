@@ -88,6 +88,7 @@ def test_design_note_profile_runs_every_repl_language(
     assert result.stdout.split() == ["1", "2", "3"]
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -71,6 +71,7 @@ deb http://mirror.example/debian bookworm main non-free-firmware  # trailing com
 """
 
 
+@pytest.mark.fast
 def test_deb822_sources() -> None:
     assert parse_deb822_sources(DEB822) == [
         AptSource(
@@ -80,6 +81,7 @@ def test_deb822_sources() -> None:
     ]
 
 
+@pytest.mark.fast
 def test_one_line_sources() -> None:
     assert parse_one_line_sources(ONE_LINE) == [
         AptSource("http://other.example/apt", ("stable",), ("main",)),
@@ -87,6 +89,7 @@ def test_one_line_sources() -> None:
     ]
 
 
+@pytest.mark.fast
 def test_host_sources_in_apt_order(tmp_path: Path) -> None:
     sources_list = tmp_path / "sources.list"
     sources_list.write_text("deb http://first.example/debian trixie main\n")
@@ -109,17 +112,20 @@ def test_host_sources_in_apt_order(tmp_path: Path) -> None:
     assert find_mirror("sid", sources) is None
 
 
+@pytest.mark.fast
 def test_missing_sources_mean_debootstrap_default(tmp_path: Path) -> None:
     sources = host_apt_sources(tmp_path / "none.list", tmp_path / "none.d")
     assert sources == []
     assert find_mirror("bookworm", sources) is None
 
 
+@pytest.mark.fast
 def test_cdrom_sources_are_not_mirrors() -> None:
     sources = parse_one_line_sources("deb cdrom:[Debian 12]/ bookworm main\n")
     assert find_mirror("bookworm", sources) is None
 
 
+@pytest.mark.fast
 def test_recipe_id_is_stable() -> None:
     assert recipe_id() == recipe_id()
     assert len(recipe_id()) == 12
@@ -131,6 +137,7 @@ def test_recipe_id_is_stable() -> None:
     assert recipe_id(fixed) == "22dcb2694287"
 
 
+@pytest.mark.fast
 def test_recipe_id_changes_with_the_recipe() -> None:
     spec = recipe()
     assert {"python3", "nodejs", "ruby", "bash", "util-linux"} <= set(spec["packages"])
@@ -140,6 +147,7 @@ def test_recipe_id_changes_with_the_recipe() -> None:
     assert recipe_id(next_post_install) != recipe_id(spec)
 
 
+@pytest.mark.fast
 def test_missing_image_says_how_to_build_it(tmp_path: Path) -> None:
     settings = Settings(image_dir=tmp_path / "images")
     assert current_image(settings) is None
@@ -148,6 +156,7 @@ def test_missing_image_says_how_to_build_it(tmp_path: Path) -> None:
     assert "replroom image build" in NOT_BUILT
 
 
+@pytest.mark.fast
 def test_prune_keeps_the_current_image(tmp_path: Path) -> None:
     settings = Settings(image_dir=tmp_path / "images")
     for image_id in ("0123456789ab", recipe_id()):

@@ -34,6 +34,7 @@ HOSTILE_PATHS = [
 ]
 
 
+@pytest.mark.fast
 def test_registry() -> None:
     assert list(LANGUAGES) == ["python", "node", "ruby", "bash"]
     for name, language in LANGUAGES.items():
@@ -48,6 +49,7 @@ def test_registry() -> None:
     assert modes == {"python", "javascript", "ruby", "shell"}
 
 
+@pytest.mark.fast
 def test_unknown_language() -> None:
     with pytest.raises(UnknownLanguage) as caught:
         get_language("cobol")
@@ -56,12 +58,14 @@ def test_unknown_language() -> None:
     assert isinstance(caught.value, KeyError) and isinstance(caught.value, ValueError)
 
 
+@pytest.mark.fast
 def test_run_argv_keeps_the_path_one_argument() -> None:
     path = "/home/room/a b; rm -rf ~.py"
     assert get_language("python").run_argv(path) == ("python3", path)
     assert get_language("bash").run_argv(path) == ("bash", path)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
 @pytest.mark.parametrize("name", ["python", "ruby", "bash"])
 def test_load_line_is_one_printable_line(name: str, path: str) -> None:
@@ -71,6 +75,7 @@ def test_load_line_is_one_printable_line(name: str, path: str) -> None:
     assert line.isascii() and line.isprintable(), line
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
 def test_python_load_line_quotes_the_path(path: str) -> None:
     line = get_language("python").load_line(path)
@@ -81,6 +86,7 @@ def test_python_load_line_quotes_the_path(path: str) -> None:
     assert path in quoted
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("path", HOSTILE_PATHS)
 def test_bash_load_line_quotes_the_path(path: str) -> None:
     line = get_language("bash").load_line(path)
@@ -112,6 +118,7 @@ def test_ruby_load_line_quotes_the_path(image: RoomImage, path: str) -> None:
     assert parsed == expected.encode("utf-8", "surrogateescape")
 
 
+@pytest.mark.fast
 def test_node_load_line() -> None:
     node = get_language("node")
     assert node.load_line('/home/room/it\'s "quoted" $x.js') == (
@@ -124,6 +131,7 @@ def test_node_load_line() -> None:
             node.load_line(path)
 
 
+@pytest.mark.fast
 def test_ready_prompts() -> None:
     python, node, ruby, bash = (get_language(n) for n in ("python", "node", "ruby", "bash"))
     assert python.ready(b"Python 3.11\r\n>>> ")

@@ -30,6 +30,7 @@ def compiled_names() -> set[str]:
     return set(re.findall(r'# filter for syscall "(\w+)"', seccomp.filter_text()))
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("refused", [(0x5412, 0x541C), (40,), (0,), (0xFFFF_FFFF,), (7, 8, 9)])
 def test_all_but_matches_every_32_bit_value_except_the_refused(refused: tuple[int, ...]) -> None:
     conditions = list(all_but(1, refused))
@@ -49,6 +50,7 @@ def test_all_but_matches_every_32_bit_value_except_the_refused(refused: tuple[in
     assert len(conditions) <= 32 * len(refused)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("index", [1, 2])
 def test_mknod_conditions_refuse_exactly_character_and_block_devices(index: int) -> None:
     conditions = list(all_file_types_but(index, seccomp.REFUSED_FILE_TYPES))
@@ -63,6 +65,7 @@ def test_mknod_conditions_refuse_exactly_character_and_block_devices(index: int)
         assert holds(conditions, allowed | 0o644)
 
 
+@pytest.mark.fast
 def test_io_uring_is_not_allowed_and_personality_only_with_dockers_values() -> None:
     names = {rule.name for rule in seccomp.rules()}
     assert not {"io_uring_setup", "io_uring_enter", "io_uring_register"} & names
@@ -72,6 +75,7 @@ def test_io_uring_is_not_allowed_and_personality_only_with_dockers_values() -> N
     assert all(w[0].mask == 0xFFFF_FFFF for w in persona)
 
 
+@pytest.mark.fast
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="checks x86_64's table")
 def test_every_allowed_x86_64_call_is_in_the_compiled_filter() -> None:
     if not UNISTD_64.exists():
@@ -86,6 +90,7 @@ def test_every_allowed_x86_64_call_is_in_the_compiled_filter() -> None:
     assert compiled_names() - allowed == {"clone3"}
 
 
+@pytest.mark.fast
 def test_docker_profile_holds_exactly_the_compiled_rules() -> None:
     opt = seccomp.docker_security_opt()
     assert opt.startswith("seccomp=")

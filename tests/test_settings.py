@@ -1,0 +1,48 @@
+"""The settings object: defaults and the checks made when settings are loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from replroom.config import Settings
+
+pytestmark = pytest.mark.fast
+
+
+def test_the_image_dir_does_not_follow_the_data_dir() -> None:
+    assert Settings(data_dir=Path("/elsewhere")).image_dir == Settings().image_dir
+
+
+def test_an_unknown_default_language_is_refused() -> None:
+    with pytest.raises(ValidationError, match="unknown language 'cobol'"):
+        Settings(default_language="cobol")
+
+
+@pytest.mark.parametrize(("budget", "pool", "accepted"), [("512m", 2, False), ("1g", 2, True)])
+def test_a_pool_the_memory_budget_cannot_hold_is_refused(
+    budget: str, pool: int, accepted: bool
+) -> None:
+    def load() -> Settings:
+        return Settings(memory_budget=budget, pool_size=pool)  # type: ignore[arg-type]
+
+    if accepted:
+        assert load().max_sandboxes == 4
+    else:
+        with pytest.raises(ValidationError, match="pool_size 2 leaves no room for rooms"):
+            load()
+
+
+def test_docker_pools_two_sandboxes_by_default_and_bwrap_none() -> None:
+    assert Settings(backend="docker").pool_size_for("docker") == 2
+    assert Settings().pool_size_for("bwrap") == 0
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REPLROOM_LIMITS__MEMORY", "100m")
+    monkeypatch.setenv("REPLROOM_DEFAULT_LANGUAGE", "ruby")
+    settings = Settings()
+    assert settings.limits.memory == 100 * 1024 * 1024
+    assert settings.default_language == "ruby"

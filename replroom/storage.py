@@ -9,6 +9,11 @@ spectator tokens are derived from it (HMAC with a generation number), so that
 the owner's browser can be shown them again although the server keeps only
 hashes, and rotating them is bumping the generation.
 
+The schema is an ordered list of migrations (:data:`MIGRATIONS`), and
+``PRAGMA user_version`` says how many a file has had: opening a file applies
+the rest, each in its own transaction. The editor's database uses the same
+mechanism (:func:`connect`, :func:`migrate`).
+
 A write that fails (the disk is full, the file is read-only) is rolled back
 whole, logged once, and raised as :class:`StorageError`, whose message is fit
 to show people; what was stored before is never touched.
@@ -16,6 +21,7 @@ to show people; what was stored before is never touched.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import hashlib
@@ -25,6 +31,7 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,23 +40,105 @@ import aiosqlite
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+Migration = str | Callable[[sqlite3.Connection], None]
+"""One step of a schema: an SQL script, or a function given the connection (in its transaction)."""
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS rooms (
-    id              TEXT PRIMARY KEY,
-    language        TEXT NOT NULL,
-    invite_hash     TEXT NOT NULL,
-    spectator_hash  TEXT NOT NULL,
-    owner_hash      TEXT NOT NULL,
-    link_generation INTEGER NOT NULL DEFAULT 0,
-    settings        TEXT NOT NULL DEFAULT '{}',
-    created_at      REAL NOT NULL,
-    last_active_at  REAL NOT NULL,
-    had_sandbox     INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active_at);
+MIGRATIONS: tuple[Migration, ...] = (
+    # 1 (0.1.0): the rooms.
+    """
+    CREATE TABLE IF NOT EXISTS rooms (
+        id              TEXT PRIMARY KEY,
+        language        TEXT NOT NULL,
+        invite_hash     TEXT NOT NULL,
+        spectator_hash  TEXT NOT NULL,
+        owner_hash      TEXT NOT NULL,
+        link_generation INTEGER NOT NULL DEFAULT 0,
+        settings        TEXT NOT NULL DEFAULT '{}',
+        created_at      REAL NOT NULL,
+        last_active_at  REAL NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS rooms_last_active ON rooms (last_active_at);
+    """,
+    # 2 (0.1.0): whether a room had a sandbox when the server stopped.
+    "ALTER TABLE rooms ADD COLUMN had_sandbox INTEGER NOT NULL DEFAULT 0",
+)
+"""The rooms database's schema, oldest first: ``PRAGMA user_version`` counts those applied.
+
+Add a table or column by appending one entry; never edit or reorder a released one.
 """
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer replroom, whose schema this one does not know."""
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating it private if new) an SQLite file the way replroom uses them all.
+
+    Autocommit mode (``isolation_level=None``): transactions are begun explicitly.
+    WAL, so that readers never wait for a writer; synchronous=NORMAL, so that a
+    commit survives the server being killed (it is in the OS's page cache) and
+    only a crash of the machine may take the last few, never corrupting the file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private(path)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        connection.execute("PRAGMA busy_timeout=5000")
+    except BaseException:
+        connection.close()
+        raise
+    return connection
+
+
+def migrate(connection: sqlite3.Connection, migrations: Sequence[Migration], name: str) -> int:
+    """Apply the migrations a database lacks, each in its own transaction; return the version.
+
+    ``connection`` must be in autocommit mode (see :func:`connect`). The version is
+    read inside each transaction, so two processes opening one file migrate it once.
+    A failing migration is rolled back whole and raised; the ones before it stay.
+    """
+    target = len(migrations)
+    while True:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+            if version > target:
+                raise SchemaTooNew(
+                    f"{name} was written by a newer replroom (schema {version} > {target})"
+                )
+            if version == target:
+                connection.execute("COMMIT")
+                return version
+            step = migrations[version]
+            if callable(step):
+                step(connection)
+            else:
+                for statement in _statements(step):
+                    connection.execute(statement)
+            # The version is in the file's header, written by this same transaction.
+            connection.execute(f"PRAGMA user_version={version + 1}")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+        connection.execute("COMMIT")
+        log.info("%s: schema migrated to version %d", name, version + 1)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of an SQL script (``executescript`` would commit the transaction first)."""
+    pending = ""
+    for piece in script.split(";"):
+        pending += piece + ";"
+        # A ";" inside a string literal or a trigger body does not end a statement.
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \t\n;"):
+                yield pending
+            pending = ""
+    if pending.strip(" \t\n;"):
+        raise ValueError(f"an SQL statement is not complete: {pending.strip()!r}")
 
 
 class StorageError(Exception):
@@ -118,26 +207,12 @@ class Store:
 
     @classmethod
     async def open(cls, path: Path) -> Store:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        make_private(path)
+        """Open the rooms database, creating or migrating it first."""
+        await asyncio.to_thread(_prepare, path)
         db = await aiosqlite.connect(path)
         db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a crash of the machine (not of the server) may
-        # lose the last transactions, never corrupt the file.
-        await db.execute("PRAGMA synchronous=NORMAL")
+        await db.execute("PRAGMA synchronous=NORMAL")  # a per-connection setting
         await db.execute("PRAGMA foreign_keys=ON")
-        (version,) = await (await db.execute("PRAGMA user_version")).fetchone()  # type: ignore[misc]
-        if version > SCHEMA_VERSION:
-            await db.close()
-            raise RuntimeError(
-                f"{path} was written by a newer replroom (schema {version} > {SCHEMA_VERSION})"
-            )
-        await db.executescript(SCHEMA)
-        if version == 1:
-            await db.execute("ALTER TABLE rooms ADD COLUMN had_sandbox INTEGER NOT NULL DEFAULT 0")
-        await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        await db.commit()
         return cls(db)
 
     async def close(self) -> None:
@@ -205,11 +280,11 @@ class Store:
             (int(had_sandbox), room_id),
         )
 
-    async def touch(self, room_id: str, when: float | None = None) -> None:
+    async def touch(self, room_id: str) -> None:
         await self._write(
             "note the room's use",
             "UPDATE rooms SET last_active_at = ? WHERE id = ?",
-            (when or time.time(), room_id),
+            (time.time(), room_id),
         )
 
     async def delete_inactive(self, before: float) -> list[str]:
@@ -221,7 +296,7 @@ class Store:
         )
         return ids
 
-    async def count_rooms(self) -> int:
-        cursor = await self.db.execute("SELECT count(*) FROM rooms")
-        (count,) = await cursor.fetchone()  # type: ignore[misc]
-        return int(count)
+
+def _prepare(path: Path) -> None:
+    with contextlib.closing(connect(path)) as connection:
+        migrate(connection, MIGRATIONS, str(path))

@@ -16,7 +16,7 @@ from typing import NoReturn
 
 from pydantic import ValidationError
 
-from replroom.config import Limits, Settings, format_size
+from replroom.config import Limits, Settings, setting_choices, setting_help
 from replroom.sandbox import ExitReason, Process, Sandbox, SandboxError, make_backend
 
 USAGE_ERROR = 2
@@ -269,8 +269,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from replroom import logs  # noqa: PLC0415
     from replroom.app import create_app  # noqa: PLC0415
-    from replroom.editor import MAX_MESSAGE_SIZE  # noqa: PLC0415
-    from replroom.protocol import MAX_TEXT_MESSAGE  # noqa: PLC0415
+    from replroom.protocol import MAX_FRAME  # noqa: PLC0415
 
     given = {n: getattr(args, n) for n in ("host", "port", "data_dir") if getattr(args, n)}
     settings = _settings(args, **given)
@@ -286,7 +285,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=settings.port,
         log_config=None,
         # Larger frames are refused (1009) before the app sees them.
-        ws_max_size=max(MAX_TEXT_MESSAGE, MAX_MESSAGE_SIZE) + 1024,
+        ws_max_size=MAX_FRAME,
         ws_ping_interval=20,
         ws_ping_timeout=20,
         timeout_graceful_shutdown=5,
@@ -309,6 +308,20 @@ def _fail_unless_host_ready(settings: Settings) -> None:
 
 
 # -- parser -------------------------------------------------------------------
+
+
+def _help(setting: str) -> str:
+    """An option's help: its setting's description and default (replroom/config.py)."""
+    described = setting_help(setting)
+    text = f"{described.meaning} (default: {described.default})".replace("`", "")
+    return text.replace("%", "%%")  # argparse expands % in help
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=setting_choices("backend"), help=_help("backend"))
+    parser.add_argument(
+        "--runtime", choices=setting_choices("docker_runtime"), help=_help("docker_runtime")
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -339,28 +352,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="run CMD in a fresh sandbox, stream its output, exit with its status",
         description="Run CMD in a fresh sandbox; exits with its status (137 when out of memory).",
     )
-    run.add_argument("--backend", choices=["bwrap", "docker"])
-    run.add_argument("--runtime", choices=["runc", "runsc"], help="docker runtime")
-    run.add_argument("--memory", help=f"memory limit (default {format_size(Limits().memory)})")
-    run.add_argument("--cpus", type=float, help="CPU limit in cores (default 0.5)")
-    run.add_argument("--pids", type=int, help="process limit (default 128)")
-    run.add_argument("--disk", help=f"writable disk (default {format_size(Limits().disk)})")
+    _add_backend_options(run)
+    run.add_argument("--memory", help=_help("limits.memory"))
+    run.add_argument("--cpus", type=float, help=_help("limits.cpus"))
+    run.add_argument("--pids", type=int, help=_help("limits.pids"))
+    run.add_argument("--disk", help=_help("limits.disk"))
     run.add_argument("--tty", action="store_true", help="run on a pseudo-terminal")
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD ARGS…")
     run.set_defaults(func=cmd_sandbox_run)
 
-    serve = commands.add_parser("serve", help="run the replroom server")
-    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default 8000)")
-    serve.add_argument("--backend", choices=["bwrap", "docker"])
-    serve.add_argument("--runtime", choices=["runc", "runsc"], help="docker runtime")
-    serve.add_argument("--data-dir", dest="data_dir", help="where rooms are kept")
-    serve.add_argument("--log-level", default="info")
+    serve = commands.add_parser(
+        "serve",
+        help="run the replroom server",
+        epilog="Every setting can also come from a REPLROOM_<NAME> environment variable or "
+        "the TOML file named by REPLROOM_CONFIG: docs/configuration.md lists them.",
+    )
+    serve.add_argument("--host", help=_help("host"))
+    serve.add_argument("--port", type=int, help=_help("port"))
+    _add_backend_options(serve)
+    serve.add_argument("--data-dir", dest="data_dir", help=_help("data_dir"))
+    serve.add_argument(
+        "--log-level", default="info", help="debug, info, warning or error (default: info)"
+    )
     serve.set_defaults(func=cmd_serve)
 
     cleanup = sandbox.add_parser("cleanup", help="remove sandboxes a crashed server left")
-    cleanup.add_argument("--backend", choices=["bwrap", "docker"])
-    cleanup.add_argument("--runtime", choices=["runc", "runsc"])
+    _add_backend_options(cleanup)
     cleanup.set_defaults(func=cmd_sandbox_cleanup)
     return parser
 

@@ -8,18 +8,22 @@ defaults below. Every default is the safe one; see docs/configuration.md.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -65,10 +69,15 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    memory: Size = Field(256 * MiB, ge=16 * MiB, le=64 * GiB, description="memory, bytes")
-    cpus: float = Field(0.5, ge=0.01, le=64, description="CPU time, in cores")
-    pids: int = Field(128, ge=8, le=65536, description="processes and threads")
-    disk: Size = Field(64 * MiB, ge=1 * MiB, le=64 * GiB, description="writable /home/room + /tmp")
+    memory: Size = Field(256 * MiB, ge=16 * MiB, le=64 * GiB, description="memory per room")
+    cpus: float = Field(0.5, ge=0.01, le=64, description="CPU time per room, in cores")
+    pids: int = Field(128, ge=8, le=65536, description="processes and threads per room")
+    disk: Size = Field(
+        64 * MiB,
+        ge=1 * MiB,
+        le=64 * GiB,
+        description="writable `/home/room` + `/tmp` (+ `/dev/shm` with bwrap) per room",
+    )
 
     def describe(self) -> str:
         return (
@@ -97,66 +106,120 @@ def _default_image_dir() -> Path:
     return _state_root() / "images"
 
 
+_BUDGET_PERCENT = 75
+_POOL_SIZES = {"docker": 2, "bwrap": 0}
+
+
+def _default_budget() -> int:
+    return _physical_memory() * _BUDGET_PERCENT // 100
+
+
+_DEFAULT_TEXT = "x-default-text"
+
+
+def _shown_default(text: str) -> dict[str, JsonValue]:
+    """How docs and help describe a default that is computed, or means "not set"."""
+    return {_DEFAULT_TEXT: text}
+
+
 class Settings(BaseSettings):
+    """The server's settings; their descriptions are the docs (docs/configuration.md)."""
+
     model_config = SettingsConfigDict(env_prefix="REPLROOM_", env_nested_delimiter="__")
 
-    data_dir: Path = Field(default_factory=_default_data_dir, description="server state")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir,
+        description="the SQLite databases (rooms, editor documents)",
+        json_schema_extra=_shown_default("`/var/lib/replroom` (root) or `~/.local/share/replroom`"),
+    )
     image_dir: Path = Field(
         default_factory=_default_image_dir,
-        description="room images, built once and shared by every data dir",
+        description="room images, built once and shared by every `data_dir` (docs/image.md)",
+        json_schema_extra=_shown_default(
+            "`/var/lib/replroom/images` (root) or `~/.local/share/replroom/images`"
+        ),
     )
-    runtime_dir: Path = Field(Path("/run/replroom"), description="per-room mounts and sockets")
+    runtime_dir: Path = Field(
+        Path("/run/replroom"),
+        description="per-room mounts (bwrap); made at start-up with its parents, "
+        "as `/run` is empty after a reboot",
+    )
 
     instance: str = Field(
         "replroom",
         pattern=r"^[a-z][a-z0-9-]{0,30}$",
-        description="names this server's sandboxes; servers sharing a host leave others' alone",
+        description="names this server's sandboxes (cgroups, container labels); "
+        "servers sharing a host need different instances and leave each other's alone",
     )
-    backend: Literal["bwrap", "docker"] = "bwrap"
-    docker_runtime: Literal["runc", "runsc"] = "runc"
+    backend: Literal["bwrap", "docker"] = Field("bwrap", description="the sandbox backend")
+    docker_runtime: Literal["runc", "runsc"] = Field(
+        "runc", description="the docker backend's runtime; `runsc` is gVisor"
+    )
     docker_host: str | None = Field(
-        None, description="Docker Engine address; default: DOCKER_HOST or the local socket"
+        None,
+        description="the Docker Engine's address",
+        json_schema_extra=_shown_default("`DOCKER_HOST`, else the local socket"),
     )
 
-    limits: Limits = Field(default_factory=Limits)
+    limits: Limits = Field(
+        default_factory=Limits, description="resource limits of each room's sandbox"
+    )
 
     # The server.
-    host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8000, ge=1, le=65535)
+    host: str = Field("127.0.0.1", description="address the server listens on")
+    port: int = Field(8000, ge=1, le=65535, description="port the server listens on")
     public_url: str | None = Field(
-        None, description="base URL of invitation links; default: the URL the request came to"
+        None,
+        description="base URL of invitation links, and an allowed Origin",
+        json_schema_extra=_shown_default("the URL the request came to"),
     )
     allowed_origins: list[str] = Field(
         default_factory=list,
-        description="extra Origins allowed for WebSockets; the server's own is always allowed",
+        description="more Origins allowed to open room WebSockets; "
+        "the server's own is always allowed",
+        json_schema_extra=_shown_default("none"),
     )
-    default_language: str = "python"
+    default_language: str = Field(
+        "python", description="language of a new room; one of `replroom/languages.py`"
+    )
     idle_timeout: float = Field(600, ge=0, description="seconds an empty room keeps its sandbox")
     room_retention: float = Field(30 * 86400, ge=0, description="seconds an unused room is kept")
     memory_budget: Size = Field(
-        default_factory=lambda: _physical_memory() * 3 // 4,
-        description="memory for all sandboxes; max sandboxes = budget / limits.memory",
+        default_factory=_default_budget,
+        description="memory for all sandboxes: at most `memory_budget / limits.memory` run at once",
+        json_schema_extra=_shown_default(f"{_BUDGET_PERCENT} % of physical memory"),
     )
     max_members: int = Field(64, ge=1, description="members per room")
     output_rate: Size = Field(
         1 * MiB,
         ge=64 * KiB,
-        description="terminal output a room may send per second; a faster REPL is slowed down",
+        description="terminal output bytes a room may send per second; "
+        "a faster REPL is slowed down",
     )
-    health_interval: float = Field(2.0, gt=0, description="seconds between sandbox checks")
+    health_interval: float = Field(2.0, gt=0, description="seconds between sandbox health checks")
     pool_size: int | None = Field(
-        None, ge=0, le=64, description="sandboxes made ahead; default 2 for docker, 0 for bwrap"
+        None,
+        ge=0,
+        le=64,
+        description="sandboxes made ahead of time, so that a room starts without waiting "
+        "for one; must be below `memory_budget / limits.memory`",
+        json_schema_extra=_shown_default(
+            ", ".join(f"{size} for {backend}" for backend, size in _POOL_SIZES.items())
+        ),
     )
+    # Each bwrap room runs as its own host uid, so that even a namespace escape
+    # leaves rooms unable to touch each other's processes or files.
+    uid_base: int = Field(
+        2_000_000,
+        ge=1000,
+        description="first host uid of bwrap rooms (leased in `/run/replroom-uids`)",
+    )
+    uid_count: int = Field(65536, ge=1, description="number of host uids for bwrap rooms")
 
     def pool_size_for(self, backend: str) -> int:
         if self.pool_size is not None:
             return self.pool_size
-        return 2 if backend == "docker" else 0
-
-    # Each bwrap room runs as its own host uid, so that even a namespace escape
-    # leaves rooms unable to touch each other's processes or files.
-    uid_base: int = Field(2_000_000, ge=1000, description="first host uid for bwrap rooms")
-    uid_count: int = Field(65536, ge=1, description="number of host uids for bwrap rooms")
+        return _POOL_SIZES.get(backend, 0)
 
     @field_validator("default_language")
     @classmethod
@@ -202,3 +265,81 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+# -- the settings described, for docs/configuration.md and the CLI's help ------------
+
+
+@dataclass(frozen=True)
+class SettingHelp:
+    name: str  # as in TOML, nested ones dotted: limits.memory
+    env: str
+    default: str  # Markdown
+    allowed: str  # Markdown; "" when any value of the type is
+    meaning: str  # Markdown
+
+
+def settings_help(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[SettingHelp]:
+    """Every setting, described from its field (nested models flattened)."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from settings_help(field.annotation, f"{prefix}{name}.")
+            continue
+        dotted = prefix + name
+        yield SettingHelp(
+            name=dotted,
+            env="REPLROOM_" + dotted.upper().replace(".", "__"),
+            default=_default_text(field),
+            allowed=_allowed_text(field),
+            meaning=field.description or "",
+        )
+
+
+def setting_help(name: str) -> SettingHelp:
+    """One setting's description, by its dotted name."""
+    for described in settings_help():
+        if described.name == name:
+            return described
+    raise KeyError(name)
+
+
+def setting_choices(name: str) -> list[str]:
+    """The values a ``Literal`` setting takes."""
+    return [str(choice) for choice in get_args(Settings.model_fields[name].annotation)]
+
+
+def _is_size(field: FieldInfo) -> bool:
+    return any(
+        isinstance(item, BeforeValidator) and item.func is parse_size for item in field.metadata
+    )
+
+
+def _value_text(field: FieldInfo, value: Any) -> str:
+    if _is_size(field):
+        return format_size(value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _default_text(field: FieldInfo) -> str:
+    extra = field.json_schema_extra
+    if isinstance(extra, dict) and _DEFAULT_TEXT in extra:
+        return str(extra[_DEFAULT_TEXT])
+    return f"`{_value_text(field, field.get_default(call_default_factory=True))}`"
+
+
+def _allowed_text(field: FieldInfo) -> str:
+    if get_origin(field.annotation) is Literal:
+        return " or ".join(f"`{choice}`" for choice in get_args(field.annotation))
+    bounds: dict[str, str] = {}
+    for item in field.metadata:
+        if pattern := getattr(item, "pattern", None):
+            return f"`{pattern}`"
+        for kind in ("ge", "gt", "le"):
+            if (value := getattr(item, kind, None)) is not None:
+                bounds[kind] = _value_text(field, value)
+    if "ge" in bounds and "le" in bounds:
+        return f"{bounds['ge']} to {bounds['le']}"
+    signs = {"ge": "≥", "gt": ">", "le": "≤"}
+    return ", ".join(f"{signs[kind]} {value}" for kind, value in bounds.items())

@@ -1,42 +1,293 @@
-"""The room WebSocket protocol: message types, limits and validation at the boundary.
+"""The wire: the room and editor WebSockets' messages, limits, error codes and close codes.
 
 Terminal bytes travel as binary frames (keystrokes from members, output to
 them); everything else is a small JSON object with a ``type``. Every message a
-client sends is validated here before the server looks at it. The protocol is
-described for client authors in docs/protocol.md.
+client sends is validated here before the server looks at it; the messages the
+server sends are typed here (TypedDicts: plain dicts at run time).
+
+This module is the one source of the wire: ``web/src/protocol.ts`` and the
+code tables of docs/protocol.md are generated from it (``scripts/generate.py``;
+``scripts/test`` fails when they are not current). The protocol is described
+for client authors in docs/protocol.md.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum, StrEnum
+from typing import Annotated, Final, Literal, NotRequired
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-PROTOCOL_VERSION = 1
+# pydantic reads TypedDicts for their JSON Schema; before Python 3.12 it needs this one.
+from typing_extensions import TypedDict
 
-MAX_TEXT_MESSAGE = 1152 * 1024  # a Run message carries the editor's code
-MAX_INPUT_FRAME = 64 * 1024  # keystrokes and pastes
-MAX_CODE = 1024 * 1024
-MAX_NAME = 40
-MIN_COLS, MAX_COLS = 10, 1000
-MIN_ROWS, MAX_ROWS = 2, 500
+PROTOCOL_VERSION: Final = 1
 
-# Close codes (4000-4999 are the application's own).
-CLOSE_PROTOCOL = 4000  # wrong protocol version, or a message before join
-CLOSE_FORBIDDEN = 4003  # no valid link, or the link was rotated
-CLOSE_NOT_FOUND = 4004  # no such room
-CLOSE_TOO_BIG = 1009  # a frame over the limits above (RFC 6455's own code)
-CLOSE_INTERNAL = 1011  # an unexpected server failure (logged); reconnect with backoff
-CLOSE_AT_CAPACITY = 4029  # the server runs as many sandboxes as it may
-CLOSE_SHUTDOWN = 1012  # the server restarts: reconnect
+KiB: Final = 1024
+MiB: Final = 1024 * KiB
+
+# -- limits -------------------------------------------------------------------
+
+MAX_TEXT_MESSAGE: Final = 1152 * KiB  # a Run message carries the editor's code
+MAX_INPUT_FRAME: Final = 64 * KiB  # keystrokes and pastes
+# A member's input the REPL has not taken yet (it stopped reading): past this, `busy`.
+MAX_PENDING_INPUT: Final = MAX_TEXT_MESSAGE + MAX_INPUT_FRAME
+MAX_CODE: Final = 1 * MiB
+MAX_NAME: Final = 40
+MAX_TOKEN: Final = 200
+MAX_LANGUAGE: Final = 40
+MIN_COLS: Final = 10
+MAX_COLS: Final = 1000
+MIN_ROWS: Final = 2
+MAX_ROWS: Final = 500
+MAX_EDITOR_MESSAGE: Final = 1 * MiB  # one y-protocol message (a paste, an upload)
+MAX_EDITOR_DOC: Final = 2 * MiB  # one encoded editor document
+MAX_EDITOR_BEHIND: Final = 8 * MiB  # output queued for one editor client
+# Larger frames are refused (1009) by the WebSocket layer before the app sees them.
+MAX_FRAME: Final = max(MAX_TEXT_MESSAGE, MAX_EDITOR_MESSAGE) + 1 * KiB
+MAX_CLOSE_REASON: Final = 123  # bytes of UTF-8 (RFC 6455: a close frame's payload is at most 125)
 
 
-MAX_CLOSE_REASON = 123  # bytes of UTF-8 (RFC 6455: a close frame's payload is at most 125)
+def size_text(n: int) -> str:
+    """A limit in words, exactly: ``1 MiB``, ``1152 KiB``, ``40 bytes``."""
+    for unit, factor in (("MiB", MiB), ("KiB", KiB)):
+        if n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} bytes"
+
+
+# -- states and roles, as the wire names them ---------------------------------
+
+
+class MemberRole(StrEnum):
+    OWNER = "owner"
+    MEMBER = "member"
+    SPECTATOR = "spectator"
+
+
+class SandboxState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    READY = "ready"
+    RESTARTING = "restarting"
+
+
+class ReplState(StrEnum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+# -- error codes --------------------------------------------------------------
+
+
+class ErrorCode(StrEnum):
+    """The ``code`` of an ``error`` message: why a member's message was refused or failed."""
+
+    BAD_MESSAGE = "bad_message"
+    TOO_LARGE = "too_large"
+    READ_ONLY = "read_only"
+    FAILED = "failed"
+    STORAGE = "storage"
+    BUSY = "busy"
+    INTERNAL = "internal"
+
+
+ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
+    ErrorCode.BAD_MESSAGE: (
+        "malformed JSON (also: nesting too deep, a number too large, a lone surrogate), "
+        "not an object, unknown or missing `type`, wrong or missing fields, extra fields, "
+        f"a text message over {size_text(MAX_TEXT_MESSAGE)}, a second `join`"
+    ),
+    ErrorCode.TOO_LARGE: (
+        f"an input (binary) frame over {size_text(MAX_INPUT_FRAME)}; it is dropped"
+    ),
+    ErrorCode.READ_ONLY: "a spectator tried to change the room (sent once for keystrokes)",
+    ErrorCode.FAILED: "the action could not be done, e.g. an unknown language or no sandbox",
+    ErrorCode.STORAGE: (
+        "the server could not store the change, e.g. its disk is full; nothing was changed"
+    ),
+    ErrorCode.BUSY: (
+        "the REPL has not taken this member's earlier input yet (it stopped reading, e.g. "
+        f"because Ctrl-S stopped its output) and over {size_text(MAX_PENDING_INPUT)} of it "
+        "waits: this message was dropped. A `restart` is never held up behind input: it is "
+        "handled at once"
+    ),
+    ErrorCode.INTERNAL: (
+        "the server failed unexpectedly (it is logged with the room id); the message says no "
+        "more than that"
+    ),
+}
+
+
+# -- close codes --------------------------------------------------------------
+
+
+class CloseCode(IntEnum):
+    """How a room or editor WebSocket ends; 4000-4999 are replroom's own (CLOSE_CODES)."""
+
+    NORMAL = 1000
+    BAD_FRAME = 1002
+    UNSUPPORTED = 1003
+    BAD_DATA = 1007
+    POLICY = 1008
+    TOO_BIG = 1009
+    INTERNAL = 1011
+    RESTARTING = 1012
+    TOO_SLOW = 1013
+    BAD_JOIN = 4000
+    FORBIDDEN = 4003
+    NOT_FOUND = 4004
+    AT_CAPACITY = 4029
+    DOC_TOO_LARGE = 4413
+
+
+class CloseAction(StrEnum):
+    """What a client does after a close."""
+
+    RECONNECT = "reconnect"  # with backoff
+    LATER = "later"  # reconnect after a longer wait: the server asked for patience
+    STOP = "stop"  # reconnecting cannot help: say why and stop
+
+
+@dataclass(frozen=True)
+class CloseUse:
+    """When one socket (room or editor) is closed with a code, and what its client does."""
+
+    when: str
+    then: CloseAction
+    advice: str = ""  # why, or what else to do, for client authors
+
+
+@dataclass(frozen=True)
+class Close:
+    meaning: str  # a few words, for a client to show when the server gave no reason
+    room: CloseUse | None = None
+    editor: CloseUse | None = None
+
+
+_A = CloseAction
+_BUG = "a bug in the client"
+CLOSE_CODES: Final[Mapping[CloseCode, Close]] = {
+    CloseCode.NORMAL: Close(
+        "closed",
+        room=CloseUse("normal close (usually the client's own)", _A.RECONNECT),
+        editor=CloseUse("normal close (usually the client's own)", _A.RECONNECT),
+    ),
+    CloseCode.BAD_FRAME: Close(
+        "a frame broke the WebSocket protocol",
+        room=CloseUse(
+            "a frame that breaks RFC 6455 (a continuation without a start, a fragmented or long "
+            "control frame, reserved bits or opcodes, an unmasked frame)",
+            _A.RECONNECT,
+            _BUG,
+        ),
+        editor=CloseUse("as for the room", _A.RECONNECT, _BUG),
+    ),
+    CloseCode.UNSUPPORTED: Close(
+        "a text frame on the editor socket",
+        editor=CloseUse("a text frame (y-websocket sends binary frames only)", _A.RECONNECT, _BUG),
+    ),
+    CloseCode.BAD_DATA: Close(
+        "a malformed message",
+        room=CloseUse("a text frame that is not UTF-8", _A.RECONNECT, _BUG),
+        editor=CloseUse("a malformed y-protocol message", _A.RECONNECT, _BUG),
+    ),
+    CloseCode.POLICY: Close(
+        "an unusable document name",
+        editor=CloseUse("an unusable document name", _A.STOP, _BUG),
+    ),
+    CloseCode.TOO_BIG: Close(
+        "a message was too large",
+        room=CloseUse(
+            f"a frame, or a fragmented message, over {size_text(MAX_FRAME)}",
+            _A.RECONNECT,
+            "the client should not send such frames",
+        ),
+        editor=CloseUse(
+            f"a message over {size_text(MAX_EDITOR_MESSAGE)}",
+            _A.STOP,
+            "say so: on reconnect the same update would be sent again",
+        ),
+    ),
+    CloseCode.INTERNAL: Close(
+        "internal error",
+        room=CloseUse(
+            "the server failed unexpectedly (logged); an `error` `internal` comes first",
+            _A.RECONNECT,
+        ),
+        editor=CloseUse("the server failed unexpectedly (logged with the room id)", _A.RECONNECT),
+    ),
+    CloseCode.RESTARTING: Close(
+        "the server is restarting",
+        room=CloseUse("the server is restarting", _A.RECONNECT),
+        editor=CloseUse("the server is restarting", _A.RECONNECT),
+    ),
+    CloseCode.TOO_SLOW: Close(
+        "too far behind",
+        editor=CloseUse(
+            f"the client fell more than {size_text(MAX_EDITOR_BEHIND)} behind",
+            _A.RECONNECT,
+            "it resyncs",
+        ),
+    ),
+    CloseCode.BAD_JOIN: Close(
+        "protocol error",
+        room=CloseUse(
+            "no valid `join` first, or an unsupported protocol version", _A.STOP, "show the reason"
+        ),
+    ),
+    CloseCode.FORBIDDEN: Close(
+        "invalid or revoked link",
+        room=CloseUse(
+            "invalid or revoked link (e.g. the links were rotated), or a foreign `Origin`",
+            _A.STOP,
+            "ask for a new link",
+        ),
+        editor=CloseUse(
+            "the member's room connection ended, and the ticket with it",
+            _A.STOP,
+            "until the next `welcome` brings a new ticket",
+        ),
+    ),
+    CloseCode.NOT_FOUND: Close(
+        "room not found",
+        room=CloseUse("room not found", _A.STOP, "say so"),
+        editor=CloseUse("the room was deleted", _A.STOP),
+    ),
+    CloseCode.AT_CAPACITY: Close(
+        "server at capacity",
+        room=CloseUse("server at capacity, or the room is full", _A.LATER),
+    ),
+    CloseCode.DOC_TOO_LARGE: Close(
+        "the document is too large",
+        editor=CloseUse(
+            f"the document would exceed {size_text(MAX_EDITOR_DOC)}",
+            _A.STOP,
+            "say so: on reconnect the same content would be sent again",
+        ),
+    ),
+}
+
+# The names the server's modules used before the enums; the lead removes them.
+CLOSE_PROTOCOL: Final = CloseCode.BAD_JOIN
+CLOSE_FORBIDDEN: Final = CloseCode.FORBIDDEN
+CLOSE_NOT_FOUND: Final = CloseCode.NOT_FOUND
+CLOSE_TOO_BIG: Final = CloseCode.TOO_BIG
+CLOSE_INTERNAL: Final = CloseCode.INTERNAL
+CLOSE_AT_CAPACITY: Final = CloseCode.AT_CAPACITY
+CLOSE_SHUTDOWN: Final = CloseCode.RESTARTING
 
 
 def close_reason(text: str) -> str:
     """``text`` cut to fit a close frame; a longer reason would fail the close itself."""
     return text.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+
+
+# -- client → server ----------------------------------------------------------
 
 
 class Message(BaseModel):
@@ -45,50 +296,61 @@ class Message(BaseModel):
 
 Cols = Annotated[int, Field(ge=MIN_COLS, le=MAX_COLS)]
 Rows = Annotated[int, Field(ge=MIN_ROWS, le=MAX_ROWS)]
-
-
-# -- client → server -------------------------------------------------------
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+LanguageName = Annotated[str, Field(min_length=1, max_length=MAX_LANGUAGE)]
 
 
 class Join(Message):
+    """The first message on a room socket: who joins, with which link, at what size."""
+
     type: Literal["join"]
     v: int
-    token: str = Field(min_length=1, max_length=200)
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    token: str = Field(min_length=1, max_length=MAX_TOKEN)
+    name: Name
     cols: Cols = 80
     rows: Rows = 24
 
 
 class Resize(Message):
+    """The member's terminal size changed."""
+
     type: Literal["resize"]
     cols: Cols
     rows: Rows
 
 
 class SelectLanguage(Message):
+    """Switch the room's language for everyone."""
+
     type: Literal["language"]
-    language: str = Field(min_length=1, max_length=40)
+    language: LanguageName
 
 
 class Run(Message):
+    """Load code into the live REPL of a language (default: the room's)."""
+
     type: Literal["run"]
     code: str = Field(max_length=MAX_CODE)
-    language: str | None = Field(None, min_length=1, max_length=40)
+    language: LanguageName | None = None
 
 
 class Restart(Message):
+    """Kill and restart the current language's REPL."""
+
     type: Literal["restart"]
 
 
 class Rename(Message):
+    """Change one's display name."""
+
     type: Literal["rename"]
-    name: str = Field(min_length=1, max_length=MAX_NAME)
+    name: Name
 
 
 ClientMessage = Annotated[
     Join | Resize | SelectLanguage | Run | Restart | Rename, Field(discriminator="type")
 ]
-_client_message: TypeAdapter[ClientMessage] = TypeAdapter(ClientMessage)
+client_message_adapter: Final[TypeAdapter[ClientMessage]] = TypeAdapter(ClientMessage)
 
 
 class BadMessage(ValueError):
@@ -100,7 +362,7 @@ def parse_client_message(text: str | bytes) -> ClientMessage:
     if len(text) > MAX_TEXT_MESSAGE:
         raise BadMessage(f"message too large ({len(text)} > {MAX_TEXT_MESSAGE} bytes)")
     try:
-        return _client_message.validate_json(text)
+        return client_message_adapter.validate_json(text)
     except ValidationError as error:
         raise BadMessage(_explain(error)) from None
 
@@ -118,42 +380,202 @@ def _explain(error: ValidationError) -> str:
     return f"{where}: {first['msg']}"
 
 
-# -- server → client -------------------------------------------------------
+# -- server → client ----------------------------------------------------------
 
 
-def member_view(member_id: str, name: str, role: str, color: str) -> dict[str, Any]:
+class MemberInfo(TypedDict):
+    """A member of a room, as the others see them."""
+
+    id: str
+    name: str
+    role: MemberRole
+    color: str
+
+
+class LanguageInfo(TypedDict):
+    """What a web client needs to offer a language."""
+
+    name: str
+    title: str
+    extension: str
+    editor_mode: str
+    filename: str
+
+
+class LimitsInfo(TypedDict):
+    """A room sandbox's limits: bytes, cores, processes and threads, bytes."""
+
+    memory: int
+    cpus: float
+    pids: int
+    disk: int
+
+
+class RoomInfo(TypedDict):
+    """A room: its language, members, state, limits and terminal size."""
+
+    id: str
+    language: str
+    languages: list[LanguageInfo]
+    members: list[MemberInfo]
+    sandbox: SandboxState
+    repl: ReplState
+    limits: LimitsInfo
+    cols: int
+    rows: int
+
+
+class EditorInfo(TypedDict):
+    """Where this member's editor documents are synced: ``{path}/{language}?ticket=…``."""
+
+    path: str
+    ticket: str
+
+
+class Links(TypedDict):
+    """The room's current invitation and spectator tokens (owners only)."""
+
+    invite: str
+    spectator: str
+
+
+class Welcome(TypedDict):
+    """The answer to a valid join."""
+
+    type: Literal["welcome"]
+    v: int
+    room: RoomInfo
+    you: MemberInfo
+    members: list[MemberInfo]
+    editor: NotRequired[EditorInfo]
+    links: NotRequired[Links]
+
+
+class MembersChanged(TypedDict):
+    """The member list after a change, and what changed."""
+
+    type: Literal["members"]
+    members: list[MemberInfo]
+    event: Literal["joined", "left", "renamed"]
+    member: MemberInfo
+
+
+class TerminalReset(TypedDict):
+    """The binary frames that follow replace the terminal's screen (a switch or a resync)."""
+
+    type: Literal["terminal"]
+    language: str
+    reset: bool
+
+
+class TerminalSize(TypedDict):
+    """The shared terminal's size: the smallest member's (tmux's rule)."""
+
+    type: Literal["size"]
+    cols: int
+    rows: int
+
+
+class LanguageChanged(TypedDict):
+    """A member switched the room's language."""
+
+    type: Literal["language"]
+    language: str
+    by: str
+
+
+class Status(TypedDict):
+    """The room's state."""
+
+    type: Literal["status"]
+    sandbox: SandboxState
+    repl: ReplState
+    language: str
+
+
+NoticeLevel = Literal["info", "warning", "error"]
+
+
+class Notice(TypedDict):
+    """Something to tell people, e.g. that a REPL ran out of memory."""
+
+    type: Literal["notice"]
+    level: NoticeLevel
+    text: str
+
+
+class ErrorMessage(TypedDict):
+    """A message of this member was refused or failed; the connection stays open."""
+
+    type: Literal["error"]
+    code: ErrorCode
+    message: str
+
+
+ServerMessage = Annotated[
+    Welcome
+    | MembersChanged
+    | TerminalReset
+    | TerminalSize
+    | LanguageChanged
+    | Status
+    | Notice
+    | ErrorMessage,
+    Field(discriminator="type"),
+]
+server_message_adapter: Final[TypeAdapter[ServerMessage]] = TypeAdapter(ServerMessage)
+
+
+def member_view(member_id: str, name: str, role: MemberRole, color: str) -> MemberInfo:
     return {"id": member_id, "name": name, "role": role, "color": color}
 
 
-def welcome(room: dict[str, Any], you: dict[str, Any], members: list[dict[str, Any]]) -> dict:
-    return {"type": "welcome", "v": PROTOCOL_VERSION, "room": room, "you": you, "members": members}
+def welcome(
+    room: RoomInfo,
+    you: MemberInfo,
+    members: list[MemberInfo],
+    editor: EditorInfo | None = None,
+    links: Links | None = None,
+) -> Welcome:
+    message: Welcome = {
+        "type": "welcome",
+        "v": PROTOCOL_VERSION,
+        "room": room,
+        "you": you,
+        "members": members,
+    }
+    if editor is not None:
+        message["editor"] = editor
+    if links is not None:
+        message["links"] = links
+    return message
 
 
-def members_changed(members: list[dict[str, Any]], event: str, member: dict[str, Any]) -> dict:
+def members_changed(
+    members: list[MemberInfo], event: Literal["joined", "left", "renamed"], member: MemberInfo
+) -> MembersChanged:
     return {"type": "members", "members": members, "event": event, "member": member}
 
 
-def terminal_reset(language: str) -> dict[str, Any]:
-    """The binary frames that follow replace the terminal's screen (a switch or a resync)."""
+def terminal_reset(language: str) -> TerminalReset:
     return {"type": "terminal", "language": language, "reset": True}
 
 
-def terminal_size(cols: int, rows: int) -> dict[str, Any]:
-    """The shared terminal's size: the smallest member's (tmux's rule)."""
+def terminal_size(cols: int, rows: int) -> TerminalSize:
     return {"type": "size", "cols": cols, "rows": rows}
 
 
-def language_changed(language: str, by: str) -> dict[str, Any]:
+def language_changed(language: str, by: str) -> LanguageChanged:
     return {"type": "language", "language": language, "by": by}
 
 
-def status(sandbox: str, repl: str, language: str) -> dict[str, Any]:
+def status(sandbox: SandboxState, repl: ReplState, language: str) -> Status:
     return {"type": "status", "sandbox": sandbox, "repl": repl, "language": language}
 
 
-def notice(text: str, level: Literal["info", "warning", "error"] = "info") -> dict[str, Any]:
+def notice(text: str, level: NoticeLevel = "info") -> Notice:
     return {"type": "notice", "level": level, "text": text}
 
 
-def error(code: str, message: str) -> dict[str, Any]:
+def error(code: ErrorCode, message: str) -> ErrorMessage:
     return {"type": "error", "code": code, "message": message}

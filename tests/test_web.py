@@ -22,6 +22,7 @@ from playwright.async_api import (
     expect,
 )
 
+from replroom import protocol
 from tests.client import Server
 from tests.web_fixtures import (
     RoomPage,
@@ -478,6 +479,13 @@ REFUSALS = {
     4004: ("room not found", "Room not found (code 4004)", "disconnected"),
     4003: ("invalid or revoked link", "invalid or was revoked (code 4003", "disconnected"),
 }
+# Every other close code the docs give the room socket (docs/protocol.md, "Close codes"):
+# closed without a reason, the page says what the code means, and stops or retries.
+for _code, _close in protocol.CLOSE_CODES.items():
+    if _close.room is not None and _code not in REFUSALS:
+        _stop = _close.room.then is protocol.CloseAction.STOP
+        _banner = f"{_close.meaning} (code {_code.value})." + ("" if _stop else " Reconnecting in")
+        REFUSALS[_code.value] = ("", _banner, "disconnected" if _stop else "offline")
 
 
 @pytest.mark.parametrize("code", list(REFUSALS))
@@ -500,7 +508,7 @@ async def test_refusals_are_explained(people: People, server: Server, code: int)
     await expect(page.locator("#banner")).to_contain_text(banner)
     await expect(page.locator("#connection")).to_have_text(connection)
     await RoomPage(page).screenshot(f"refused-{code}")
-    if code == 4029:
+    if connection == "offline":
         # "Retry now" skips the backoff (at least 4 s after a 4029).
         await page.click("#banner-action")
         await asyncio.wait_for(retried.wait(), 3)
@@ -509,6 +517,50 @@ async def test_refusals_are_explained(people: People, server: Server, code: int)
         # after index.html's early one was refused before the page's code ran.
         await asyncio.sleep(1.5)
         assert len(attempts) == 1, attempts
+
+
+EDITOR_CLOSES = {
+    code.value: close.editor.then
+    for code, close in protocol.CLOSE_CODES.items()
+    if close.editor is not None
+}
+# The room connection explains these itself (a new ticket comes with its next welcome).
+SILENT_EDITOR_CLOSES = {protocol.CloseCode.FORBIDDEN, protocol.CloseCode.NOT_FOUND}
+
+
+@pytest.mark.parametrize("code", list(EDITOR_CLOSES))
+async def test_editor_closes_are_handled(people: People, server: Server, code: int) -> None:
+    # Every close code the docs give the editor socket: the page reconnects, or
+    # stops and (unless the room connection explains it) says why.
+    room = await server.create_room()
+    context = await people.context("Editor")
+    attempts: list[str] = []
+    retried = asyncio.Event()
+
+    async def close(ws: WebSocketRoute) -> None:
+        attempts.append(ws.url)
+        if len(attempts) == 1:
+            await ws.close(code=code, reason="")
+        else:
+            retried.set()
+
+    page = await context.new_page()
+    await page.route_web_socket(re.compile(r"/yjs/"), close)
+    await page.goto(link(server, room, "invite"))
+    member = RoomPage(page)
+    await member.wait_connected()
+    await page.wait_for_function("() => document.querySelector('#editor .cm-editor') !== null")
+    if EDITOR_CLOSES[code] is protocol.CloseAction.RECONNECT:
+        await asyncio.wait_for(retried.wait(), 10)
+        return
+    meaning = protocol.CLOSE_CODES[protocol.CloseCode(code)].meaning
+    if code not in SILENT_EDITOR_CLOSES:
+        await member.wait_toast(f"editor stopped syncing: {meaning} (code {code})")
+    # y-websocket's first retry would come after 200 ms.
+    await asyncio.sleep(1.5)
+    assert len(attempts) == 1, attempts
+    if code in SILENT_EDITOR_CLOSES:
+        assert not any("stopped syncing" in text for text in await member.toasts_shown())
 
 
 INTERNAL_ERROR = "internal error: FileNotFoundError: '/run/replroom/replroom'"

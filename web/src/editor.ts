@@ -35,7 +35,7 @@ import {
 import { yCollab, yUndoManagerKeymap } from "y-codemirror.next";
 import { WebsocketProvider } from "y-websocket";
 import * as Y from "yjs";
-import type { LanguageInfo } from "./protocol";
+import { CLOSE_CODES, type LanguageInfo } from "./protocol";
 
 export interface EditorUser {
   memberId: string;
@@ -52,6 +52,8 @@ export interface EditorEvents {
   activity(memberId: string, what: "editing" | "typing"): void;
   /** The sync state of the shown document changed. */
   sync(state: SyncState): void;
+  /** The server closed a document's socket with a code after which it is not reconnected. */
+  closed(language: string, closed: { code: number; reason: string }): void;
 }
 
 interface Seen {
@@ -79,7 +81,10 @@ class LanguageDoc {
       // Another tab of this browser may be a spectator's: sync through the server only.
       disableBc: true,
       maxBackoffTime: 5000,
+      // docs/protocol.md, "Close codes": a code the server does not send (1006) is retried.
+      shouldReconnect: (event) => CLOSE_CODES[event.code]?.editor !== "stop",
     });
+    this.provider.on("closed", (closed) => owner.events.closed(language, closed));
     this.provider.on("status", () => owner.syncChanged(this));
     this.provider.on("sync", () => owner.syncChanged(this));
     this.provider.awareness.on("change", (changes: AwarenessChanges) => this.watch(changes));

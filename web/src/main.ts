@@ -3,10 +3,11 @@
 import "./style.css";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
 import {
-  CLOSE,
-  CLOSE_MEANING,
+  CLOSE_CODES,
+  CloseCode,
   type LanguageInfo,
   MAX_CODE,
+  MAX_EDITOR_MESSAGE,
   type MemberInfo,
   type ServerMessage,
   type Welcome,
@@ -41,7 +42,7 @@ import {
   toast,
 } from "./ui";
 
-const MAX_UPLOAD = 1024 * 1024;
+const MAX_UPLOAD = MAX_EDITOR_MESSAGE;
 
 class RoomPage {
   private readonly terminal: TerminalView;
@@ -136,12 +137,27 @@ class RoomPage {
         run: () => this.run(),
         activity: (memberId, what) => this.members.active(memberId, what),
         sync: (state) => this.showSync(state),
+        closed: (language, closed) => this.editorClosed(language, closed),
       });
     } catch (error) {
       toast(`The editor could not be loaded: ${(error as Error).message}`, "error");
       return;
     }
     this.syncEditor();
+  }
+
+  /** A document's socket was closed for good; the room connection explains its own closes. */
+  private editorClosed(language: string, closed: { code: number; reason: string }): void {
+    if (closed.code === CloseCode.FORBIDDEN || closed.code === CloseCode.NOT_FOUND) return;
+    const why = closed.reason || (CLOSE_CODES[closed.code]?.meaning ?? "no reason given");
+    const tooLarge = closed.code === CloseCode.DOC_TOO_LARGE || closed.code === CloseCode.TOO_BIG;
+    const then = tooLarge
+      ? "Your latest edits were not saved: make the document smaller, or reload the page " +
+        "to get the saved one back."
+      : "Reload the page to try again.";
+    const title = this.title(language);
+    const text = `The ${title} editor stopped syncing: ${why} (code ${closed.code}). ${then}`;
+    toast(text, "error", 30_000, `editor-closed-${language}`);
   }
 
   /** Bring the editor in line with the room (idempotent; a no-op until it has loaded). */
@@ -328,13 +344,13 @@ class RoomPage {
     this.editorEndpoint = null;
     this.syncEditor();
     const lost = lossText(this.connection.undelivered, "disconnected");
-    if (closed.code === CLOSE.notFound) {
+    if (closed.code === CloseCode.NOT_FOUND) {
       showBanner(
         join("Room not found (code 4004): this room does not exist (any more).", lost),
         "error",
         { label: "Open a new room", run: () => location.assign("/") },
       );
-    } else if (closed.code === CLOSE.forbidden) {
+    } else if (closed.code === CloseCode.FORBIDDEN) {
       forgetToken(this.roomId);
       this.links = {};
       for (const id of ["copy-invite", "copy-spectator", "rotate"]) byId(id).hidden = true;
@@ -469,7 +485,8 @@ class RoomPage {
 
   private async upload(file: File): Promise<void> {
     if (file.size > MAX_UPLOAD) {
-      toast(`${file.name} is too large for the editor (over 1 MiB).`, "error");
+      const limit = `${MAX_UPLOAD / 1024 / 1024} MiB`;
+      toast(`${file.name} is too large for the editor (over ${limit}).`, "error");
       return;
     }
     const text = await file.text();
@@ -526,7 +543,7 @@ function closeReason(closed: Closed): string {
   if (closed.code === CLOSE_ABNORMAL) {
     return closed.opened ? "the connection broke off" : "the server could not be reached";
   }
-  return CLOSE_MEANING[closed.code] ?? "no reason given";
+  return CLOSE_CODES[closed.code]?.meaning ?? "no reason given";
 }
 
 function keystrokes(count: number): string {

@@ -2,8 +2,10 @@
 // exponential backoff unless the server said that retrying is pointless.
 
 import {
-  CLOSE,
+  CLOSE_CODES,
   type ClientMessage,
+  type CloseAction,
+  CloseCode,
   MAX_INPUT_FRAME,
   PROTOCOL_VERSION,
   type ServerMessage,
@@ -72,8 +74,8 @@ export interface RoomHandlers {
 /** Backoff: 1 s, 2 s, 4 s … 30 s, each ±20 % so that a room's members do not retry in step. */
 const FIRST_DELAY = 1_000;
 const MAX_DELAY = 30_000;
-/** After "at capacity" the backoff starts at this step (4 s): the server asked for patience. */
-const CAPACITY_STEP = 2;
+/** After a close that says "later" the backoff starts at this step (4 s). */
+const LATER_STEP = 2;
 /** A welcomed connection that stays up this long has settled: the outage before it is over. */
 const SETTLE_MS = 1_500;
 /**
@@ -108,8 +110,13 @@ function takeEarlyConnection(url: string): EarlyConnection | null {
   return early;
 }
 
-/** Close codes after which reconnecting cannot help. */
-const FINAL = new Set<number>([CLOSE.protocol, CLOSE.forbidden, CLOSE.notFound]);
+/**
+ * What to do after the room socket closed with ``code`` (docs/protocol.md, "Close codes");
+ * a code the server does not send (1006: the connection broke) is retried.
+ */
+function afterClose(code: number): CloseAction {
+  return CLOSE_CODES[code]?.room ?? "reconnect";
+}
 
 /** The close code browsers report when a connection ended without a close frame. */
 export const CLOSE_ABNORMAL = 1006;
@@ -159,7 +166,7 @@ export class RoomConnection {
   stop(): void {
     this.stopped = true;
     window.clearTimeout(this.timer);
-    this.ws?.close(CLOSE.normal);
+    this.ws?.close(CloseCode.NORMAL);
   }
 
   send(message: ClientMessage): boolean {
@@ -277,13 +284,13 @@ export class RoomConnection {
       this.handlers.state({ kind: "stopped", closed });
       return;
     }
-    if (FINAL.has(closed.code)) {
+    const action = afterClose(closed.code);
+    if (action === "stop") {
       this.stopped = true;
       this.handlers.state({ kind: "stopped", closed });
       return;
     }
-    const capacity = closed.code === CLOSE.atCapacity;
-    const step = capacity ? Math.max(this.attempt, CAPACITY_STEP) : this.attempt;
+    const step = action === "later" ? Math.max(this.attempt, LATER_STEP) : this.attempt;
     const jittered = FIRST_DELAY * 2 ** step * (0.8 + Math.random() * 0.4);
     const delay = Math.round(Math.min(jittered, MAX_DELAY));
     this.attempt = step + 1;

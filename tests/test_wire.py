@@ -1,0 +1,93 @@
+"""The one source of the wire and of the settings: protocol.py's tables, config.py's fields,
+and what is derived from them (the CLI's help; scripts/generate.py checks the generated files)."""
+
+from __future__ import annotations
+
+import pytest
+
+from replroom import protocol
+from replroom.cli import build_parser
+from replroom.config import Limits, Settings, format_size, settings_help
+
+pytestmark = pytest.mark.fast
+
+
+def test_every_error_and_close_code_is_in_its_table() -> None:
+    assert set(protocol.ERROR_CODES) == set(protocol.ErrorCode)
+    assert set(protocol.CLOSE_CODES) == set(protocol.CloseCode)
+    for code, close in protocol.CLOSE_CODES.items():
+        assert close.room or close.editor, f"{code!r} is used by neither socket"
+        assert close.meaning
+
+
+def test_the_old_close_names_are_the_enums() -> None:
+    assert protocol.CLOSE_FORBIDDEN is protocol.CloseCode.FORBIDDEN
+    assert protocol.CLOSE_SHUTDOWN is protocol.CloseCode.RESTARTING
+
+
+def test_the_messages_the_server_builds_match_their_types() -> None:
+    member = protocol.member_view("m1", "Ada", protocol.MemberRole.OWNER, "#e06c75")
+    python: protocol.LanguageInfo = {
+        "name": "python",
+        "title": "Python 3",
+        "extension": "py",
+        "editor_mode": "python",
+        "filename": "main.py",
+    }
+    limits = Limits()
+    room: protocol.RoomInfo = {
+        "id": "r1",
+        "language": "python",
+        "languages": [python],
+        "members": [member],
+        "sandbox": protocol.SandboxState.READY,
+        "repl": protocol.ReplState.RUNNING,
+        "limits": {
+            "memory": limits.memory,
+            "cpus": limits.cpus,
+            "pids": limits.pids,
+            "disk": limits.disk,
+        },
+        "cols": 80,
+        "rows": 24,
+    }
+    messages = [
+        protocol.welcome(room, member, [member], {"path": "/yjs/r1", "ticket": "t"}),
+        protocol.members_changed([member], "joined", member),
+        protocol.terminal_reset("python"),
+        protocol.terminal_size(80, 24),
+        protocol.language_changed("ruby", "Ada"),
+        protocol.status(protocol.SandboxState.READY, protocol.ReplState.RUNNING, "python"),
+        protocol.notice("hello", "warning"),
+        protocol.error(protocol.ErrorCode.BUSY, "wait"),
+    ]
+    for message in messages:
+        assert protocol.server_message_adapter.validate_python(message) == message
+
+
+def test_a_run_of_the_documented_size_is_accepted() -> None:
+    code = "x" * protocol.MAX_CODE
+    message = protocol.parse_client_message(f'{{"type": "run", "code": "{code}"}}')
+    assert isinstance(message, protocol.Run)
+    with pytest.raises(protocol.BadMessage, match="code"):
+        protocol.parse_client_message(f'{{"type": "run", "code": "{code}x"}}')
+
+
+def test_every_setting_is_described() -> None:
+    described = list(settings_help())
+    assert len(described) == len(Settings.model_fields) - 1 + len(Limits.model_fields)
+    for setting in described:
+        assert setting.meaning, f"{setting.name} has no description"
+        assert setting.default, f"{setting.name} has no default text"
+
+
+def test_the_cli_help_takes_its_defaults_from_the_settings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sandbox", "run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {format_size(Limits().memory)})" in text
+    assert f"(default: {Limits().cpus:g})" in text
+    assert f"(default: {Limits().pids})" in text
+    assert "{bwrap,docker}" in text

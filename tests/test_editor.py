@@ -15,9 +15,12 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import cast
 
 import pytest
 import uvicorn
+from hypothesis import given
+from hypothesis import strategies as st
 from pycrdt import (
     Awareness,
     Doc,
@@ -37,7 +40,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from replroom import editor as editor_module
-from replroom.editor import TEXT_NAME, EditorSync
+from replroom.editor import TEXT_NAME, ChannelState, EditorSync, wire
+from replroom.editor import channel as editor_channel
+from replroom.editor import document as editor_document
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # generous bound on any single wait; tests finish far sooner
@@ -401,8 +406,8 @@ async def test_room_unloads_when_its_last_client_leaves(url: str, editor: Editor
         for i in range(20):
             await a.insert(i, "x")
         await b.wait_text("x" * 20)
-        assert f"{ROOM}/python" in server.rooms
-    await eventually(lambda: not server.rooms)
+        assert f"{ROOM}/python" in server.documents
+    await eventually(lambda: not server.documents)
     # The history was squashed into one snapshot when the room unloaded.
     assert doc_rows(editor._db_path, f"{ROOM}/python") == 1
     assert await editor.text(f"{ROOM}/python") == "x" * 20
@@ -416,7 +421,7 @@ async def test_edit_then_immediate_disconnect_is_kept(url: str, editor: EditorSy
         await client.insert(len(str(client.text)), str(i))
         await client.close()  # 0 ms after the edit
     expected = "0123456789"
-    await eventually(lambda: not editor._server or not editor._server.rooms)
+    await eventually(lambda: not editor._server or not editor._server.documents)
     assert await editor.text(f"{ROOM}/python") == expected
 
 
@@ -458,7 +463,7 @@ async def test_acknowledged_edit_survives_killed_server(
 
 
 async def test_simultaneous_first_clients_of_a_new_doc_all_sync(url: str) -> None:
-    # pycrdt-websocket 0.16.5 never answers the second of two such clients.
+    # pycrdt-websocket 0.16.5 never answered the second of two such clients.
     for attempt in range(5):
         name = f"{url}/{ROOM}/new{attempt}"
         opened = await asyncio.gather(*(YClient.open(name, sync=False) for _ in range(4)))
@@ -514,27 +519,25 @@ class PanicException(BaseException):
 async def test_a_panic_in_pycrdt_drops_only_that_room(
     url: str, editor: EditorSync, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pycrdt.websocket.yroom
-
     name, elsewhere = f"{ROOM}/python", f"{ROOM}/ruby"
     async with clients(f"{url}/{name}", f"{url}/{name}", f"{url}/{elsewhere}") as (a, b, c):
         await a.insert(0, "committed")
         await b.wait_text("committed")
-        real = pycrdt.websocket.yroom.handle_sync_message
+        real = editor_document.handle_sync_message
 
         def panicking(message: bytes, doc: Doc) -> bytes | None:
             if b"boom" in message:
                 raise PanicException("yrs panicked")
             return real(message, doc)
 
-        monkeypatch.setattr(pycrdt.websocket.yroom, "handle_sync_message", panicking)
+        monkeypatch.setattr(editor_document, "handle_sync_message", panicking)
         await a.insert(0, "boom")
         assert await a.wait_closed() == 1011
         assert await b.wait_closed() == 1011
         await c.insert(0, "unaffected")
         async with clients(f"{url}/{elsewhere}") as (c2,):
             assert str(c2.text) == "unaffected"
-        monkeypatch.setattr(pycrdt.websocket.yroom, "handle_sync_message", real)
+        monkeypatch.setattr(editor_document, "handle_sync_message", real)
         async with clients(f"{url}/{name}") as (fresh,):
             assert str(fresh.text) == "committed"
 
@@ -575,7 +578,7 @@ async def test_oversized_document_is_refused(url: str, editor: EditorSync) -> No
 async def test_a_client_that_stops_reading_is_dropped(
     url: str, editor: EditorSync, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(editor_module, "MAX_OUTBOX", editor_module.MiB)
+    monkeypatch.setattr(editor_channel, "MAX_OUTBOX", editor_module.MiB)
     server = editor._server
     assert server is not None
     name = f"{ROOM}/python"
@@ -590,10 +593,10 @@ async def test_a_client_that_stops_reading_is_dropped(
         await asyncio.get_running_loop().sock_connect(raw, ("127.0.0.1", port))
         async with connect(f"{url}/{name}", sock=raw, compression=None) as stuck:
             await stuck.send(create_sync_message(Doc()))
-            await eventually(lambda: len(server.rooms[name].clients) == 3)
+            await eventually(lambda: len(server.documents[name].clients) == 3)
             stuck.transport.pause_reading()
             chunk = "w" * (900 * 1024)
-            room = server.rooms[name]
+            room = server.documents[name]
             for _ in range(30):
                 await writer.insert(0, chunk)
                 before = writer.doc.get_state()
@@ -668,7 +671,7 @@ async def test_cancelled_serve_leaves_the_socket_to_its_caller(
         assert await member.wait_closed() == 4003
         await watcher.wait_for(lambda: member.doc.client_id not in watcher.awareness.states)
         await member.close()
-    await eventually(lambda: not server.rooms)
+    await eventually(lambda: not server.documents)
     assert await editor.text(name) == "bye"
 
 
@@ -693,3 +696,130 @@ async def test_a_newcomer_gets_the_cursors_already_there(url: str) -> None:
             # Without being sent, first's state would reach second only when
             # first next moves; it is sent when second arrives.
             await second.wait_for(lambda: first.doc.client_id in second.awareness.states)
+
+
+# -- the y-protocol parser and the connection's lifecycle (no server) ---------
+
+
+def var_uint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(0x80 | (value & 0x7F))
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def awareness_payload(*entries: tuple[int, int, str]) -> bytes:
+    out = var_uint(len(entries))
+    for client_id, clock, state in entries:
+        raw = state.encode()
+        out += var_uint(client_id) + var_uint(clock) + var_uint(len(raw)) + raw
+    return out
+
+
+def awareness_message(payload: bytes) -> bytes:
+    return bytes([wire.MESSAGE_AWARENESS]) + var_uint(len(payload)) + payload
+
+
+@pytest.mark.fast
+def test_parser_reads_what_pycrdt_writes() -> None:
+    doc = Doc()
+    doc.get(TEXT_NAME, type=Text).insert(0, "x" * 300)  # lengths of two varuint bytes
+    update = doc.get_update()
+    step1 = wire.parse_message(create_sync_message(doc))
+    assert (step1.type, step1.subtype, step1.payload) == (0, wire.SYNC_STEP1, doc.get_state())
+    assert not step1.changes_document
+    message = wire.parse_message(create_update_message(update))
+    assert (message.subtype, message.payload) == (wire.SYNC_UPDATE, update)
+    assert message.changes_document and message.raw == create_update_message(update)
+    step2 = handle_sync_message(create_sync_message(Doc())[1:], doc)
+    assert step2 is not None and wire.parse_message(step2).subtype == wire.SYNC_STEP2
+    awareness = Awareness(doc)
+    awareness.set_local_state({"user": {"name": "ada"}})
+    encoded = awareness.encode_awareness_update([doc.client_id])
+    parsed = wire.parse_message(create_awareness_message(encoded))
+    assert parsed.type == wire.MESSAGE_AWARENESS and parsed.payload == encoded
+    # The constructor set a first, empty state (clock 0).
+    assert parsed.awareness == (wire.AwarenessEntry(doc.client_id, 1, present=True),)
+    assert not parsed.leaves
+
+
+@pytest.mark.fast
+def test_parser_reads_awareness_entries() -> None:
+    entries = awareness_payload((7, 3, '{"cursor": null}'), (2**53, 0, "null"), (9, 1, ""))
+    parsed = wire.parse_message(awareness_message(entries))
+    assert [(e.client_id, e.clock, e.present) for e in parsed.awareness] == [
+        (7, 3, True),
+        (2**53, 0, False),
+        (9, 1, False),  # an empty state is no state
+    ]
+    leaving = awareness_payload((7, 4, "null"))
+    assert wire.parse_message(awareness_message(leaving)).leaves
+
+
+@pytest.mark.fast
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "truncated"),
+        (b"\x00", "truncated"),
+        (b"\x00\x02", "truncated"),
+        (b"\x00\x02\x05ab", "truncated"),
+        (b"\x00\x02\x01ab", "trailing bytes"),
+        (b"\x00\x03\x00", "unknown sync message 3"),
+        (b"\x80" * 9 + b"\x01", "out of range"),  # a varuint that does not end in time
+        (b"\x00\x02" + var_uint(2**53 + 1), "out of range"),  # beyond JavaScript's integers
+        (b"\x01\x00", "truncated"),  # no entry count
+        (awareness_message(var_uint(257) + b"\x00"), "too many awareness entries"),
+        (awareness_message(awareness_payload((1, 1, "{"))), "not JSON"),
+        (awareness_message(awareness_payload((1, 1, "{}")) + b"!"), "trailing bytes in awareness"),
+        (awareness_message(awareness_payload((1, 1, "{}"))) + b"!", "trailing bytes"),
+        (awareness_message(var_uint(2) + awareness_payload((1, 1, "{}"))[1:]), "truncated"),
+    ],
+    ids=lambda value: value.hex() if isinstance(value, bytes) else value,
+)
+def test_parser_refuses_malformed_messages(data: bytes, problem: str) -> None:
+    with pytest.raises(wire.BadMessage, match=problem):
+        wire.parse_message(data)
+
+
+@pytest.mark.fast
+def test_parser_passes_unknown_message_types_without_payload() -> None:
+    # y-protocols' auth (2) and awareness query (3): nothing this server answers.
+    for data in (b"\x02\x00\x05", b"\x03", b"\xff\x01"):
+        message = wire.parse_message(data)
+        assert message.type not in (wire.MESSAGE_SYNC, wire.MESSAGE_AWARENESS)
+        assert message.payload == b"" and not message.changes_document
+
+
+@pytest.mark.fast
+@given(data=st.binary(max_size=64))
+def test_parser_on_any_bytes_returns_or_says_why(data: bytes) -> None:
+    try:
+        message = wire.parse_message(data)
+    except wire.BadMessage:
+        return
+    assert message.raw == data
+    if message.type == wire.MESSAGE_SYNC:  # what it read accounts for every byte
+        assert data.endswith(message.payload) and len(message.payload) < len(data)
+
+
+@pytest.mark.fast
+def test_a_connection_changes_state_only_along_its_lifecycle() -> None:
+    # Only the state machine is exercised: no socket is touched.
+    channel = editor_channel.Channel(cast(WebSocket, None), "room/python", read_only=False)
+    assert channel.state is ChannelState.OPEN and not channel.closed
+    channel.close(1012, "restarting")
+    assert channel.state is ChannelState.CLOSING and channel.closed
+    channel.close(1011, "later")  # a second close changes nothing
+    channel.release()
+    channel.enqueue(b"dropped")
+    assert channel.state is ChannelState.CLOSING
+    with pytest.raises(editor_channel.ChannelStateError, match="cannot become open when closing"):
+        channel._become(ChannelState.OPEN)
+    released = editor_channel.Channel(cast(WebSocket, None), "room/ruby", read_only=True)
+    released.release()
+    assert released.state is ChannelState.RELEASED
+    with pytest.raises(editor_channel.ChannelStateError, match="room/ruby: cannot become closed"):
+        released._become(ChannelState.CLOSED)

@@ -556,6 +556,7 @@ async def test_editor_closes_are_handled(people: People, server: Server, code: i
     meaning = protocol.CLOSE_CODES[protocol.CloseCode(code)].meaning
     if code not in SILENT_EDITOR_CLOSES:
         await member.wait_toast(f"editor stopped syncing: {meaning} (code {code})")
+        await member.screenshot(f"editor-closed-{code}")
     # y-websocket's first retry would come after 200 ms.
     await asyncio.sleep(1.5)
     assert len(attempts) == 1, attempts

@@ -557,6 +557,7 @@ async def test_editor_closes_are_handled(people: People, server: Server, code: i
     if code not in SILENT_EDITOR_CLOSES:
         await member.wait_toast(f"editor stopped syncing: {meaning} (code {code})")
         await member.screenshot(f"editor-closed-{code}")
+    await expect(page.locator("#editor-status")).to_have_text("offline")
     # y-websocket's first retry would come after 200 ms.
     await asyncio.sleep(1.5)
     assert len(attempts) == 1, attempts

@@ -84,7 +84,10 @@ class LanguageDoc {
       // docs/protocol.md, "Close codes": a code the server does not send (1006) is retried.
       shouldReconnect: (event) => CLOSE_CODES[event.code]?.editor !== "stop",
     });
-    this.provider.on("closed", (closed) => owner.events.closed(language, closed));
+    this.provider.on("closed", (closed) => {
+      owner.syncChanged(this); // its "disconnected" status came before it stopped
+      owner.events.closed(language, closed);
+    });
     this.provider.on("status", () => owner.syncChanged(this));
     this.provider.on("sync", () => owner.syncChanged(this));
     this.provider.awareness.on("change", (changes: AwarenessChanges) => this.watch(changes));

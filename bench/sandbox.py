@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from figures import line
 
 from replroom.config import Limits, Settings, format_size
+from replroom.image import recipe_image
 from replroom.languages import LANGUAGES, Language
 from replroom.sandbox import Backend, Sandbox, make_backend
 
@@ -100,7 +101,7 @@ async def repeat(runs: int, measure: Callable[[], Awaitable[float]]) -> list[flo
 
 
 async def bench_backend(name: str, settings: Settings, runs: int) -> None:
-    backend = make_backend(settings)
+    backend = make_backend(settings, recipe_image(settings))
     print(f"\n== {name} ==")
     try:
         true_times: list[float] = []

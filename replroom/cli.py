@@ -137,7 +137,9 @@ async def _run_in_sandbox(
         # epoll reports an error on a pipe's write end once its reader is gone,
         # so we notice even while the command prints nothing.
         loop.add_reader(1, stop, signal.SIGPIPE)
-    backend = make_backend(settings)
+    from replroom.image import recipe_image  # noqa: PLC0415 - keeps `replroom --help` fast
+
+    backend = make_backend(settings, recipe_image(settings))
     sandbox: Sandbox | None = None
     creating = asyncio.ensure_future(backend.create("cli-" + os.urandom(8).hex(), limits))
     try:
@@ -247,7 +249,9 @@ def cmd_sandbox_cleanup(args: argparse.Namespace) -> int:
     settings = _settings(args)
 
     async def cleanup() -> int:
-        backend = make_backend(settings)
+        from replroom.image import recipe_image  # noqa: PLC0415 - keeps `replroom --help` fast
+
+        backend = make_backend(settings, recipe_image(settings))
         try:
             return await backend.cleanup_orphans()
         finally:

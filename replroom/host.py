@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replroom.config import Settings
-from replroom.image import NOT_BUILT, current_image
+from replroom.image import NOT_BUILT, current_image, recipe_image
 from replroom.languages import get_language
 from replroom.sandbox import Backend, SandboxError, make_backend
+from replroom.sandbox.host import make_directory
 
 PROMPT_TIMEOUT = 30.0  # seconds a REPL may take to show its prompt in `doctor`
 
@@ -30,20 +31,14 @@ class HostNotReady(Exception):
     """The host cannot run the server as configured; the message says what to do."""
 
 
-def make_directory(path: Path, mode: int) -> None:
+def usable_directory(path: Path, mode: int) -> None:
     """Make ``path`` (with ``mode``) and its missing parents (0755), and check we can use it.
 
     The mode is set whatever the umask: sandboxed uids must traverse the
     runtime directory, and the image directory below the data directory.
     """
-    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
-        for directory in reversed(missing):
-            wanted = mode if directory == path else 0o755
-            directory.mkdir(mode=wanted)
-            directory.chmod(wanted)
-    except FileExistsError:
-        pass  # made by another process between our look and our mkdir
+        make_directory(path, mode)
     except OSError as error:
         raise HostNotReady(f"cannot create {path}: {error.strerror}") from None
     if not path.is_dir():
@@ -57,9 +52,9 @@ def make_directory(path: Path, mode: int) -> None:
 
 def prepare_directories(settings: Settings) -> None:
     # 0711: the default image dir is below it, and room uids must reach the image.
-    make_directory(settings.data_dir, 0o711)
+    usable_directory(settings.data_dir, 0o711)
     if settings.backend == "bwrap":
-        make_directory(settings.runtime_dir, 0o711)
+        usable_directory(settings.runtime_dir, 0o711)
 
 
 async def open_backend(settings: Settings) -> Backend:
@@ -69,7 +64,7 @@ async def open_backend(settings: Settings) -> Backend:
     if settings.backend == "bwrap" and current_image(settings) is None:
         raise HostNotReady(f"{NOT_BUILT} (looked in {settings.image_dir})")
     try:
-        backend = make_backend(settings)
+        backend = make_backend(settings, recipe_image(settings))
     except SandboxError as error:
         raise HostNotReady(str(error)) from None
     try:

@@ -41,6 +41,7 @@ from replroom.sandbox.base import (
     SANDBOX_USER,
     SandboxError,
 )
+from replroom.sandbox.host import mounted_under
 
 SUITE = "bookworm"
 VARIANT = "minbase"
@@ -160,7 +161,7 @@ def parse_deb822_sources(text: str) -> list[AptSource]:
             key, value = line.split(":", 1)
             last_key = key.strip().lower()
             current[last_key] = value.strip()
-    sources = []
+    sources: list[AptSource] = []
     for stanza in stanzas:
         if stanza.get("enabled", "yes").lower() == "no":
             continue
@@ -209,12 +210,21 @@ def _image_dir(settings: Settings, image_id: str) -> Path:
     return settings.image_dir / image_id
 
 
-def current_image(settings: Settings | None = None) -> RoomImage | None:
-    """The built image for the current recipe, or None if it has not been built."""
+def recipe_image(settings: Settings | None = None) -> RoomImage:
+    """The image the current recipe names, whether it is built on this host or not.
+
+    What the backends are given (``make_backend``): the docker backend needs
+    only its tag, which follows from the recipe.
+    """
     settings = settings or get_settings()
     image_id = recipe_id()
-    rootfs = _image_dir(settings, image_id) / "rootfs"
-    return RoomImage(image_id, rootfs) if rootfs.is_dir() else None
+    return RoomImage(image_id, _image_dir(settings, image_id) / "rootfs")
+
+
+def current_image(settings: Settings | None = None) -> RoomImage | None:
+    """The built image for the current recipe, or None if it has not been built."""
+    image = recipe_image(settings)
+    return image if image.rootfs.is_dir() else None
 
 
 def require_image(settings: Settings | None = None) -> RoomImage:
@@ -529,26 +539,14 @@ def _disk_usage(root: Path) -> int:
     return total
 
 
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve()).rstrip("/") + "/"
-    mounts = []
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            point = line.split()[4]
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), point)
-            if point.startswith(prefix) or point + "/" == prefix:
-                mounts.append(point)
-    return mounts
-
-
 def _remove_tree(path: Path) -> None:
     """Remove a file or directory tree, unmounting first whatever a killed build left mounted."""
     if path.is_symlink() or not path.is_dir():
         path.unlink(missing_ok=True)
         return
-    for point in sorted(_mounts_under(path), key=len, reverse=True):
-        subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
-    if _mounts_under(path):
+    for point in mounted_under(path):
+        subprocess.run(["umount", "--lazy", str(point)], check=False, capture_output=True)
+    if mounted_under(path):
         raise ImageError(f"cannot remove {path}: something is still mounted under it")
     shutil.rmtree(path)
 

@@ -3,9 +3,10 @@
 A Docker container takes a tenth of a second or more to create and start; a
 room whose first member is waiting should not. The pool keeps a few idle
 sandboxes with the room limits ready and makes a new one in the background
-each time one is taken. Pooled sandboxes are named ``pool-…`` rather than by
-room, and carry the server's instance label, so a restarted server removes
-them like any other leftover.
+each time one is taken. Pooled sandboxes are made as ``pool-…`` and carry
+the server's instance label, so a restarted server removes them like any
+other leftover; :meth:`SandboxPool.take` renames the one it hands out after
+its room (``Sandbox.rename``), so that what it says names the right room.
 """
 
 from __future__ import annotations
@@ -35,17 +36,19 @@ class SandboxPool:
         self._refill()
 
     async def take(self, room_id: str) -> Sandbox:
-        """A ready sandbox if there is one, else a new one made now for ``room_id``."""
+        """A ready sandbox renamed ``room_id`` if there is one, else a new one made now."""
         while self._ready:
             sandbox = self._ready.popleft()
             try:
                 if await sandbox.alive():
+                    await sandbox.rename(room_id)
                     self._refill()
                     return sandbox
                 await sandbox.destroy()
             except SandboxError:
-                # The backend cannot say or do it now (an Engine restarting):
-                # keep it, so that a later take() or close() tries again.
+                # The backend cannot say or do it now (an Engine restarting), or
+                # the room still has a sandbox: keep this one, so that a later
+                # take() or close() tries again.
                 self._ready.appendleft(sandbox)
                 raise
             self._refill()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from replroom.config import Limits, Settings
-from replroom.image import current_image
+from replroom.image import RoomImage, current_image
 from replroom.sandbox import Backend, Sandbox
 from tests.sandboxes import BackendUnderTest
 
@@ -48,7 +48,7 @@ def _docker_settings(settings: Settings, runtime: str) -> Settings:
 
 @pytest.fixture(scope="session", params=BACKENDS)
 async def backend(
-    request: pytest.FixtureRequest, settings: Settings, room_image: object
+    request: pytest.FixtureRequest, settings: Settings, room_image: RoomImage
 ) -> AsyncIterator[BackendUnderTest]:
     from replroom.sandbox import make_backend
 
@@ -57,7 +57,7 @@ async def backend(
         chosen = settings
     else:
         chosen = _docker_settings(settings, name.removeprefix("docker-"))
-    made: Backend = make_backend(chosen)
+    made: Backend = make_backend(chosen, room_image)
     under_test = BackendUnderTest(name, made, chosen)
     try:
         yield under_test

@@ -24,7 +24,8 @@ import pytest
 
 from replroom.config import Limits
 from replroom.sandbox import ExitReason, Sandbox
-from replroom.sandbox.docker import _LAUNCH_FILTERED, PYTHON, DockerSandbox
+from replroom.sandbox.docker import DockerSandbox
+from replroom.sandbox.docker.launch import LAUNCH_FILTERED, PYTHON
 from replroom.sandbox.seccomp import compiled_filter, syscall_number
 from tests.sandboxes import BackendUnderTest, Screen, host_disk_free, python, run
 
@@ -450,7 +451,7 @@ async def test_a_filter_that_cannot_be_installed_runs_nothing(rooms: Rooms) -> N
         pytest.skip("the launcher of the docker backend")
     broken = (b"\0" * 8).hex()
     code, output = await rooms.attacker._run(
-        [PYTHON, "-I", "-S", "-c", _LAUNCH_FILTERED, broken, "pid", "", "", "touch", "/tmp/ran"]
+        [PYTHON, "-I", "-S", "-c", LAUNCH_FILTERED, broken, "pid", "", "", "touch", "/tmp/ran"]
     )
     assert code == 126, output
     assert b"cannot install the seccomp filter (" in output, output
@@ -460,7 +461,7 @@ async def test_a_filter_that_cannot_be_installed_runs_nothing(rooms: Rooms) -> N
     # With the real program it runs the command (and ignores a terminal size
     # where there is no terminal, as stty does).
     code, output = await rooms.attacker._run(
-        [PYTHON, "-I", "-S", "-c", _LAUNCH_FILTERED, compiled_filter().hex(), "pid", "80", "24",
+        [PYTHON, "-I", "-S", "-c", LAUNCH_FILTERED, compiled_filter().hex(), "pid", "80", "24",
          "sh", "-c", 'echo "$$"; grep Seccomp: /proc/self/status']
     )  # fmt: skip
     pid, same_pid, mode = output.decode().splitlines()

@@ -138,9 +138,10 @@ async def test_cleanup_orphans_removes_what_a_crashed_server_left(
     sandbox = await backend.create(room_id, Limits(memory="64m"))
     await sandbox.spawn(["sleep", "600"], tty=False)
     # A new backend instance is what a restarted server has: it never saw the room.
+    from replroom.image import recipe_image
     from replroom.sandbox import make_backend
 
-    fresh = make_backend(backend.settings)
+    fresh = make_backend(backend.settings, recipe_image(backend.settings))
     try:
         assert await fresh.cleanup_orphans() >= 1
     finally:

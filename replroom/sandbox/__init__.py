@@ -10,6 +10,7 @@ from replroom.sandbox.base import (
     Process,
     Sandbox,
     SandboxError,
+    SandboxImage,
     SandboxStats,
 )
 
@@ -20,17 +21,23 @@ __all__ = [
     "Process",
     "Sandbox",
     "SandboxError",
+    "SandboxImage",
     "SandboxStats",
     "make_backend",
 ]
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The backend ``settings.backend`` names, configured from ``settings``."""
+def make_backend(settings: Settings, image: SandboxImage) -> Backend:
+    """The backend ``settings.backend`` names, configured from ``settings``, running ``image``.
+
+    ``image`` is the room image of the current recipe (``replroom.image``
+    passes it in: the sandboxes never import the image builder). The bwrap
+    backend needs it built on this host; the docker backend, in its Engine.
+    """
     if settings.backend == "bwrap":
         from replroom.sandbox.bwrap import BwrapBackend  # noqa: PLC0415
 
-        return BwrapBackend.from_settings(settings)
+        return BwrapBackend.from_settings(settings, image)
     from replroom.sandbox.docker import DockerBackend  # noqa: PLC0415
 
-    return DockerBackend.from_settings(settings)
+    return DockerBackend.from_settings(settings, image)

@@ -1,8 +1,21 @@
-"""The one interface every sandbox backend implements.
+"""The one interface every sandbox backend implements, and the rules they share.
 
-A :class:`Backend` makes :class:`Sandbox` es, one per room; a sandbox runs
-:class:`Process` es on a pseudo-terminal (or on pipes). JupyterHub's Spawner
-is the model: the server only ever talks to these three classes.
+The server only ever talks to three classes (JupyterHub's Spawner is the
+model: this docstring and the methods' are the contract a backend signs):
+
+- a :class:`Backend` makes sandboxes of one kind; one instance per server.
+  Its life: :meth:`~Backend.prepare` (make the host ready, say what is
+  missing) → :meth:`~Backend.cleanup_orphans` (what a crashed server left) →
+  :meth:`~Backend.create` as rooms need sandboxes → :meth:`~Backend.close`.
+- a :class:`Sandbox` is one room's isolated, resource-limited environment.
+  Its life: made by ``create(room_id, limits)``, ready at once →
+  :meth:`~Sandbox.spawn`, :meth:`~Sandbox.put_file`, :meth:`~Sandbox.stats`,
+  :meth:`~Sandbox.alive` any number of times → :meth:`~Sandbox.destroy`
+  (idempotent; afterwards only ``alive()`` and ``destroy()`` may be called).
+  A sandbox made ahead of time (``pool.py``) is made under a pool name and
+  handed to its room with :meth:`~Sandbox.rename`.
+- a :class:`Process` runs in a sandbox on a pseudo-terminal (or on pipes),
+  from :meth:`~Sandbox.spawn` until :meth:`~Process.wait` says why it ended.
 
 Inside every sandbox, whatever the backend:
 
@@ -11,16 +24,28 @@ Inside every sandbox, whatever the backend:
   one size limit, ``Limits.disk``;
 - processes run as the unprivileged user ``room`` (uid 1000) with no
   capabilities and no network.
+
+The rules every backend applies the same way live here too: a room id's
+shape (:func:`check_room_id`), where files may be written
+(:func:`check_sandbox_path`), and how a process's end is told
+(:meth:`ExitStatus.classify`: 128 + N means signal N; a SIGKILL while the
+room's memory limit was hit is "out of memory").
+
+Errors are :class:`SandboxError` with a message meant for people; a message
+about one room names the room by its current ``room_id``.
 """
 
 from __future__ import annotations
 
 import enum
 import posixpath
+import re
 import signal as signals
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 from replroom.config import Limits, format_size
 
@@ -37,15 +62,51 @@ DEFAULT_ENV: Mapping[str, str] = {
     "TERM": "xterm-256color",
 }
 
+# A room id names a container (Docker: [a-zA-Z0-9][a-zA-Z0-9_.-]*), a
+# directory and a cgroup (no dots: cgroup v1 directories hold files such as
+# cgroup.procs), and must fit in a host name's 63 characters.
+ROOM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+
 
 class SandboxError(Exception):
     """A sandbox could not be made or used; the message is meant for people."""
+
+
+def check_room_id(room_id: str) -> str:
+    """``room_id`` if every backend can name a sandbox after it, else SandboxError."""
+    if not ROOM_ID.fullmatch(room_id):
+        raise SandboxError(
+            f"invalid room id {room_id!r}: 1 to 63 letters, digits, '_' or '-',"
+            " starting with a letter or a digit"
+        )
+    return room_id
+
+
+def check_sandbox_path(path: str) -> str:
+    """Resolve ``path`` (relative to /home/room) to a normal path under /home/room or /tmp."""
+    normal = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
+    if any(normal.startswith(root + "/") for root in (SANDBOX_HOME, "/tmp")):
+        return normal
+    raise SandboxError(f"files can only be written under {SANDBOX_HOME} or /tmp, not {path!r}")
 
 
 class ExitReason(enum.Enum):
     EXITED = "exited"  # the process ended by itself, with an exit code
     OUT_OF_MEMORY = "out of memory"  # the kernel killed it at the memory limit
     KILLED = "killed"  # a signal ended it (Ctrl-C, a kill, the sandbox destroyed)
+
+
+def killed_by(code: int) -> int | None:
+    """The signal that ended a process, from its exit code; None if it exited by itself.
+
+    bwrap and Docker report a death by signal N as 128 + N, as a shell does;
+    asyncio reports a child of ours killed by N as -N.
+    """
+    if code < 0:
+        return -code
+    if 128 < code < 128 + signals.NSIG:
+        return code - 128
+    return None
 
 
 @dataclass(frozen=True)
@@ -75,13 +136,25 @@ class ExitStatus:
         return f"exited with code {self.code}"
 
     @classmethod
-    def from_returncode(cls, returncode: int, *, oom: bool = False) -> ExitStatus:
-        """Build from a returncode in asyncio's convention (negative: killed by that signal)."""
-        if oom:
-            return cls(ExitReason.OUT_OF_MEMORY, signal=signals.SIGKILL)
-        if returncode < 0:
-            return cls(ExitReason.KILLED, signal=-returncode)
-        return cls(ExitReason.EXITED, code=returncode)
+    def classify(cls, code: int, *, oom_kills: int = 0) -> ExitStatus:
+        """Why a process ended, from its exit code (see :func:`killed_by`).
+
+        ``oom_kills`` is how many processes the kernel killed in the room for
+        memory during this process's life. One that died of SIGKILL meanwhile
+        is taken as killed for memory itself: rooms are small, and the OOM
+        killer picks the largest process. A backend that sent SIGKILL itself
+        passes 0.
+        """
+        signal = killed_by(code)
+        if signal is None:
+            return cls(ExitReason.EXITED, code=code)
+        if signal == signals.SIGKILL and oom_kills > 0:
+            return cls.out_of_memory()
+        return cls(ExitReason.KILLED, signal=signal)
+
+    @classmethod
+    def out_of_memory(cls) -> ExitStatus:
+        return cls(ExitReason.OUT_OF_MEMORY, signal=signals.SIGKILL)
 
 
 @dataclass(frozen=True)
@@ -89,6 +162,19 @@ class SandboxStats:
     memory_bytes: int  # charged to the sandbox's memory limit, page cache included
     cpu_seconds: float  # CPU time used by all its processes so far
     pids: int  # processes and threads alive now
+
+
+class SandboxImage(Protocol):
+    """The room image a backend runs (``replroom.image.RoomImage``, passed in by the caller)."""
+
+    @property
+    def id(self) -> str: ...  # the recipe's hash
+
+    @property
+    def rootfs(self) -> Path: ...  # where it is unpacked on this host, if it is
+
+    @property
+    def docker_tag(self) -> str: ...  # its name in a Docker Engine
 
 
 class Process(ABC):
@@ -105,7 +191,7 @@ class Process(ABC):
 
     @abstractmethod
     async def write(self, data: bytes) -> None:
-        """Send input (keystrokes, for a pty)."""
+        """Send input (keystrokes, for a pty); dropped once the process has ended."""
 
     @abstractmethod
     async def close_stdin(self) -> None:
@@ -121,11 +207,19 @@ class Process(ABC):
 
     @abstractmethod
     async def wait(self) -> ExitStatus:
-        """Wait for the process to end and say why it ended."""
+        """Wait for the process to end and say why it ended (the same answer every time).
+
+        It may return before :meth:`read` has returned the last output.
+        """
 
 
 class Sandbox(ABC):
-    """One room's isolated, resource-limited environment."""
+    """One room's isolated, resource-limited environment.
+
+    ``room_id`` is the room it serves, and every message about the sandbox
+    names it. It is the id the sandbox was made with, until :meth:`rename`
+    hands the sandbox to another room.
+    """
 
     def __init__(self, room_id: str, limits: Limits) -> None:
         self.room_id = room_id
@@ -156,8 +250,25 @@ class Sandbox(ABC):
         """False once the sandbox is gone (destroyed, or killed from outside)."""
 
     @abstractmethod
+    async def rename(self, room_id: str) -> None:
+        """Serve ``room_id`` from now on, under its name (a pooled sandbox's hand-off).
+
+        Afterwards ``self.room_id`` is ``room_id``, messages name it, and the
+        backend counts the sandbox as that room's: ``create(room_id)`` is
+        refused until it is destroyed. What the host shows follows as far as
+        it can (see each backend). Raises :class:`SandboxError`, changing
+        nothing, when the room already has a sandbox or the backend cannot
+        do it now.
+        """
+
+    @abstractmethod
     async def destroy(self) -> None:
-        """Kill every process and remove every resource. Idempotent."""
+        """Kill every process and remove every resource. Idempotent.
+
+        From the call on, the sandbox no longer counts as its room's: the
+        room may get a new one. Raises :class:`SandboxError` when the backend
+        cannot do it now; ``destroy()`` may then be called again.
+        """
 
 
 class Backend(ABC):
@@ -176,7 +287,10 @@ class Backend(ABC):
 
     @abstractmethod
     async def create(self, room_id: str, limits: Limits) -> Sandbox:
-        """Make a sandbox for ``room_id``, labelled with it, ready to spawn in."""
+        """Make a sandbox for ``room_id`` (see :func:`check_room_id`), ready to spawn in.
+
+        Refused while the room has a sandbox that was not destroyed.
+        """
 
     @abstractmethod
     async def cleanup_orphans(self) -> int:
@@ -184,11 +298,3 @@ class Backend(ABC):
 
     async def close(self) -> None:  # noqa: B027 - most backends hold nothing
         """Release the backend's own resources (sandboxes stay until destroyed)."""
-
-
-def check_sandbox_path(path: str) -> str:
-    """Resolve ``path`` (relative to /home/room) to a normal path under /home/room or /tmp."""
-    normal = posixpath.normpath(posixpath.join(SANDBOX_HOME, path))
-    if any(normal.startswith(root + "/") for root in (SANDBOX_HOME, "/tmp")):
-        return normal
-    raise SandboxError(f"files can only be written under {SANDBOX_HOME} or /tmp, not {path!r}")

@@ -23,7 +23,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import shlex
 import shutil
 import signal
@@ -31,6 +30,7 @@ import struct
 import termios
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from replroom.config import Limits, Settings
 from replroom.sandbox.base import (
@@ -42,8 +42,11 @@ from replroom.sandbox.base import (
     Process,
     Sandbox,
     SandboxError,
+    SandboxImage,
     SandboxStats,
+    check_room_id,
     check_sandbox_path,
+    killed_by,
 )
 from replroom.sandbox.cgroups import (
     Cgroup,
@@ -53,11 +56,12 @@ from replroom.sandbox.cgroups import (
     make_parent,
     remove_parent,
 )
+from replroom.sandbox.host import make_directory, mounted_under
 from replroom.sandbox.seccomp import compiled_filter
 from replroom.sandbox.uids import UidLease, UidLeases
 
 UID_LEASES = Path("/run/replroom-uids")
-ROOM_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NOT_BUILT = "room image not built: run `replroom image build`"
 READ_SIZE = 65536
 MS_NOSUID, MS_NODEV = 0x2, 0x4
 MNT_DETACH = 0x2
@@ -80,26 +84,11 @@ def _unmount(target: Path) -> None:
 
 
 def _make_traversable(path: Path) -> None:
-    """Make ``path`` and its missing parents, mode 0711: room uids pass through, never list.
-
-    ``/run`` is emptied at every boot, so nothing here may assume an earlier run.
-    """
-    missing = [p for p in (path, *path.parents) if not p.exists()]
-    for directory in reversed(missing):
-        try:
-            directory.mkdir(mode=0o711)
-            directory.chmod(0o711)
-        except FileExistsError:
-            continue  # made by another server between our look and our mkdir
-        except OSError as error:
-            raise SandboxError(f"cannot create {directory}: {error.strerror}") from None
-
-
-def _mounted_under(root: Path) -> list[Path]:
-    prefix = str(root) + "/"
-    with open("/proc/self/mountinfo") as mountinfo:
-        points = [Path(line.split()[4]) for line in mountinfo]
-    return sorted((p for p in points if str(p).startswith(prefix)), reverse=True)
+    """Make ``path`` and its missing parents, mode 0711: room uids pass through, never list."""
+    try:
+        make_directory(path, 0o711, parents_mode=0o711)
+    except OSError as error:
+        raise SandboxError(f"cannot create {error.filename or path}: {error.strerror}") from None
 
 
 class BwrapBackend(Backend):
@@ -120,15 +109,16 @@ class BwrapBackend(Backend):
         self.uids = uids or UidLeases(UID_LEASES, 2_000_000, 65536)
         self.bwrap = bwrap or shutil.which("bwrap") or "bwrap"
         self.hierarchy = Hierarchy.detect()
-        self._leases: dict[str, UidLease] = {}
+        # A sandbox's resources (directory, cgroup, uid) keep the name it was
+        # made with; rename() changes only the room it counts for.
+        self._leases: dict[str, UidLease] = {}  # by sandbox name
+        self._rooms: dict[str, str] = {}  # room id -> sandbox name, while not destroyed
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BwrapBackend:
-        from replroom.image import current_image  # noqa: PLC0415 - the image module is heavy
-
-        image = current_image(settings)
-        if image is None:
-            raise SandboxError("room image not built: run `replroom image build`")
+    def from_settings(cls, settings: Settings, image: SandboxImage) -> BwrapBackend:
+        """The backend ``settings`` describe, running ``image``, which must be built here."""
+        if not image.rootfs.is_dir():
+            raise SandboxError(NOT_BUILT)
         return cls(
             image.rootfs,
             settings.runtime_dir,
@@ -176,13 +166,11 @@ class BwrapBackend(Backend):
             raise SandboxError(str(error)) from None
 
     async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
-        if not ROOM_ID.match(room_id):
-            raise SandboxError(f"invalid room id {room_id!r}")
-        if room_id in self._leases:
-            raise SandboxError(f"room {room_id} already has a sandbox")
+        self._check_free(check_room_id(room_id))
         if not (self.rootfs / "usr").is_dir():
             raise SandboxError(f"room image not found at {self.rootfs}")
         lease = self._leases[room_id] = self.uids.acquire()
+        self._rooms[room_id] = room_id
         sandbox = BwrapSandbox(self, room_id, limits, lease.uid)
         try:
             sandbox.set_up()
@@ -191,8 +179,23 @@ class BwrapBackend(Backend):
             raise
         return sandbox
 
-    def release(self, room_id: str) -> None:
-        lease = self._leases.pop(room_id, None)
+    def _check_free(self, room_id: str) -> None:
+        # A name in _leases: a pooled sandbox handed to another room still has it.
+        if room_id in self._rooms or room_id in self._leases:
+            raise SandboxError(f"room {room_id} already has a sandbox")
+
+    def move(self, name: str, old_room: str, new_room: str) -> None:
+        """Count the sandbox called ``name`` as ``new_room``'s from now on."""
+        self._check_free(new_room)
+        self._rooms[new_room] = name
+        if self._rooms.get(old_room) == name:
+            del self._rooms[old_room]
+
+    def release(self, name: str, room_id: str) -> None:
+        """The sandbox called ``name``, serving ``room_id``, is gone: its uid is free again."""
+        if self._rooms.get(room_id) == name:
+            del self._rooms[room_id]
+        lease = self._leases.pop(name, None)
         if lease is not None:
             lease.release()
 
@@ -217,15 +220,23 @@ class BwrapBackend(Backend):
         self._kill_room(name)
         Cgroup(self.hierarchy, self.instance, name).remove()
         room_dir = self.rooms_dir / name
-        for point in _mounted_under(room_dir):
+        for point in mounted_under(room_dir):
             _unmount(point)
         shutil.rmtree(room_dir, ignore_errors=True)
 
 
 class BwrapSandbox(Sandbox):
+    """A room's directory, tmpfs, cgroup and uid, all called ``name``: the id it was made with.
+
+    :meth:`rename` changes the room it serves, ``room_id``, and records it in
+    the directory's ``room.json``; the resources keep their name (a cgroup
+    v2 directory cannot be renamed).
+    """
+
     def __init__(self, backend: BwrapBackend, room_id: str, limits: Limits, uid: int) -> None:
         super().__init__(room_id, limits)
         self.backend = backend
+        self.name = room_id
         self.uid = uid
         self.dir = backend.rooms_dir / room_id
         self.writable = self.dir / "rw"
@@ -238,7 +249,7 @@ class BwrapSandbox(Sandbox):
         # removed under a running server (a tmpfs cleaner, a careless operator).
         _make_traversable(self.backend.rooms_dir)
         self.dir.mkdir(mode=0o711)
-        (self.dir / "room.json").write_text(json.dumps({"room": self.room_id, "uid": self.uid}))
+        self._write_room_json()
         self.writable.mkdir(mode=0o700)
         _mount_tmpfs(self.writable, self.limits.disk, self.uid)
         for name, mode in (("home", 0o700), ("tmp", 0o1777), ("shm", 0o1777)):
@@ -247,6 +258,21 @@ class BwrapSandbox(Sandbox):
             os.chown(path, self.uid, self.uid)
             path.chmod(mode)
         self.cgroup.create(self.limits)
+
+    def _write_room_json(self) -> None:
+        # For people looking at the host: which room these resources serve.
+        (self.dir / "room.json").write_text(json.dumps({"room": self.room_id, "uid": self.uid}))
+
+    async def rename(self, room_id: str) -> None:
+        check_room_id(room_id)
+        if room_id == self.room_id:
+            return
+        if self._destroyed:
+            raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
+        self.backend.move(self.name, self.room_id, room_id)
+        self.room_id = room_id
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self._write_room_json)
 
     def _bwrap_argv(
         self, argv: Sequence[str], env: Mapping[str, str], cwd: str, tty: bool, seccomp_fd: int
@@ -311,41 +337,13 @@ class BwrapSandbox(Sandbox):
             raise SandboxError("nothing to run")
         if not self.cgroup.exists():
             raise SandboxError(f"sandbox of room {self.room_id} is gone (its cgroup was removed)")
-        full_env = {**DEFAULT_ENV, **(env or {})}
-        seccomp_read, seccomp_write = os.pipe()
         joined_read, joined_write = os.pipe()
-        fds_to_close = [seccomp_read]
         try:
-            filter_bytes = compiled_filter()
-            # The filter is < 64 KiB, so it fits in the pipe without a reader.
-            os.write(seccomp_write, filter_bytes)
-            os.close(seccomp_write)
-            bwrap_argv = self._bwrap_argv(argv, full_env, cwd, tty, seccomp_read)
-            command = self._launcher(bwrap_argv, joined_write)
-            oom_before = self.cgroup.oom_kills()
-            if tty:
-                master, slave = os.openpty()
-                fds_to_close.append(slave)
-                _set_size(master, cols, rows)
-                os.set_blocking(master, False)
-                proc = await asyncio.create_subprocess_exec(
-                    *command, stdin=slave, stdout=slave, stderr=slave,
-                    pass_fds=(seccomp_read,), env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                    start_new_session=True,
-                )  # fmt: skip
-                process: BwrapProcess = PtyProcess(self, proc, oom_before, master)
-            else:
-                proc = await asyncio.create_subprocess_exec(
-                    *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, pass_fds=(seccomp_read,),
-                    env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-                )  # fmt: skip
-                process = PipeProcess(self, proc, oom_before)
-        finally:
-            for fd in fds_to_close:
-                os.close(fd)
-        self._processes.add(process)
-        try:
+            process = await self._start(
+                argv, {**DEFAULT_ENV, **(env or {})}, cwd=cwd, tty=tty, size=(cols, rows),
+                joined_fd=joined_write,
+            )  # fmt: skip
+            self._processes.add(process)
             joined = await _joined(joined_read, process)
         finally:
             os.close(joined_read)
@@ -357,6 +355,51 @@ class BwrapSandbox(Sandbox):
             )
         return process
 
+    async def _start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        *,
+        cwd: str,
+        tty: bool,
+        size: tuple[int, int],
+        joined_fd: int,
+    ) -> BwrapProcess:
+        """Start the launcher on a new pty or on pipes; bwrap reads the filter from a pipe."""
+        seccomp_read, seccomp_write = os.pipe()
+        fds_to_close = [seccomp_read]
+        try:
+            try:
+                # The filter is < 64 KiB, so it fits in the pipe without a reader.
+                os.write(seccomp_write, compiled_filter())
+            finally:
+                os.close(seccomp_write)
+            command = self._launcher(self._bwrap_argv(argv, env, cwd, tty, seccomp_read), joined_fd)
+            path = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            oom_before = self.cgroup.oom_kills()
+            if not tty:
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT, pass_fds=(seccomp_read,), env=path,
+                )  # fmt: skip
+                return PipeProcess(self, proc, oom_before)
+            master, slave = os.openpty()
+            fds_to_close.append(slave)
+            _set_size(master, *size)
+            os.set_blocking(master, False)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *command, stdin=slave, stdout=slave, stderr=slave, pass_fds=(seccomp_read,),
+                    env=path, start_new_session=True,
+                )  # fmt: skip
+            except BaseException:
+                os.close(master)
+                raise
+            return PtyProcess(self, proc, oom_before, master)
+        finally:
+            for fd in fds_to_close:
+                os.close(fd)
+
     async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         if self._destroyed:
             raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
@@ -366,45 +409,14 @@ class BwrapSandbox(Sandbox):
         await asyncio.to_thread(self._write_file, target, data, mode)
 
     def _write_file(self, target: str, data: bytes, mode: int) -> None:
-        # The room owns this tree and may have planted symlinks: walk it one
-        # component at a time without following any, so the write cannot
-        # escape to the host.
         if target.startswith(SANDBOX_HOME + "/"):
             root, relative = self.writable / "home", target.removeprefix(SANDBOX_HOME + "/")
         else:
             root, relative = self.writable / "tmp", target.removeprefix("/tmp/")
-        parts = relative.split("/")
-        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-        directory = os.open(root, flags)
         try:
-            for part in parts[:-1]:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(part, 0o755, dir_fd=directory)
-                    os.chown(part, self.uid, self.uid, dir_fd=directory, follow_symlinks=False)
-                try:
-                    child = os.open(part, flags, dir_fd=directory)
-                except OSError as error:
-                    raise SandboxError(f"cannot write {target}: {error.strerror}") from None
-                os.close(directory)
-                directory = child
-            write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-            try:
-                fd = os.open(parts[-1], write_flags, mode, dir_fd=directory)
-            except OSError as error:
-                raise SandboxError(f"cannot write {target}: {error.strerror}") from None
-            try:
-                os.fchown(fd, self.uid, self.uid)
-                os.fchmod(fd, mode)
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-            except OSError as error:
-                raise SandboxError(f"cannot write {target}: {error.strerror}") from None
-            finally:
-                os.close(fd)
-        finally:
-            os.close(directory)
+            _write_below(root, relative, data, mode, self.uid)
+        except OSError as error:
+            raise SandboxError(f"cannot write {target}: {error.strerror}") from None
 
     async def stats(self) -> SandboxStats:
         if self._destroyed:
@@ -423,24 +435,57 @@ class BwrapSandbox(Sandbox):
             return
         self._destroyed = True
         try:
-            await asyncio.to_thread(self.backend._kill_room, self.room_id)
+            await asyncio.to_thread(self.backend._kill_room, self.name)
             # Reap our own children first, or their zombies keep the cgroup busy.
             for process in list(self._processes):
                 await process.wait()
                 process.close()
-            await asyncio.to_thread(self.backend._remove_room_resources, self.room_id)
+            await asyncio.to_thread(self.backend._remove_room_resources, self.name)
         finally:
-            self.backend.release(self.room_id)
+            self.backend.release(self.name, self.room_id)
+
+
+def _write_below(root: Path, relative: str, data: bytes, mode: int, uid: int) -> None:
+    """Write ``root/relative`` as ``uid``, making its directories, following no symlink.
+
+    The room owns this tree and may have planted symlinks: it is walked one
+    component at a time without following any, so the write cannot escape
+    to the host.
+    """
+    parts = relative.split("/")
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    directory = os.open(root, flags)
+    try:
+        for part in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=directory)
+                os.chown(part, uid, uid, dir_fd=directory, follow_symlinks=False)
+            child = os.open(part, flags, dir_fd=directory)
+            os.close(directory)
+            directory = child
+        write_flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(parts[-1], write_flags, mode, dir_fd=directory)
+        try:
+            os.fchown(fd, uid, uid)
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+    finally:
+        os.close(directory)
 
 
 async def _joined(fd: int, process: BwrapProcess) -> bool:
     """Wait for the launcher's word on ``fd``, or for it to end without a word."""
     loop = asyncio.get_running_loop()
-    readable = loop.create_future()
-    loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+    readable: asyncio.Future[None] = loop.create_future()
+    loop.add_reader(fd, _resolve, readable)
     ended = asyncio.ensure_future(process.proc.wait())
+    either: set[asyncio.Future[Any]] = {readable, ended}
     try:
-        await asyncio.wait({readable, ended}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
     finally:
         loop.remove_reader(fd)
         ended.cancel()
@@ -474,14 +519,10 @@ class BwrapProcess(Process):
         return self._status
 
     def _classify(self, returncode: int) -> ExitStatus:
-        # bwrap reports a child killed by signal N as exit code 128 + N.
-        if returncode > 128 and returncode - 128 < signal.NSIG:
-            returncode = -(returncode - 128)
-        # Any OOM kill in the room since this process started, with this
-        # process dying of SIGKILL, is taken as its own: rooms are small and
-        # the kernel's OOM killer picks the largest process.
-        oom = returncode == -signal.SIGKILL and self.sandbox.cgroup.oom_kills() > self._oom_before
-        return ExitStatus.from_returncode(returncode, oom=oom)
+        if killed_by(returncode) != signal.SIGKILL:
+            return ExitStatus.classify(returncode)
+        ooms = self.sandbox.cgroup.oom_kills() - self._oom_before
+        return ExitStatus.classify(returncode, oom_kills=ooms)
 
     def close(self) -> None:
         """Release what the process holds on our side (its pty)."""

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replroom.config import Limits
+from replroom.sandbox.host import mounts
 
 CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
@@ -32,17 +33,13 @@ def _mounts() -> tuple[dict[str, Path], Path | None]:
     """Find the v1 controller mount points and the v2 mount point."""
     v1: dict[str, Path] = {}
     v2: Path | None = None
-    with open("/proc/self/mountinfo") as mountinfo:
-        for line in mountinfo:
-            left, _, right = line.partition(" - ")
-            mount_point = Path(left.split()[4])
-            fstype, _source, options = right.split()[:3]
-            if fstype == "cgroup2":
-                v2 = mount_point
-            elif fstype == "cgroup":
-                for option in options.split(","):
-                    if option in V1_CONTROLLERS:
-                        v1[option] = mount_point
+    for mount in mounts():
+        if mount.fstype == "cgroup2":
+            v2 = mount.point
+        elif mount.fstype == "cgroup":
+            for option in mount.options:
+                if option in V1_CONTROLLERS:
+                    v1[option] = mount.point
     return v1, v2
 
 
@@ -154,11 +151,6 @@ class Cgroup:
         """Files a process writes ``0`` into to join this cgroup everywhere."""
         dirs = {*self.v1_dirs.values(), *filter(None, [self.v2_dir])}
         return sorted(d / "cgroup.procs" for d in dirs)
-
-    def allow_owner(self, uid: int) -> None:
-        """Let ``uid`` move itself in (the spawner joins before dropping nothing else)."""
-        for procs in self.procs_files:
-            os.chown(procs, uid, -1)
 
     def pids(self) -> list[int]:
         directory = self.v1_dirs.get("pids") or self.v1_dirs.get("freezer") or self.v2_dir

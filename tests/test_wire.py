@@ -3,6 +3,8 @@ and what is derived from them (the CLI's help; scripts/generate.py checks the ge
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from replroom import protocol
@@ -18,6 +20,12 @@ def test_every_error_and_close_code_is_in_its_table() -> None:
     for code, close in protocol.CLOSE_CODES.items():
         assert close.room or close.editor, f"{code!r} is used by neither socket"
         assert close.meaning
+
+
+def test_index_html_joins_with_the_protocol_version() -> None:
+    # Its inline script (the early join) cannot import the generated protocol.ts.
+    index = (Path(__file__).parent.parent / "web/index.html").read_text()
+    assert f'type: "join", v: {protocol.PROTOCOL_VERSION},' in index
 
 
 def test_the_old_close_names_are_the_enums() -> None:

@@ -40,6 +40,7 @@ def _settings(args: argparse.Namespace, **overrides: object) -> Settings:
     if getattr(args, "runtime", None):
         overrides["docker_runtime"] = args.runtime
     try:
+        # Values of any type: Settings checks them (the ValidationError below).
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as error:
         _fail(_first_error(error))

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import TypeAdapter
-from pydantic.json_schema import GenerateJsonSchema
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode
 
 from replroom import protocol
 from replroom.config import settings_help
@@ -70,12 +70,12 @@ class _Schema(GenerateJsonSchema):
 
 def message_schema() -> dict[str, Any]:
     """One JSON Schema: the room socket's two directions, every type in its $defs."""
-    adapters = [
+    adapters: list[tuple[str, JsonSchemaMode, TypeAdapter[Any]]] = [
         ("ClientMessage", "validation", protocol.client_message_adapter),
         ("ServerMessage", "serialization", protocol.server_message_adapter),
     ]
     keys, definitions = TypeAdapter.json_schemas(
-        adapters,  # type: ignore[arg-type]  # the adapters' item types differ; any is fine
+        adapters,
         schema_generator=_Schema,
         ref_template="#/$defs/{model}",
     )
@@ -84,7 +84,7 @@ def message_schema() -> dict[str, Any]:
         if "description" in schema:
             schema["description"] = schema["description"].replace("``", "`")
     for name, mode, _ in adapters:
-        union = {"title": name, **keys[(name, mode)]}  # type: ignore[index]
+        union = {"title": name, **keys[(name, mode)]}
         union.pop("discriminator")  # the `type` constants say it
         defs[name] = union
     # json-schema-to-typescript names the types it reaches from an object at the root.

@@ -102,6 +102,8 @@ def message_schema() -> dict[str, Any]:
 
 
 def message_types() -> str:
+    if not JSON2TS.exists():
+        sys.exit(f"generate: {JSON2TS.relative_to(ROOT)} is missing: run scripts/setup (npm ci)")
     result = subprocess.run(
         [
             str(JSON2TS),

@@ -32,7 +32,6 @@ class Language:
     editor_mode: str  # CodeMirror 6 language name
     repl: tuple[str, ...]  # argv of the interactive REPL, run on a pty
     run: tuple[str, ...]  # argv to run a file; "{path}" is replaced by the file's path
-    version: tuple[str, ...]  # argv that prints the runtime's version
     prompt: re.Pattern[bytes]  # matches the end of the output when the REPL waits for input
     load_format: str  # the load line, with "{path}" for the quoted path
     quote: Callable[[str], str]  # turns a path into a literal of the language
@@ -154,7 +153,6 @@ LANGUAGES: dict[str, Language] = {
             editor_mode="python",
             repl=("python3", "-q"),
             run=("python3", "{path}"),
-            version=("python3", "--version"),
             prompt=re.compile(rb">>> \Z"),
             # compile() with the file name gives tracebacks that point into
             # the file; reading bytes lets Python apply its own source
@@ -172,7 +170,6 @@ LANGUAGES: dict[str, Language] = {
             editor_mode="javascript",
             repl=("node",),
             run=("node", "{path}"),
-            version=("node", "--version"),
             prompt=re.compile(rb"(?<![.>])> \Z"),
             # .load types the file into the REPL as one block (editor mode):
             # multi-line functions, top-level await and let/const that stay
@@ -201,7 +198,6 @@ LANGUAGES: dict[str, Language] = {
             # code run from a file is not affected.
             repl=("irb", "--nomultiline"),
             run=("ruby", "{path}"),
-            version=("ruby", "--version"),
             prompt=re.compile(rb"irb\([^\r\n]*\):\d+:0> \Z"),
             # Methods, classes and constants stay defined; local variables do
             # not, because load runs the file in its own top-level scope.
@@ -216,7 +212,6 @@ LANGUAGES: dict[str, Language] = {
             editor_mode="shell",
             repl=("bash", "--norc", "-i"),
             run=("bash", "{path}"),
-            version=("bash", "--version"),
             prompt=re.compile(rb"room:[^\r\n]*\$ \Z"),
             load_format="source {path}",
             quote=_relative_as_path(shell_word),

@@ -253,12 +253,17 @@ class Sandbox(ABC):
     async def rename(self, room_id: str) -> None:
         """Serve ``room_id`` from now on, under its name (a pooled sandbox's hand-off).
 
-        Afterwards ``self.room_id`` is ``room_id``, messages name it, and the
-        backend counts the sandbox as that room's: ``create(room_id)`` is
-        refused until it is destroyed. What the host shows follows as far as
-        it can (see each backend). Raises :class:`SandboxError`, changing
-        nothing, when the room already has a sandbox or the backend cannot
-        do it now.
+        What carries the room's name afterwards: ``self.room_id`` (so every
+        message names the room), the backend's count of which room has a
+        sandbox (``create(room_id)`` is refused until this one is
+        destroyed), and what the host shows as far as it can: docker renames
+        the container ``replroom-<room_id>`` (its labels, fixed for a
+        container's life, keep the id it was made with); bwrap writes the
+        room into its directory's ``room.json`` (its directory, cgroup and
+        uid keep their name: a cgroup v2 directory cannot be renamed).
+
+        Raises :class:`SandboxError`, changing nothing, when the room already
+        has a sandbox or the backend cannot do it now.
         """
 
     @abstractmethod

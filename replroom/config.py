@@ -2,7 +2,9 @@
 
 Values come from (highest priority first) explicit arguments, ``REPLROOM_*``
 environment variables, the TOML file named by ``REPLROOM_CONFIG`` and the
-defaults below. Every default is the safe one; see docs/configuration.md.
+defaults below. Every default is the safe one. Each field's description is its
+documentation: docs/configuration.md's table (scripts/generate.py) and the
+CLI's help (``settings_help``) are made from the fields.
 """
 
 from __future__ import annotations

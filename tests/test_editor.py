@@ -43,6 +43,7 @@ from replroom import editor as editor_module
 from replroom.editor import TEXT_NAME, ChannelState, EditorSync, wire
 from replroom.editor import channel as editor_channel
 from replroom.editor import document as editor_document
+from replroom.editor import sync as editor_sync
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # generous bound on any single wait; tests finish far sooner
@@ -655,8 +656,11 @@ async def test_stop_disconnects_clients_with_1012(tmp_path: Path) -> None:
 
 
 async def test_cancelled_serve_leaves_the_socket_to_its_caller(
-    url: str, editor: EditorSync
+    url: str, editor: EditorSync, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # serve() returns as soon as what was queued went out, not after the grace
+    # period for a peer that stopped reading.
+    monkeypatch.setattr(editor_sync, "WRITER_GRACE", 3600)
     server = editor._server
     assert server is not None
     name = f"{ROOM}/python"

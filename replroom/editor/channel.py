@@ -136,8 +136,10 @@ class Channel:
         try:
             while self.state in (ChannelState.OPEN, ChannelState.RELEASED):
                 item = await self._outbox.get()
-                if item is None:
-                    continue  # a wake-up: the state changed
+                if item is None:  # the state changed; released: all before it went out
+                    if self.state is ChannelState.RELEASED:
+                        break
+                    continue
                 self._queued -= len(item)
                 await self._websocket.send_bytes(item)
             if self.state is ChannelState.CLOSING and self._close_frame is not None:

@@ -21,6 +21,7 @@ from pycrdt import (
     handle_sync_message,
 )
 
+from replroom import protocol
 from replroom.editor.channel import Channel, MiB
 from replroom.editor.database import Database
 from replroom.editor.wire import (
@@ -194,6 +195,15 @@ class Document:
             self._wake.set()
 
     async def _relay(self) -> None:
+        try:
+            await self._relay_batches()
+        except Exception:
+            # Clients reconnect (1011) and the document is reloaded, its changes
+            # saved by the snapshot on unload.
+            log.exception("editor %s: relaying updates failed", self.name)
+            self.close_clients(protocol.CLOSE_INTERNAL, "internal error")
+
+    async def _relay_batches(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -15,8 +15,6 @@ from replroom.editor.document import Document
 
 log = logging.getLogger(__name__)
 
-CLOSE_ERROR = protocol.CLOSE_INTERNAL
-
 
 class Unavailable(Exception):
     """The editor is stopping: the client should come back later."""
@@ -55,7 +53,7 @@ class EditorServer:
                 # goes without a snapshot (its committed updates stay stored).
                 log.error("editor %s: pycrdt panicked", document.name, exc_info=error)
                 document.broken = True
-                document.close_clients(CLOSE_ERROR, "internal error")
+                document.close_clients(protocol.CLOSE_INTERNAL, "internal error")
             raise
         finally:
             document.leave(channel)

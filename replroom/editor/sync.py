@@ -15,7 +15,7 @@ from replroom import protocol
 from replroom.editor.channel import Channel, close_quietly
 from replroom.editor.database import Database
 from replroom.editor.document import apply_stored, text_of
-from replroom.editor.server import CLOSE_ERROR, EditorServer, Unavailable, is_panic
+from replroom.editor.server import EditorServer, Unavailable, is_panic
 from replroom.editor.wire import CLOSE_POLICY
 
 log = logging.getLogger(__name__)
@@ -79,11 +79,11 @@ class EditorSync:
             channel.close(protocol.CLOSE_SHUTDOWN, "the server is restarting")
         except Exception:
             log.exception("editor %s: serving a client failed", doc_name)
-            channel.close(CLOSE_ERROR, "internal error")
+            channel.close(protocol.CLOSE_INTERNAL, "internal error")
         except BaseException as error:
             if not is_panic(error):
                 raise
-            channel.close(CLOSE_ERROR, "internal error")
+            channel.close(protocol.CLOSE_INTERNAL, "internal error")
         finally:
             channel.release()
             # A peer that stopped reading must not hold this up for ever.

@@ -40,10 +40,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from replroom import editor as editor_module
+from replroom import protocol
 from replroom.editor import TEXT_NAME, ChannelState, EditorSync, wire
 from replroom.editor import channel as editor_channel
 from replroom.editor import document as editor_document
 from replroom.editor import sync as editor_sync
+from replroom.protocol import CloseCode
 
 REPO = Path(__file__).resolve().parent.parent
 WAIT = 10.0  # generous bound on any single wait; tests finish far sooner
@@ -96,7 +98,7 @@ def _uvicorn(editor: EditorSync) -> uvicorn.Server:
         make_app(editor),
         log_level="warning",
         lifespan="off",
-        ws_max_size=4 * editor_module.MiB,  # so that the editor's own 1 MiB limit is what acts
+        ws_max_size=4 * protocol.MiB,  # so that the editor's own 1 MiB limit is what acts
     )
     return uvicorn.Server(config)
 
@@ -172,7 +174,7 @@ class YClient:
 
     @classmethod
     async def open(cls, url: str, *, sync: bool = True) -> YClient:
-        ws = await connect(url, max_size=16 * editor_module.MiB, open_timeout=WAIT)
+        ws = await connect(url, max_size=16 * protocol.MiB, open_timeout=WAIT)
         client = cls(ws)
         await ws.send(create_sync_message(client.doc))
         if sync:
@@ -560,7 +562,7 @@ async def test_oversized_document_is_refused(url: str, editor: EditorSync) -> No
         await filler.insert(0, chunk)
         await other.wait_for(lambda: len(other.text) == 2 * len(chunk))
         await filler.insert(0, chunk)
-        assert await filler.wait_closed() == editor_module.CLOSE_DOC_TOO_LARGE
+        assert await filler.wait_closed() == CloseCode.DOC_TOO_LARGE
         assert "too large" in filler.close_reason
         assert len(await editor.text(f"{ROOM}/python")) == 2 * len(chunk)
         # Edits that keep it under the limit still go through, deletions too.
@@ -579,7 +581,7 @@ async def test_oversized_document_is_refused(url: str, editor: EditorSync) -> No
 async def test_a_client_that_stops_reading_is_dropped(
     url: str, editor: EditorSync, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(editor_channel, "MAX_OUTBOX", editor_module.MiB)
+    monkeypatch.setattr(editor_channel, "MAX_OUTBOX", protocol.MiB)
     server = editor._server
     assert server is not None
     name = f"{ROOM}/python"

@@ -16,21 +16,14 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketState
 
 from replroom import protocol
-from replroom.editor.wire import (
-    CLOSE_BAD_MESSAGE,
-    CLOSE_SLOW,
-    CLOSE_UNSUPPORTED,
-    BadMessage,
-    Message,
-    parse_message,
-)
+from replroom.editor.wire import BadMessage, Message, parse_message
+from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
-MiB = 1024 * 1024
-MAX_MESSAGE_SIZE = 1 * MiB
+MAX_MESSAGE_SIZE = protocol.MAX_EDITOR_MESSAGE
 """Largest y-websocket message a client may send; bigger ones close the connection."""
-MAX_OUTBOX = 8 * MiB
+MAX_OUTBOX = protocol.MAX_EDITOR_BEHIND
 """Output queued for one client; a client that falls further behind is disconnected."""
 
 
@@ -92,14 +85,14 @@ class Channel:
             try:
                 yield parse_message(data)
             except BadMessage as error:
-                self.refuse(CLOSE_BAD_MESSAGE, f"malformed y-protocol message: {error}")
+                self.refuse(CloseCode.BAD_DATA, f"malformed y-protocol message: {error}")
 
     def enqueue(self, message: bytes) -> None:
         """Queue a message for the client; one that fell too far behind is disconnected."""
         if self.state is not ChannelState.OPEN:
             return
         if self._queued + len(message) > MAX_OUTBOX:
-            self.refuse(CLOSE_SLOW, "too far behind: reconnect")
+            self.refuse(CloseCode.TOO_SLOW, "too far behind: reconnect")
             return
         self._queued += len(message)
         self._outbox.put_nowait(message)
@@ -185,11 +178,11 @@ class Channel:
             return None
         data = message.get("bytes")
         if data is None:
-            self.refuse(CLOSE_UNSUPPORTED, "y-websocket messages are binary")
+            self.refuse(CloseCode.UNSUPPORTED, "y-websocket messages are binary")
             return None
         if len(data) > MAX_MESSAGE_SIZE:
-            limit = MAX_MESSAGE_SIZE // MiB
-            self.refuse(protocol.CLOSE_TOO_BIG, f"message over {limit} MiB")
+            limit = protocol.size_text(MAX_MESSAGE_SIZE)
+            self.refuse(CloseCode.TOO_BIG, f"message over {limit}")
             return None
         return bytes(data)
 

@@ -22,22 +22,16 @@ from pycrdt import (
 )
 
 from replroom import protocol
-from replroom.editor.channel import Channel, MiB
+from replroom.editor.channel import Channel
 from replroom.editor.database import Database
-from replroom.editor.wire import (
-    CLOSE_BAD_MESSAGE,
-    CLOSE_DOC_TOO_LARGE,
-    EMPTY_UPDATE,
-    MESSAGE_AWARENESS,
-    MESSAGE_SYNC,
-    Message,
-)
+from replroom.editor.wire import EMPTY_UPDATE, MESSAGE_AWARENESS, MESSAGE_SYNC, Message
+from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
 TEXT_NAME = "codemirror"
 """The Y.Text the web client binds CodeMirror to: ``ydoc.getText("codemirror")``."""
-MAX_DOC_SIZE = 2 * MiB
+MAX_DOC_SIZE = protocol.MAX_EDITOR_DOC
 """Largest encoded document (about that much text); updates beyond it are refused."""
 COMPACT_ROWS = 1000
 COMPACT_BYTES = 4 * MAX_DOC_SIZE
@@ -137,14 +131,14 @@ class Document:
             if channel.read_only:
                 return  # a spectator's edit: dropped
             if not self._admit(message.payload):
-                limit = MAX_DOC_SIZE // MiB
-                channel.refuse(CLOSE_DOC_TOO_LARGE, f"document too large (limit {limit} MiB)")
+                limit = protocol.size_text(MAX_DOC_SIZE)
+                channel.refuse(CloseCode.DOC_TOO_LARGE, f"document too large (limit {limit})")
                 return
         try:
             reply = handle_sync_message(message.raw[1:], self.doc)
         except Exception as error:
             log.warning("editor %s: a client's message failed: %r", self.name, error)
-            channel.close(CLOSE_BAD_MESSAGE, "malformed y-protocol message")
+            channel.close(CloseCode.BAD_DATA, "malformed y-protocol message")
             return
         if reply is not None:  # to a sync step 1
             self._outgoing.append(_Reply(channel, reply))
@@ -201,7 +195,7 @@ class Document:
             # Clients reconnect (1011) and the document is reloaded, its changes
             # saved by the snapshot on unload.
             log.exception("editor %s: relaying updates failed", self.name)
-            self.close_clients(protocol.CLOSE_INTERNAL, "internal error")
+            self.close_clients(CloseCode.INTERNAL, "internal error")
 
     async def _relay_batches(self) -> None:
         while True:

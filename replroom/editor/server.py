@@ -8,10 +8,10 @@ import functools
 import logging
 from collections.abc import Callable
 
-from replroom import protocol
 from replroom.editor.channel import Channel
 from replroom.editor.database import Database
 from replroom.editor.document import Document
+from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class EditorServer:
                 # goes without a snapshot (its committed updates stay stored).
                 log.error("editor %s: pycrdt panicked", document.name, exc_info=error)
                 document.broken = True
-                document.close_clients(protocol.CLOSE_INTERNAL, "internal error")
+                document.close_clients(CloseCode.INTERNAL, "internal error")
             raise
         finally:
             document.leave(channel)
@@ -84,7 +84,7 @@ class EditorServer:
             shutdowns = []
             for name, document in list(self.documents.items()):
                 if room_of(name) == room_id:
-                    document.close_clients(protocol.CLOSE_NOT_FOUND, "room not found")
+                    document.close_clients(CloseCode.NOT_FOUND, "room not found")
                     shutdowns.append(self._shut(document, persist=False))
             await asyncio.gather(*shutdowns, return_exceptions=True)
             await self._database.delete_room(room_id)
@@ -99,7 +99,7 @@ class EditorServer:
             with contextlib.suppress(Exception):
                 await asyncio.shield(loading)
         for document in list(self.documents.values()):
-            document.close_clients(protocol.CLOSE_SHUTDOWN, "the server is restarting")
+            document.close_clients(CloseCode.RESTARTING, "the server is restarting")
             self._shut(document, persist=not document.broken)
         await asyncio.gather(*self._shutdowns, return_exceptions=True)
 

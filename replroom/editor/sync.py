@@ -11,12 +11,11 @@ from typing import Any
 from pycrdt import Doc
 from starlette.websockets import WebSocket
 
-from replroom import protocol
 from replroom.editor.channel import Channel, close_quietly
 from replroom.editor.database import Database
 from replroom.editor.document import apply_stored, text_of
 from replroom.editor.server import EditorServer, Unavailable, is_panic
-from replroom.editor.wire import CLOSE_POLICY
+from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +64,25 @@ class EditorSync:
         If the caller cancels this, the WebSocket is left open for the caller to close.
         """
         if not (0 < len(doc_name) <= MAX_DOC_NAME and doc_name.isprintable()):
-            await close_quietly(websocket, CLOSE_POLICY, "bad document name")
+            await close_quietly(websocket, CloseCode.POLICY, "bad document name")
             return
         server = self._server
         if server is None or server.closing:
-            await close_quietly(websocket, protocol.CLOSE_SHUTDOWN, "the editor is not running")
+            await close_quietly(websocket, CloseCode.RESTARTING, "the editor is not running")
             return
         channel = Channel(websocket, doc_name, read_only=read_only)
         writer = asyncio.create_task(channel.run_writer(), name=f"editor-writer {doc_name}")
         try:
             await server.serve(channel)
         except Unavailable:
-            channel.close(protocol.CLOSE_SHUTDOWN, "the server is restarting")
+            channel.close(CloseCode.RESTARTING, "the server is restarting")
         except Exception:
             log.exception("editor %s: serving a client failed", doc_name)
-            channel.close(protocol.CLOSE_INTERNAL, "internal error")
+            channel.close(CloseCode.INTERNAL, "internal error")
         except BaseException as error:
             if not is_panic(error):
                 raise
-            channel.close(protocol.CLOSE_INTERNAL, "internal error")
+            channel.close(CloseCode.INTERNAL, "internal error")
         finally:
             channel.release()
             # A peer that stopped reading must not hold this up for ever.

@@ -31,13 +31,6 @@ MAX_AWARENESS_ENTRIES = 256
 MAX_VAR_UINT = 2**53
 """The largest integer a JavaScript peer represents exactly."""
 
-# Close codes of the editor socket besides the room protocol's (docs/editor.md).
-CLOSE_UNSUPPORTED = 1003  # a text frame: y-websocket sends binary frames only
-CLOSE_BAD_MESSAGE = 1007  # a malformed y-protocol message
-CLOSE_POLICY = 1008  # an unusable document name
-CLOSE_SLOW = 1013  # the client fell too far behind; it resyncs when it reconnects
-CLOSE_DOC_TOO_LARGE = 4413  # the update would make the document exceed its size limit
-
 
 class BadMessage(Exception):
     """A client's message breaks the y-protocols format; the text says how."""

@@ -62,7 +62,7 @@ class Channel:
         self.read_only = read_only
         self.awareness_ids: set[int] = set()
         """The awareness client ids this connection announced and has not withdrawn."""
-        self.state = ChannelState.OPEN
+        self._state = ChannelState.OPEN
         self._websocket = websocket
         self._outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._queued = 0
@@ -70,6 +70,10 @@ class Channel:
         self._stopped = asyncio.Event()  # set when the state leaves OPEN
         self._receiving: asyncio.Future[Any] | None = None
         self._stop_waiter: asyncio.Future[Any] | None = None
+
+    @property
+    def state(self) -> ChannelState:
+        return self._state
 
     @property
     def closed(self) -> bool:
@@ -137,7 +141,8 @@ class Channel:
                 await self._websocket.send_bytes(item)
             if self.state is ChannelState.CLOSING and self._close_frame is not None:
                 await close_quietly(self._websocket, *self._close_frame)
-                self._become(ChannelState.CLOSED)
+                if self.state is ChannelState.CLOSING:
+                    self._become(ChannelState.CLOSED)
         except Exception:
             self._went_away()
 
@@ -148,7 +153,7 @@ class Channel:
                 f"editor connection to {self.doc_name}: cannot become {state.value}"
                 f" when {self.state.value}"
             )
-        self.state = state
+        self._state = state
         self._stopped.set()
         self._outbox.put_nowait(None)  # wakes the writer
 

@@ -154,7 +154,11 @@ class Document:
         self._changed = False
         if snapshot == EMPTY_UPDATE and self._stored_rows == 0:
             return
-        await self._database.replace(self.name, snapshot)
+        try:
+            await self._database.replace(self.name, snapshot)
+        except BaseException:
+            self._changed = True  # the snapshot on unload tries again
+            raise
         self._stored_rows, self._stored_bytes = 1, len(snapshot)
 
     def _admit(self, update: bytes) -> bool:

@@ -38,6 +38,8 @@ from typing import Any
 
 import aiosqlite
 
+from replroom.protocol import MemberRole
+
 log = logging.getLogger(__name__)
 
 Migration = str | Callable[[sqlite3.Connection], None]
@@ -190,18 +192,20 @@ class RoomRecord:
     # REPLs' state is gone, and the next members are told so.
     had_sandbox: bool = False
 
-    def role_of(self, token: str) -> str | None:
-        """``"owner"``, ``"member"``, ``"spectator"`` or None for this link token."""
+    def role_of(self, token: str) -> MemberRole | None:
+        """Whose link this token is; None if none of the room's."""
         if token_matches(token, self.owner_hash):
-            return "owner"
+            return MemberRole.OWNER
         if token_matches(token, self.invite_hash):
-            return "member"
+            return MemberRole.MEMBER
         if token_matches(token, self.spectator_hash):
-            return "spectator"
+            return MemberRole.SPECTATOR
         return None
 
 
 class Store:
+    """The rooms database: each write one transaction, refused whole with StorageError."""
+
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 

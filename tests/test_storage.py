@@ -14,6 +14,7 @@ import pytest
 
 from replroom import storage
 from replroom.editor import EditorSync
+from replroom.protocol import MemberRole
 from replroom.storage import MIGRATIONS, SchemaTooNew, Store, connect, derive_token, migrate
 
 pytestmark = pytest.mark.fast
@@ -73,9 +74,9 @@ async def test_the_rooms_of_release_0_1_0_open_with_their_links(tmp_path: Path) 
     assert (first.created_at, second.last_active_at) == (1764400000.0, 1764403601.0)
     for record in (first, second):
         owner, generation = OWNER_TOKENS[record.id]
-        assert record.role_of(owner) == "owner"
-        assert record.role_of(derive_token(owner, "invite", generation)) == "member"
-        assert record.role_of(derive_token(owner, "spectator", generation)) == "spectator"
+        assert record.role_of(owner) is MemberRole.OWNER
+        assert record.role_of(derive_token(owner, "invite", generation)) is MemberRole.MEMBER
+        assert record.role_of(derive_token(owner, "spectator", generation)) is MemberRole.SPECTATOR
         assert record.role_of(derive_token(owner, "invite", generation + 1)) is None
     assert user_version(db) == len(MIGRATIONS)
 
@@ -87,7 +88,7 @@ async def test_a_schema_1_database_gains_the_sandbox_column(tmp_path: Path) -> N
     try:
         record = await store.get_room(FIRST)
         assert record is not None and not record.had_sandbox
-        assert record.role_of("owner-token-one") == "owner"
+        assert record.role_of("owner-token-one") is MemberRole.OWNER
         await store.set_had_sandbox(FIRST, True)
         again = await store.get_room(FIRST)
         assert again is not None and again.had_sandbox

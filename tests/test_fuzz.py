@@ -45,10 +45,10 @@ from starlette.routing import Route
 
 from replroom import editor as editor_module
 from replroom import protocol
-from replroom.app import INTERNAL_ERROR as INTERNAL_MESSAGE
-from replroom.app import MAX_INBOX
-from replroom.app import _HttpGuard as HttpGuard
 from replroom.languages import LANGUAGES
+from replroom.protocol import MAX_PENDING_INPUT
+from replroom.routes.common import INTERNAL_ERROR as INTERNAL_MESSAGE
+from replroom.routes.guards import HttpGuard
 from tests.client import RoomClient, Server
 
 settings.register_profile(
@@ -731,7 +731,7 @@ async def test_a_repl_that_stops_reading_holds_up_no_one(server: Server) -> None
         await typist.wait_output(">>> ")
         await typist.type(XOFF)
         chunk = b"a" * protocol.MAX_INPUT_FRAME
-        for _ in range(2 * MAX_INBOX // len(chunk)):
+        for _ in range(2 * MAX_PENDING_INPUT // len(chunk)):
             await typist.type(chunk)
         await typist.wait_message("error", code="busy")
         resets = typist.resets

@@ -1,0 +1,266 @@
+"""A room: its members, the terminal they share, and the supervisor of its sandbox.
+
+A :class:`Room` exists in memory while it has members or a sandbox; its
+durable state (links, language) is a :class:`~replroom.storage.RoomRecord`.
+It composes :class:`~replroom.room.members.Members`,
+:class:`~replroom.room.terminal.SharedTerminal` and
+:class:`~replroom.room.supervisor.Supervisor`, and does what needs all of
+them: joining and leaving, keystrokes, switching language, Run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Callable
+from typing import Protocol, cast
+
+from replroom import protocol
+from replroom.config import Limits
+from replroom.languages import LANGUAGES, get_language
+from replroom.protocol import (
+    EditorInfo,
+    ErrorCode,
+    LanguageInfo,
+    LimitsInfo,
+    Links,
+    MemberRole,
+    NoticeLevel,
+    RoomInfo,
+)
+from replroom.room.members import Member, Members
+from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
+from replroom.room.tasks import Background
+from replroom.room.terminal import Sender, SharedTerminal
+from replroom.sandbox import Process, Sandbox, SandboxError
+from replroom.storage import RoomRecord, StorageError, Store, hash_token
+
+RUN_DIR = "/tmp/replroom-run"
+READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
+# Seconds a REPL may take to accept keystrokes before they are dropped: one that
+# stopped reading (Ctrl-S stops its output, and so its reading) must not hold
+# up its members' other messages for ever.
+INPUT_TIMEOUT = 10.0
+BUSY = "the REPL is not reading its input (Ctrl-S stops it; restart it if it is stuck): dropped"
+
+
+class ReplBusy(SandboxError):
+    """The REPL did not take keystrokes within ``INPUT_TIMEOUT``; they were dropped."""
+
+
+class RoomHost(SandboxHost, Protocol):
+    """What a room needs from the manager of all rooms."""
+
+    @property
+    def store(self) -> Store: ...
+
+    async def touch(self, room_id: str) -> None:
+        """Note the room's use (its record is kept ``room_retention`` after the last)."""
+
+    def members_changed(self) -> None:
+        """A member joined or left some room."""
+
+    async def retire(self, room: Room) -> None:
+        """Free the room's sandbox and memory if it is still empty."""
+
+
+class Room:
+    def __init__(self, host: RoomHost, record: RoomRecord) -> None:
+        self.host = host
+        self.record = record
+        self.id = record.id
+        self.members = Members(record.id)
+        self.terminal = SharedTerminal(
+            host.settings.output_rate, lambda: record.language, self.members.outboxes
+        )
+        # Sandbox failures in the background were told to the members (and logged).
+        self.tasks = Background(record.id, told=(SandboxError, AtCapacity))
+        self.supervisor = Supervisor(host, record, self.members, self.terminal, self.tasks)
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def language(self) -> str:
+        return self.record.language
+
+    @property
+    def limits(self) -> Limits:
+        return self.host.settings.limits
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        return self.supervisor.sandbox
+
+    def describe(self) -> RoomInfo:
+        return {
+            "id": self.id,
+            "language": self.language,
+            # Language.describe() gives exactly LanguageInfo's keys (a plain dict).
+            "languages": [cast(LanguageInfo, lang.describe()) for lang in LANGUAGES.values()],
+            "members": self.members.views(),
+            "sandbox": self.supervisor.sandboxes.state,
+            "repl": self.supervisor.repl_state(self.language),
+            "limits": _limits_info(self.limits),
+            "cols": self.terminal.cols,
+            "rows": self.terminal.rows,
+        }
+
+    def notice(self, text: str, level: NoticeLevel = "info") -> None:
+        self.members.notice(text, level)
+
+    # -- members ---------------------------------------------------------------
+
+    def new_member(
+        self, join: protocol.Join, role: MemberRole, send: Sender, close: Callable[[int, str], None]
+    ) -> Member:
+        """A member for this room, not yet in it: :meth:`join` adds them."""
+        return Member(
+            room_id=self.id,
+            id=secrets.token_urlsafe(6),
+            name=join.name,
+            role=role,
+            color=self.members.free_color(),
+            cols=join.cols,
+            rows=join.rows,
+            token_hash=hash_token(join.token),
+            outbox=self.terminal.make_outbox(send),
+            close=close,
+        )
+
+    async def join(
+        self, member: Member, editor: EditorInfo | None = None, links: Links | None = None
+    ) -> None:
+        """Add a member; their welcome carries ``editor`` (their ticket) and ``links`` (owners)."""
+        if self._idle_timer:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self.members.add(member)
+        self.host.members_changed()
+        member.outbox.send_json(
+            protocol.welcome(self.describe(), member.view(), self.members.views(), editor, links)
+        )
+        self.members.announce("joined", member)
+        await self._fit_terminal()
+        self.terminal.redraw([member.outbox])
+        await self.host.touch(self.id)
+        await self.supervisor.ensure_repl(self.language)
+
+    async def leave(self, member: Member) -> None:
+        if not self.members.remove(member):
+            return
+        member.outbox.close()
+        for on_leave in member.on_leave:
+            on_leave()
+        self.host.members_changed()
+        self.members.announce("left", member)
+        await self._fit_terminal()
+        self.terminal.resume()  # the one who was behind may be gone
+        self.terminal.update_flow()
+        if not self.members:
+            await self.host.touch(self.id)
+            self._retire_after(self.host.settings.idle_timeout)
+
+    def _retire_after(self, delay: float) -> None:
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(
+            delay, lambda: self.tasks.spawn(self.host.retire(self), "retiring the empty room")
+        )
+
+    def rename(self, member: Member, name: str) -> None:
+        member.name = name
+        self.members.announce("renamed", member)
+
+    async def resize(self, member: Member, cols: int, rows: int) -> None:
+        member.cols, member.rows = cols, rows
+        await self._fit_terminal()
+
+    async def _fit_terminal(self) -> None:
+        """Apply tmux's size rule (:meth:`Members.smallest_size`).
+
+        The REPLs' ptys are resized before members hear of the new size, so
+        that whatever a member types after seeing it runs at that size.
+        """
+        size = self.members.smallest_size()
+        if size is None or size == (self.terminal.cols, self.terminal.rows):
+            return
+        self.terminal.cols, self.terminal.rows = size
+        await self.supervisor.resize(*size)
+        self.members.broadcast(protocol.terminal_size(*size))
+
+    def disconnect(self, token_hashes: set[str], code: int, reason: str) -> None:
+        self.members.disconnect(token_hashes, code, reason)
+
+    # -- what members do -------------------------------------------------------
+
+    async def input(self, member: Member, data: bytes) -> None:
+        """Keystrokes for the room's REPL; raises ReplBusy if it does not take them."""
+        if not member.can_write:
+            if not member.warned_read_only:
+                member.warned_read_only = True
+                member.outbox.send_json(
+                    protocol.error(ErrorCode.READ_ONLY, "spectators can watch but not type")
+                )
+            return
+        repl = await self.supervisor.repl_for_input(self.language, data)
+        if repl is None or repl.process is None:
+            return
+        self.terminal.typed(repl.pane, data)
+        await _type(repl.process, data)
+
+    async def switch_language(self, member: Member, language_name: str) -> None:
+        language = get_language(language_name)
+        if language.name == self.language:
+            return
+        try:
+            await self.host.store.set_language(self.id, language.name)
+        except StorageError as error:
+            member.outbox.send_json(
+                protocol.error(ErrorCode.STORAGE, f"the language was not changed: {error}")
+            )
+            return
+        self.record.language = language.name
+        self.members.broadcast(protocol.language_changed(language.name, member.name))
+        await self.supervisor.ensure_repl(language.name)
+        self.terminal.redraw()
+        self.terminal.resume()
+        self.supervisor.announce()
+
+    async def run_code(self, member: Member, code: str, language_name: str | None) -> None:
+        """Write ``code`` into the sandbox and type the line that loads it into the live REPL."""
+        language = get_language(language_name or self.language)
+        if language.name != self.language:
+            await self.switch_language(member, language.name)
+        repl = await self.supervisor.ensure_repl(language.name)
+        sandbox = self.sandbox
+        if repl.process is None or sandbox is None:
+            raise SandboxError(f"{language.title} is not running")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(repl.pane.prompt_shown.wait(), READY_TIMEOUT)
+        repl.run_count += 1
+        path = f"{RUN_DIR}/run{repl.run_count}{language.extension}"
+        await sandbox.put_file(path, code.encode())
+        if repl.process is None:  # it ended meanwhile
+            raise SandboxError(f"{language.title} is not running")
+        # Ctrl-U first: whatever a member had half-typed must not prefix the line.
+        await _type(repl.process, b"\x15" + language.load_line(path).encode() + b"\r")
+
+    async def restart_repl(self, language_name: str | None = None) -> None:
+        await self.supervisor.restart_repl(language_name or self.language)
+
+    async def close(self) -> None:
+        if self._idle_timer:
+            self._idle_timer.cancel()
+        await self.supervisor.close()
+
+
+async def _type(process: Process, data: bytes) -> None:
+    try:
+        async with asyncio.timeout(INPUT_TIMEOUT):
+            await process.write(data)
+    except TimeoutError:
+        raise ReplBusy(BUSY) from None
+
+
+def _limits_info(limits: Limits) -> LimitsInfo:
+    return {"memory": limits.memory, "cpus": limits.cpus, "pids": limits.pids, "disk": limits.disk}

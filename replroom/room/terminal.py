@@ -1,0 +1,326 @@
+"""The shared terminal: every member sees the same screen, as in tmux.
+
+Each REPL has a :class:`Pane` (tmux's word): its output so far, bounded by a
+:class:`Replay` that brings a late joiner's screen up to date, whether its
+prompt has shown, and the dropping of a flood's output after Ctrl-C. The
+:class:`SharedTerminal` shows one pane, the room's language, to every member.
+
+Output goes to every member's :class:`Outbox`; each outbox has its own sender
+task, so a slow member never delays the others. An outbox holds at most
+``HARD_LIMIT`` bytes of terminal output: past that its queued output is
+dropped and, once the member catches up, the screen is rebuilt from the
+replay. The terminal stops reading the shown REPL's pty while every member is
+above ``HIGH_WATER`` (flow control), which throttles the REPL itself, and
+never relays more than the room's output rate (:class:`RateLimit`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+
+from replroom import metrics, protocol
+from replroom.languages import Language
+from replroom.sandbox import Process
+
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+HARD_LIMIT = 1024 * 1024
+REPLAY_LIMIT = 256 * 1024
+SGR_RESET = b"\x1b[0m"
+SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
+SKIP_TAIL = 4096
+
+Frame = str | bytes
+Sender = Callable[[Frame], Awaitable[None]]
+
+
+class Replay:
+    """The most recent output of a terminal, to bring a new viewer's screen up to date."""
+
+    def __init__(self, limit: int = REPLAY_LIMIT) -> None:
+        self.limit = limit
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
+        self.total = 0  # bytes ever appended
+
+    def append(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        self.total += len(data)
+        while self._size - len(self._chunks[0]) >= self.limit:
+            self._size -= len(self._chunks.popleft())
+
+    def tail(self, size: int = 512) -> bytes:
+        """The last ``size`` bytes or so (whole chunks), to look for a prompt."""
+        parts: list[bytes] = []
+        length = 0
+        for chunk in reversed(self._chunks):
+            parts.append(chunk)
+            length += len(chunk)
+            if length >= size:
+                break
+        return b"".join(reversed(parts))[-size:]
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._size = 0
+
+    def snapshot(self) -> bytes:
+        """Recent output that starts at the beginning of a line.
+
+        Starting after a newline means never starting inside an escape
+        sequence or a UTF-8 character, so the replay renders as it first did.
+        """
+        data = b"".join(self._chunks)
+        if len(data) > self.limit:
+            data = data[-self.limit :]
+            newline = data.find(b"\n")
+            data = data[newline + 1 :] if newline >= 0 else b""
+        return SGR_RESET + data if data else b""
+
+
+class RateLimit:
+    """A token bucket: ``rate`` bytes per second, bursts of up to one second's worth.
+
+    A REPL that prints faster than this is paused (it blocks writing to its
+    pty), so one room's flood cannot take the server's time from the others.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._stamp = time.monotonic()
+        self._last_wait = float("-inf")
+
+    @property
+    def limiting(self) -> bool:
+        """Whether output was held back in the last second (a flood is going on)."""
+        return time.monotonic() - self._last_wait < 1.0
+
+    async def spend(self, amount: int) -> None:
+        now = time.monotonic()
+        self._tokens = min(self.rate, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        self._tokens -= amount
+        if self._tokens < 0:
+            self._last_wait = now
+            await asyncio.sleep(-self._tokens / self.rate)
+
+
+class Outbox:
+    """What the server still has to send to one member, and the task that sends it."""
+
+    def __init__(self, send: Sender, on_drained: Callable[[], None]) -> None:
+        self._send = send
+        self._on_drained = on_drained
+        self._frames: deque[tuple[Frame, bool]] = deque()  # (frame, is terminal output)
+        self._wakeup = asyncio.Event()
+        self.output_bytes = 0  # terminal output queued or being sent
+        self._sending = 0  # bytes of terminal output being sent now
+        self.resync: Callable[[], list[Frame]] | None = None
+        self.closed = False
+
+    @property
+    def behind(self) -> bool:
+        return self.output_bytes >= HIGH_WATER
+
+    def send_json(self, message: Mapping[str, object]) -> None:
+        if not self.closed:
+            self._frames.append((json.dumps(message), False))
+            self._wakeup.set()
+
+    def send_output(self, data: bytes, resync: Callable[[], list[Frame]]) -> None:
+        """Queue terminal output; past the hard limit, drop it and resync later."""
+        if self.closed:
+            return
+        if self.output_bytes + len(data) > HARD_LIMIT:
+            self._drop_output()
+            self.resync = resync
+        else:
+            self._frames.append((data, True))
+            self.output_bytes += len(data)
+        self._wakeup.set()
+
+    def replace_screen(self, frames: list[Frame]) -> None:
+        """Drop queued output and send ``frames`` (a terminal reset and a replay) instead."""
+        self._drop_output()
+        self.resync = None
+        for frame in frames:
+            is_output = isinstance(frame, bytes)
+            self._frames.append((frame, is_output))
+            if is_output:
+                self.output_bytes += len(frame)
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Send until closed; returns when the connection fails or close() is called."""
+        while not self.closed:
+            if not self._frames and self.resync is None:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self.resync is not None and not any(is_output for _, is_output in self._frames):
+                resync, self.resync = self.resync, None
+                self.replace_screen(resync())
+                continue
+            frame, is_output = self._frames.popleft()
+            self._sending = len(frame) if is_output else 0
+            await self._send(frame)
+            if is_output:
+                self.output_bytes -= self._sending
+                self._sending = 0
+                if self.output_bytes < LOW_WATER:
+                    self._on_drained()
+
+    def _drop_output(self) -> None:
+        """Drop the queued terminal output (not the frame being sent, which still counts)."""
+        self._frames = deque(f for f in self._frames if not f[1])
+        self.output_bytes = self._sending
+
+    def close(self) -> None:
+        self.closed = True
+        self._frames.clear()
+        self.output_bytes = 0
+        self._wakeup.set()
+
+
+class Pane:
+    """One REPL's screen as the room keeps it, whether or not it is shown now."""
+
+    def __init__(self, language: Language) -> None:
+        self.language = language
+        self.replay = Replay()
+        # Set once the REPL shows its prompt: input typed before that may be
+        # thrown away by the REPL's line editor as it starts (irb does).
+        self.prompt_shown = asyncio.Event()
+        self._skip_until = 0.0  # dropping a flood's output until then (see skip)
+        self._skip_tail = b""
+        self._skipped = 0
+
+    def record(self, chunk: bytes) -> None:
+        """Keep output for the replay, and notice the REPL's prompt."""
+        self.replay.append(chunk)
+        if not self.prompt_shown.is_set() and self.language.ready(self.replay.tail()):
+            self.prompt_shown.set()
+
+    def start_skipping(self) -> None:
+        self._skip_until = time.monotonic() + SKIP_SECONDS
+
+    @property
+    def skipping(self) -> bool:
+        return bool(self._skip_until)
+
+    def skip(self, chunk: bytes) -> bytes:
+        """After Ctrl-C in a flood, drop the output already on its way.
+
+        A flood leaves up to megabytes in the pipes between the REPL and us
+        (Docker's exec streams hold about 2 MiB); shown at the room's output
+        rate, Ctrl-C would seem to do nothing for seconds. So that output is
+        read at full speed and dropped, until the REPL's prompt shows (or a
+        few seconds pass); the end of it, from its last lines, is shown.
+        """
+        self._skipped += len(chunk)
+        self._skip_tail = (self._skip_tail + chunk)[-SKIP_TAIL:]
+        if not self.language.ready(self._skip_tail) and time.monotonic() < self._skip_until:
+            return b""
+        tail = self._skip_tail
+        lines = tail.split(b"\n")
+        tail = b"\n".join(lines[-4:]) if len(lines) > 4 else tail
+        note = f"\r\n[{self._skipped:,} bytes of output skipped after Ctrl-C]\r\n".encode()
+        self._skip_until, self._skip_tail, self._skipped = 0.0, b"", 0
+        return note + tail
+
+
+class SharedTerminal:
+    """The one screen a room's members share: the pane of the room's language.
+
+    ``shown`` names that language (the room's record holds it); ``outboxes``
+    gives the members' outboxes, the terminal's viewers.
+    """
+
+    def __init__(
+        self, rate: int, shown: Callable[[], str], outboxes: Callable[[], Iterable[Outbox]]
+    ) -> None:
+        self.panes: dict[str, Pane] = {}
+        self.cols, self.rows = 80, 24
+        self._shown = shown
+        self._outboxes = outboxes
+        self._rate = RateLimit(rate)
+        self._output_allowed = asyncio.Event()
+        self._output_allowed.set()
+
+    def pane(self, language: Language) -> Pane:
+        return self.panes.setdefault(language.name, Pane(language))
+
+    def is_shown(self, pane: Pane) -> bool:
+        return pane.language.name == self._shown()
+
+    def make_outbox(self, send: Sender) -> Outbox:
+        return Outbox(send, self.resume)
+
+    def screen(self) -> list[Frame]:
+        """What rebuilds a member's screen: a terminal reset, then the shown pane's replay."""
+        language = self._shown()
+        frames: list[Frame] = [json.dumps(protocol.terminal_reset(language))]
+        pane = self.panes.get(language)
+        if pane:
+            snapshot = pane.replay.snapshot()
+            if snapshot:
+                frames.append(snapshot)
+        return frames
+
+    def redraw(self, outboxes: Iterable[Outbox] | None = None) -> None:
+        """Rebuild the screen of ``outboxes`` (everyone's by default) from the replay."""
+        for outbox in self._outboxes() if outboxes is None else outboxes:
+            outbox.replace_screen(self.screen())
+
+    def write(self, pane: Pane, text: str) -> None:
+        """Put a note of ours (not the REPL's) on a pane, as if the REPL had printed it."""
+        data = text.encode()
+        pane.replay.append(data)
+        if self.is_shown(pane):
+            for outbox in self._outboxes():
+                outbox.send_output(data, self.screen)
+
+    def typed(self, pane: Pane, data: bytes) -> None:
+        """Keystrokes for ``pane``'s REPL: a Ctrl-C in a flood drops what is on its way."""
+        if b"\x03" in data and self._rate.limiting:
+            pane.start_skipping()
+
+    def update_flow(self) -> None:
+        """Pause reading the pty while every member is behind; resume when one catches up."""
+        outboxes = list(self._outboxes())
+        if outboxes and all(outbox.behind for outbox in outboxes):
+            self._output_allowed.clear()
+        else:
+            self._output_allowed.set()
+
+    def resume(self) -> None:
+        """Read the shown pty again (a member caught up or left, or another pane is shown)."""
+        self._output_allowed.set()
+
+    async def relay(self, pane: Pane, process: Process) -> None:
+        """Relay ``process``'s output to ``pane`` (and, when shown, the members) until it ends."""
+        while True:
+            if self.is_shown(pane):
+                await self._output_allowed.wait()
+            chunk = await process.read()
+            if not chunk:
+                return
+            if pane.skipping:
+                chunk = pane.skip(chunk)
+                if not chunk:
+                    continue
+            else:
+                await self._rate.spend(len(chunk))
+            pane.record(chunk)
+            if self.is_shown(pane):
+                outboxes = list(self._outboxes())
+                for outbox in outboxes:
+                    outbox.send_output(chunk, self.screen)
+                metrics.BYTES_RELAYED.inc(len(chunk) * len(outboxes))
+                self.update_flow()

@@ -1,0 +1,64 @@
+"""The shared editor's WebSocket: y-websocket, one document per room and language.
+
+A member's welcome carries a ticket for it, valid while their room WebSocket
+is open (:meth:`RoomManager.editor_member`), so links never appear in editor
+URLs; the editor connection ends when its member leaves the room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from fastapi import APIRouter, WebSocket
+
+from replroom.protocol import CloseCode
+from replroom.room import Member
+from replroom.room.manager import EDITOR_PATH
+from replroom.routes.common import close, editor_of, fail, manager_of, origin_allowed
+
+log = logging.getLogger(__name__)
+
+router = APIRouter()
+
+
+@router.websocket(EDITOR_PATH + "/{room_id}/{language}")
+async def editor_socket(
+    websocket: WebSocket, room_id: str, language: str, ticket: str = ""
+) -> None:
+    if not origin_allowed(websocket):
+        await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
+        return
+    member = manager_of(websocket).editor_member(ticket, room_id, language)
+    if member is None:
+        await websocket.close(CloseCode.FORBIDDEN, "invalid editor ticket")
+        return
+    await websocket.accept()
+    try:
+        await _serve_editor(websocket, member, f"{room_id}/{language}")
+    except Exception:
+        log.exception("room %s: serving a member's editor failed", room_id)
+        await fail(websocket, None)
+
+
+async def _serve_editor(websocket: WebSocket, member: Member, doc_name: str) -> None:
+    """The y-websocket protocol for one member, until either side or the member leaves."""
+    closed = asyncio.get_running_loop().create_future()
+
+    def on_leave() -> None:
+        if not closed.done():
+            closed.set_result(None)
+
+    member.on_leave.append(on_leave)
+    editor = editor_of(websocket)
+    serving = asyncio.create_task(editor.serve(websocket, doc_name, read_only=not member.can_write))
+    try:
+        await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        serving.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await serving
+        with contextlib.suppress(ValueError):
+            member.on_leave.remove(on_leave)
+        await close(websocket, CloseCode.FORBIDDEN, "the member left the room")

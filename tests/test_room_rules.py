@@ -1,0 +1,103 @@
+"""A room's rules on their own: tmux's size rule, colours, the REPL's lifecycle.
+
+No root, no sandbox, no server (``make test-fast``); test_rooms.py shows the
+same rules at work behind a real server.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from replroom.languages import get_language
+from replroom.protocol import MemberRole, ReplState
+from replroom.room.members import COLORS, Member, Members
+from replroom.room.supervisor import MAX_RESTARTS, IllegalTransition, Repl
+from replroom.room.terminal import Frame, Outbox, Pane
+
+pytestmark = pytest.mark.fast
+
+
+async def _nowhere(frame: Frame) -> None:
+    pass
+
+
+def member(
+    members: Members,
+    name: str,
+    cols: int = 80,
+    rows: int = 24,
+    role: MemberRole = MemberRole.MEMBER,
+) -> Member:
+    made = Member(
+        room_id=members.room_id,
+        id=name,
+        name=name,
+        role=role,
+        color=members.free_color(),
+        cols=cols,
+        rows=rows,
+        token_hash="",
+        outbox=Outbox(_nowhere, lambda: None),
+        close=lambda code, reason: None,
+    )
+    members.add(made)
+    return made
+
+
+def test_the_terminal_is_as_small_as_the_smallest_member() -> None:
+    members = Members("room")
+    assert members.smallest_size() is None
+    member(members, "wide", cols=200, rows=20)
+    tall = member(members, "tall", cols=90, rows=60)
+    assert members.smallest_size() == (90, 20)
+    members.remove(tall)
+    assert members.smallest_size() == (200, 20)
+
+
+def test_members_get_colours_no_one_has() -> None:
+    members = Members("room")
+    first, second = member(members, "a"), member(members, "b")
+    assert (first.color, second.color) == COLORS[:2]
+    members.remove(first)
+    assert member(members, "c").color == COLORS[0]  # the colour that left is free again
+
+
+def test_spectators_cannot_write() -> None:
+    members = Members("room")
+    assert member(members, "o", role=MemberRole.OWNER).can_write
+    assert not member(members, "s", role=MemberRole.SPECTATOR).can_write
+
+
+def test_a_member_leaves_once() -> None:
+    members = Members("room")
+    gone = member(members, "a")
+    assert members.remove(gone)
+    assert not members.remove(gone)
+    assert len(members) == 0
+
+
+def test_repl_lifecycle_allows_only_its_transitions() -> None:
+    python = get_language("python")
+    changes: list[ReplState] = []
+    repl = Repl(python, Pane(python), lambda: changes.append(repl.state))
+    for state in (ReplState.STARTING, ReplState.RUNNING, ReplState.EXITED, ReplState.STARTING):
+        repl.move_to(state)
+    assert changes == [ReplState.STARTING, ReplState.RUNNING, ReplState.EXITED,
+                       ReplState.STARTING]  # fmt: skip
+    with pytest.raises(
+        IllegalTransition, match="Python 3 REPL cannot go from starting to starting"
+    ):
+        repl.move_to(ReplState.STARTING)
+    repl.move_to(ReplState.STOPPED)
+    with pytest.raises(IllegalTransition, match="from stopped to running"):
+        repl.move_to(ReplState.RUNNING)
+    assert repl.state is ReplState.STOPPED and len(changes) == 5  # refused moves change nothing
+
+
+def test_automatic_restarts_are_limited() -> None:
+    python = get_language("python")
+    repl = Repl(python, Pane(python), lambda: None)
+    assert all(repl.may_restart() for _ in range(MAX_RESTARTS))
+    assert not repl.may_restart()
+    repl.restarts.clear()  # a member pressed Enter
+    assert repl.may_restart()

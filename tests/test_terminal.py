@@ -1,0 +1,208 @@
+"""The shared terminal's parts on their own: replay, outbox, rate limit, flood skipping.
+
+No root, no sandbox, no server: ``make test-fast`` runs these. The rooms tests
+(test_rooms.py) show the same parts at work behind a real server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from replroom.languages import get_language
+from replroom.room.terminal import (
+    HARD_LIMIT,
+    HIGH_WATER,
+    LOW_WATER,
+    SGR_RESET,
+    Frame,
+    Outbox,
+    Pane,
+    RateLimit,
+    Replay,
+)
+
+pytestmark = pytest.mark.fast
+
+
+# -- replay ---------------------------------------------------------------------------
+
+
+def test_replay_keeps_the_latest_output_within_its_limit() -> None:
+    replay = Replay(limit=100)
+    for i in range(50):
+        replay.append(f"line {i:02d}\r\n".encode())  # 9 bytes each
+    assert replay.total == 50 * 9
+    snapshot = replay.snapshot()
+    assert snapshot.startswith(SGR_RESET)
+    body = snapshot.removeprefix(SGR_RESET)
+    assert body.endswith(b"line 49\r\n")
+    assert len(body) <= 100
+    assert b"line 38" not in body  # older lines went
+
+
+def test_replay_snapshot_starts_at_a_line_never_inside_a_sequence() -> None:
+    replay = Replay(limit=16)
+    replay.append(b"\x1b[31mred text that runs long\x1b[0m\nnext\n" + "é".encode() * 3)
+    body = replay.snapshot().removeprefix(SGR_RESET)
+    assert body == b"next\n" + "é".encode() * 3
+
+
+def test_replay_of_one_long_line_without_newline_is_empty_rather_than_cut() -> None:
+    replay = Replay(limit=8)
+    replay.append(b"x" * 40)
+    assert replay.snapshot() == b""
+
+
+def test_replay_tail_and_clear() -> None:
+    replay = Replay()
+    replay.append(b"Python 3\r\n")
+    replay.append(b">>> ")
+    assert replay.tail(4) == b">>> "
+    assert replay.tail() == b"Python 3\r\n>>> "
+    replay.clear()
+    assert replay.snapshot() == b"" and replay.tail() == b""
+
+
+# -- outbox ---------------------------------------------------------------------------
+
+
+class Connection:
+    """A member's connection that sends only while ``open`` is set (a slow network)."""
+
+    def __init__(self) -> None:
+        self.frames: list[Frame] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.sent = asyncio.Event()
+
+    async def send(self, frame: Frame) -> None:
+        await self.open.wait()
+        self.frames.append(frame)
+        self.sent.set()
+
+    async def until(self, count: int) -> None:
+        while len(self.frames) < count:
+            self.sent.clear()
+            await self.sent.wait()
+
+
+async def test_outbox_sends_in_order_and_says_when_drained() -> None:
+    connection = Connection()
+    drained: list[int] = []
+    outbox = Outbox(connection.send, lambda: drained.append(outbox.output_bytes))
+    sender = asyncio.create_task(outbox.run())
+    try:
+        outbox.send_json({"type": "notice", "text": "hi"})
+        outbox.send_output(b"abc", lambda: [])
+        await connection.until(2)
+        assert json.loads(connection.frames[0]) == {"type": "notice", "text": "hi"}
+        assert connection.frames[1] == b"abc"
+        assert drained == [0]  # below LOW_WATER after the output went
+    finally:
+        outbox.close()
+        await sender  # close() ends run()
+
+
+async def test_outbox_behind_a_slow_member_drops_output_and_resyncs() -> None:
+    connection = Connection()
+    connection.open.clear()  # the member's network stalls
+    outbox = Outbox(connection.send, lambda: None)
+    sender = asyncio.create_task(outbox.run())
+    try:
+        chunk = b"y\n" * (32 * 1024)  # 64 KiB
+        outbox.send_output(chunk, lambda: [])
+        await asyncio.sleep(0)  # the sender takes it, and waits on the network
+        for _ in range(HIGH_WATER // len(chunk)):
+            outbox.send_output(chunk, lambda: [])
+        assert outbox.behind
+        outbox.send_json({"type": "status"})  # messages are never dropped
+        screen: list[Frame] = [json.dumps({"type": "terminal", "reset": True}), b"screen"]
+        while outbox.output_bytes + len(chunk) <= HARD_LIMIT:
+            outbox.send_output(chunk, lambda: screen)
+        outbox.send_output(chunk, lambda: screen)  # over the hard limit
+        assert outbox.output_bytes == len(chunk)  # only the one being sent is left
+        assert not outbox.behind
+        connection.open.set()
+        await connection.until(4)  # the first chunk, the status, the screen rebuilt
+        assert connection.frames[0] == chunk
+        assert json.loads(connection.frames[1]) == {"type": "status"}
+        assert connection.frames[2:] == screen
+        assert outbox.output_bytes == 0  # the count comes back to nothing, never below
+    finally:
+        outbox.close()
+        await sender
+
+
+async def test_outbox_replace_screen_keeps_messages_drops_output() -> None:
+    connection = Connection()
+    connection.open.clear()
+    outbox = Outbox(connection.send, lambda: None)
+    outbox.send_output(b"old output", lambda: [])
+    outbox.send_json({"type": "language", "language": "ruby"})
+    outbox.replace_screen([json.dumps({"type": "terminal", "reset": True}), b"irb> "])
+    assert outbox.output_bytes == len(b"irb> ")
+    connection.open.set()
+    sender = asyncio.create_task(outbox.run())
+    try:
+        await connection.until(3)
+        assert [json.loads(f)["type"] for f in connection.frames[:2]] == ["language", "terminal"]
+        assert connection.frames[2] == b"irb> "
+        assert b"old output" not in connection.frames
+    finally:
+        outbox.close()
+        await sender
+
+
+def test_outbox_closed_takes_nothing() -> None:
+    outbox = Outbox(Connection().send, lambda: None)
+    outbox.close()
+    outbox.send_json({"type": "notice"})
+    outbox.send_output(b"x", lambda: [])
+    assert outbox.output_bytes == 0 and not outbox.behind
+
+
+def test_watermarks_leave_room_between_them() -> None:
+    assert LOW_WATER < HIGH_WATER < HARD_LIMIT
+
+
+# -- rate limit -----------------------------------------------------------------------
+
+
+async def test_rate_limit_lets_a_second_through_then_holds_back() -> None:
+    limit = RateLimit(rate=100_000)
+    await limit.spend(100_000)  # one second's worth: a burst is allowed
+    assert not limit.limiting
+    held = asyncio.create_task(limit.spend(20_000))
+    await asyncio.sleep(0)
+    assert not held.done()  # waits for the bucket to refill
+    assert limit.limiting  # a flood is going on
+    await held
+
+
+# -- flood skipping -------------------------------------------------------------------
+
+
+def test_ctrl_c_in_a_flood_drops_output_until_the_prompt() -> None:
+    pane = Pane(get_language("python"))
+    assert not pane.skipping
+    pane.start_skipping()
+    flood = b"1\r\n" * 10_000
+    assert pane.skip(flood) == b""
+    assert pane.skipping
+    end = b"1\r\n1\r\nTraceback (most recent call last):\r\nKeyboardInterrupt\r\n>>> "
+    shown = pane.skip(end)
+    assert shown.startswith(f"\r\n[{len(flood) + len(end):,} bytes of output skipped".encode())
+    assert shown.endswith(b"KeyboardInterrupt\r\n>>> ")
+    assert shown.count(b"\n") <= 2 + 4  # the note, then the last lines only
+    assert not pane.skipping
+
+
+def test_pane_notices_its_prompt() -> None:
+    pane = Pane(get_language("python"))
+    pane.record(b"Python 3.11\r\n")
+    assert not pane.prompt_shown.is_set()
+    pane.record(b">>> ")
+    assert pane.prompt_shown.is_set()

@@ -155,7 +155,7 @@ class RoomManager:
             raise Refused(CloseCode.AT_CAPACITY, "the room is full")
         if room.sandbox is None and self.at_capacity():
             raise Refused(CloseCode.AT_CAPACITY, "server at capacity")
-        member = room.new_member(join, MemberRole(role), send, close)
+        member = room.new_member(join, role, send, close)
         editor: EditorInfo = {"path": f"{EDITOR_PATH}/{room.id}", "ticket": self._ticket(member)}
         links: Links | None = None
         if member.role is MemberRole.OWNER:

@@ -35,7 +35,6 @@ class Member:
     token_hash: str
     outbox: Outbox
     close: Callable[[int, str], None]  # ends the member's connection with this close code
-    editor_ticket: str = ""  # lets the member's editor WebSocket in while they are here
     warned_read_only: bool = False
     on_leave: list[Callable[[], None]] = field(default_factory=list)
 

@@ -371,14 +371,18 @@ class Supervisor:
             self.members.broadcast(message)
 
     async def ensure_repl(self, language_name: str) -> Repl:
+        repl = self._repl(language_name)
+        async with repl.lock:
+            if repl.state is not ReplState.RUNNING:
+                await self._start_repl(repl)
+        return repl
+
+    def _repl(self, language_name: str) -> Repl:
         language = get_language(language_name)
         repl = self.repls.get(language.name)
         if repl is None:
             pane = self.terminal.pane(language)
             repl = self.repls[language.name] = Repl(language, pane, self.announce)
-        async with repl.lock:
-            if repl.state is not ReplState.RUNNING:
-                await self._start_repl(repl)
         return repl
 
     async def _bring_back(self) -> None:
@@ -473,9 +477,13 @@ class Supervisor:
                 repl.reader.cancel()
 
     async def restart_repl(self, language_name: str) -> None:
-        """Kill the REPL (whatever it is doing), clear its screen, and start it again."""
-        repl = self.repls.get(language_name)
-        if repl is not None:
+        """Kill the REPL (whatever it is doing), clear its screen, and start it again.
+
+        Under the REPL's start lock, so that two members' restarts come one
+        after the other, never two processes for one REPL.
+        """
+        repl = self._repl(language_name)
+        async with repl.lock:
             if repl.process:
                 process, repl.process = repl.process, None
                 await process.signal(9)
@@ -489,7 +497,7 @@ class Supervisor:
             repl.restarts.clear()
             repl.pane.replay.clear()
             self.terminal.redraw()
-        await self.ensure_repl(language_name)
+            await self._start_repl(repl)
 
     async def repl_for_input(self, language_name: str, data: bytes) -> Repl | None:
         """The running REPL that keystrokes ``data`` go to; None when they go nowhere.

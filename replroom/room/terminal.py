@@ -45,12 +45,10 @@ class Replay:
         self.limit = limit
         self._chunks: deque[bytes] = deque()
         self._size = 0
-        self.total = 0  # bytes ever appended
 
     def append(self, data: bytes) -> None:
         self._chunks.append(data)
         self._size += len(data)
-        self.total += len(data)
         while self._size - len(self._chunks[0]) >= self.limit:
             self._size -= len(self._chunks.popleft())
 

@@ -45,10 +45,10 @@ class SandboxPool:
                     self._refill()
                     return sandbox
                 await sandbox.destroy()
-            except SandboxError:
-                # The backend cannot say or do it now (an Engine restarting), or
-                # the room still has a sandbox: keep this one, so that a later
-                # take() or close() tries again.
+            except (SandboxError, asyncio.CancelledError):
+                # The backend cannot say or do it now (an Engine restarting), the
+                # room still has a sandbox, or the caller gave up: keep this one,
+                # so that a later take() or close() tries again.
                 self._ready.appendleft(sandbox)
                 raise
             self._refill()

@@ -1072,6 +1072,10 @@ async def test_an_unexpected_failure_reaches_the_member_as_1011(
         await alice.type("\r")  # Enter starts the REPL, so a sandbox
         failed = await alice.wait_message("error", after=at, code="internal")
         assert failed["message"] == INTERNAL_MESSAGE
+        # The room does not go on showing "starting": the failed start is over. (What
+        # the start told the room was sent before the error.)
+        status = [m for m in alice.messages if m["type"] == "status"][-1]
+        assert (status["sandbox"], status["repl"]) == ("stopped", "stopped"), status
         await probe(alice)  # still a member, still served
 
         bob = await RoomClient.connect(server, room["id"], room["invite_token"], name="bob")

@@ -1,5 +1,5 @@
 """Collaborative rooms end to end: a real server on loopback, real WebSocket clients,
-real sandboxes (bwrap; the docker backend in test_rooms_docker.py)."""
+real sandboxes (every test runs on bwrap, and on docker+runc when a Docker Engine is there)."""
 
 from __future__ import annotations
 

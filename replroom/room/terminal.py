@@ -289,9 +289,10 @@ class SharedTerminal:
         if b"\x03" in data and self._rate.limiting:
             pane.start_skipping()
 
-    def update_flow(self) -> None:
+    def update_flow(self, outboxes: list[Outbox] | None = None) -> None:
         """Pause reading the pty while every member is behind; resume when one catches up."""
-        outboxes = list(self._outboxes())
+        if outboxes is None:
+            outboxes = list(self._outboxes())
         if outboxes and all(outbox.behind for outbox in outboxes):
             self._output_allowed.clear()
         else:
@@ -321,4 +322,4 @@ class SharedTerminal:
                 for outbox in outboxes:
                     outbox.send_output(chunk, self.screen)
                 metrics.BYTES_RELAYED.inc(len(chunk) * len(outboxes))
-                self.update_flow()
+                self.update_flow(outboxes)

@@ -272,15 +272,6 @@ CLOSE_CODES: Final[Mapping[CloseCode, Close]] = {
     ),
 }
 
-# The names the server's modules used before the enums; the lead removes them.
-CLOSE_PROTOCOL: Final = CloseCode.BAD_JOIN
-CLOSE_FORBIDDEN: Final = CloseCode.FORBIDDEN
-CLOSE_NOT_FOUND: Final = CloseCode.NOT_FOUND
-CLOSE_TOO_BIG: Final = CloseCode.TOO_BIG
-CLOSE_INTERNAL: Final = CloseCode.INTERNAL
-CLOSE_AT_CAPACITY: Final = CloseCode.AT_CAPACITY
-CLOSE_SHUTDOWN: Final = CloseCode.RESTARTING
-
 
 def close_reason(text: str) -> str:
     """``text`` cut to fit a close frame; a longer reason would fail the close itself."""

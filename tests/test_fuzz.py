@@ -73,7 +73,7 @@ REPO = Path(__file__).resolve().parent.parent
 WAIT = 30.0
 MAX_MEMBERS = 8
 # What `replroom serve` gives uvicorn (cli.py): larger frames are refused with 1009.
-WS_MAX_SIZE = max(protocol.MAX_TEXT_MESSAGE, editor_module.MAX_MESSAGE_SIZE) + 1024
+WS_MAX_SIZE = protocol.MAX_FRAME
 ECHO_KEYS = 50
 
 
@@ -502,7 +502,7 @@ async def test_oversized_messages_are_closed_with_1009(
             await client.ws.send(pieces if fragments > 1 else payload)
         closed = await with_close
         check_no_leak(seen_by(client))
-        assert closed.code == protocol.CLOSE_TOO_BIG, closed
+        assert closed.code == protocol.CloseCode.TOO_BIG, closed
     finally:
         await leave(rooms, client)
 
@@ -629,19 +629,19 @@ def first_frames(draw: st.DrawFn) -> tuple[str, str | bytes, int]:
     join = {"type": "join", "v": protocol.PROTOCOL_VERSION, "token": "x", "name": "n"}
     if case == "text":
         text = draw(invalid_message() | random_object().filter(lambda t: '"join"' not in t))
-        return "target", text, protocol.CLOSE_PROTOCOL
+        return "target", text, protocol.CloseCode.BAD_JOIN
     if case == "binary":
-        return "target", draw(st.binary(max_size=300)), protocol.CLOSE_PROTOCOL
+        return "target", draw(st.binary(max_size=300)), protocol.CloseCode.BAD_JOIN
     if case == "not join":
         message = draw(valid_message().filter(lambda m: m["type"] != "join"))
-        return "target", json.dumps(message), protocol.CLOSE_PROTOCOL
+        return "target", json.dumps(message), protocol.CloseCode.BAD_JOIN
     if case == "version":
         version = draw(st.integers().filter(lambda v: v != protocol.PROTOCOL_VERSION))
-        return "target", json.dumps({**join, "v": version}), protocol.CLOSE_PROTOCOL
+        return "target", json.dumps({**join, "v": version}), protocol.CloseCode.BAD_JOIN
     if case == "token":
         join["token"] = draw(st.text(min_size=1, max_size=200))
-        return "target", json.dumps(join), protocol.CLOSE_FORBIDDEN
-    return draw(st.text(min_size=1, max_size=60)), json.dumps(join), protocol.CLOSE_NOT_FOUND
+        return "target", json.dumps(join), protocol.CloseCode.FORBIDDEN
+    return draw(st.text(min_size=1, max_size=60)), json.dumps(join), protocol.CloseCode.NOT_FOUND
 
 
 @fuzz()
@@ -706,11 +706,11 @@ async def test_join_floods(server: Server, rooms: Rooms, kinds: list[str]) -> No
             )
             check_no_leak(seen_by(client))
             if kind == "bad token":
-                assert client.closed and client.closed.code == protocol.CLOSE_FORBIDDEN
+                assert client.closed and client.closed.code == protocol.CloseCode.FORBIDDEN
             elif kind == "no room":
-                assert client.closed and client.closed.code == protocol.CLOSE_NOT_FOUND
+                assert client.closed and client.closed.code == protocol.CloseCode.NOT_FOUND
             elif client.closed:
-                assert client.closed.code == protocol.CLOSE_AT_CAPACITY, client.closed
+                assert client.closed.code == protocol.CloseCode.AT_CAPACITY, client.closed
             else:
                 welcomed += 1
                 if kind == "again":
@@ -805,10 +805,10 @@ def y_messages(draw: st.DrawFn) -> bytes:
 
 
 EDITOR_CLOSES = {
-    editor_module.CLOSE_UNSUPPORTED,
-    editor_module.CLOSE_BAD_MESSAGE,
-    protocol.CLOSE_TOO_BIG,
-    editor_module.CLOSE_DOC_TOO_LARGE,
+    protocol.CloseCode.UNSUPPORTED,
+    protocol.CloseCode.BAD_DATA,
+    protocol.CloseCode.TOO_BIG,
+    protocol.CloseCode.DOC_TOO_LARGE,
 }
 
 
@@ -894,9 +894,9 @@ async def test_editor_text_frames_are_closed(server: Server, rooms: Rooms, messa
         try:
             message.decode()
         except UnicodeDecodeError:
-            assert ws.close_code == editor_module.CLOSE_BAD_MESSAGE
+            assert ws.close_code == protocol.CloseCode.BAD_DATA
         else:
-            assert ws.close_code == editor_module.CLOSE_UNSUPPORTED
+            assert ws.close_code == protocol.CloseCode.UNSUPPORTED
         check_no_leak(ws.close_reason or "")
 
 
@@ -909,7 +909,7 @@ async def test_editor_oversized_messages(server: Server, rooms: Rooms, size: int
         with pytest.raises(websockets.ConnectionClosed):
             await ws.send(message)
             await editor_probe(ws)
-        assert ws.close_code == protocol.CLOSE_TOO_BIG
+        assert ws.close_code == protocol.CloseCode.TOO_BIG
 
 
 @fuzz(0.5)

@@ -24,17 +24,8 @@ from replroom.editor.wire import (
     SYNC_STEP2,
     SYNC_UPDATE,
 )
-from replroom.protocol import CloseCode
-
-# The editor's close codes by their former names, until tests/test_fuzz.py uses CloseCode.
-CLOSE_UNSUPPORTED = CloseCode.UNSUPPORTED
-CLOSE_BAD_MESSAGE = CloseCode.BAD_DATA
-CLOSE_DOC_TOO_LARGE = CloseCode.DOC_TOO_LARGE
 
 __all__ = [
-    "CLOSE_BAD_MESSAGE",
-    "CLOSE_DOC_TOO_LARGE",
-    "CLOSE_UNSUPPORTED",
     "MAX_MESSAGE_SIZE",
     "MESSAGE_AWARENESS",
     "MESSAGE_SYNC",

@@ -26,7 +26,7 @@ import websockets
 
 from replroom.config import Settings
 from replroom.image import current_image, import_to_docker
-from replroom.protocol import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND
+from replroom.protocol import CloseCode
 from replroom.sandbox.cgroups import Cgroup, Hierarchy, leftover_names, remove_parent
 from replroom.sandbox.docker import LABEL_INSTANCE
 from tests.client import Closed, RoomClient, Server
@@ -83,7 +83,7 @@ class Rejoining:
             self.sessions.append(client)
             self._new_session.set()
             closed = await client.wait_closed(timeout=None)  # type: ignore[arg-type]
-            if closed.code in (CLOSE_FORBIDDEN, CLOSE_NOT_FOUND):
+            if closed.code in (CloseCode.FORBIDDEN, CloseCode.NOT_FOUND):
                 return
 
     async def session(self, number: int, timeout: float = WAIT) -> RoomClient:

@@ -1081,7 +1081,7 @@ async def test_an_unexpected_failure_reaches_the_member_as_1011(
         bob = await RoomClient.connect(server, room["id"], room["invite_token"], name="bob")
         clients.append(bob)
         closed = await bob.wait_closed()
-        assert closed.code == protocol.CLOSE_INTERNAL == 1011
+        assert closed.code == protocol.CloseCode.INTERNAL == 1011
         assert closed.reason == "internal error"
         assert [m for m in bob.messages if m["type"] == "error"] == [
             {"type": "error", "code": "internal", "message": INTERNAL_MESSAGE}

@@ -28,11 +28,6 @@ def test_index_html_joins_with_the_protocol_version() -> None:
     assert f'type: "join", v: {protocol.PROTOCOL_VERSION},' in index
 
 
-def test_the_old_close_names_are_the_enums() -> None:
-    assert protocol.CLOSE_FORBIDDEN is protocol.CloseCode.FORBIDDEN
-    assert protocol.CLOSE_SHUTDOWN is protocol.CloseCode.RESTARTING
-
-
 def test_the_messages_the_server_builds_match_their_types() -> None:
     member = protocol.member_view("m1", "Ada", protocol.MemberRole.OWNER, "#e06c75")
     python: protocol.LanguageInfo = {

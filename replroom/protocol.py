@@ -34,6 +34,10 @@ MAX_TEXT_MESSAGE: Final = 1152 * KiB  # a Run message carries the editor's code
 MAX_INPUT_FRAME: Final = 64 * KiB  # keystrokes and pastes
 # A member's input the REPL has not taken yet (it stopped reading): past this, `busy`.
 MAX_PENDING_INPUT: Final = MAX_TEXT_MESSAGE + MAX_INPUT_FRAME
+# Seconds a REPL may take to accept keystrokes before they are dropped (`busy`):
+# one that stopped reading (Ctrl-S stops its output, and so its reading) must
+# not hold up its members' other messages for ever.
+INPUT_TIMEOUT: Final = 10.0
 MAX_CODE: Final = 1 * MiB
 MAX_NAME: Final = 40
 MAX_TOKEN: Final = 200
@@ -111,10 +115,10 @@ ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
         "the server could not store the change, e.g. its disk is full; nothing was changed"
     ),
     ErrorCode.BUSY: (
-        "the REPL has not taken this member's earlier input yet (it stopped reading, e.g. "
-        f"because Ctrl-S stopped its output) and over {size_text(MAX_PENDING_INPUT)} of it "
-        "waits: this message was dropped. A `restart` is never held up behind input: it is "
-        "handled at once"
+        "the REPL is not taking input (it stopped reading, e.g. because Ctrl-S stopped its "
+        f"output): keystrokes it did not take within {INPUT_TIMEOUT:g} s, or a message behind over "
+        f"{size_text(MAX_PENDING_INPUT)} of waiting input, were dropped. A `restart` is never "
+        "held up behind input: it is handled at once"
     ),
     ErrorCode.INTERNAL: (
         "the server failed unexpectedly (it is logged with the room id); the message says no "

@@ -38,15 +38,11 @@ from replroom.storage import RoomRecord, StorageError, Store, hash_token
 
 RUN_DIR = "/tmp/replroom-run"
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
-# Seconds a REPL may take to accept keystrokes before they are dropped: one that
-# stopped reading (Ctrl-S stops its output, and so its reading) must not hold
-# up its members' other messages for ever.
-INPUT_TIMEOUT = 10.0
 BUSY = "the REPL is not reading its input (Ctrl-S stops it; restart it if it is stuck): dropped"
 
 
 class ReplBusy(SandboxError):
-    """The REPL did not take keystrokes within ``INPUT_TIMEOUT``; they were dropped."""
+    """The REPL did not take keystrokes within ``protocol.INPUT_TIMEOUT``; they were dropped."""
 
 
 class RoomHost(SandboxHost, Protocol):
@@ -256,7 +252,7 @@ class Room:
 
 async def _type(process: Process, data: bytes) -> None:
     try:
-        async with asyncio.timeout(INPUT_TIMEOUT):
+        async with asyncio.timeout(protocol.INPUT_TIMEOUT):
             await process.write(data)
     except TimeoutError:
         raise ReplBusy(BUSY) from None

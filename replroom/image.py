@@ -291,7 +291,7 @@ def build_image(
         with _build_lock(settings, progress) as lock_fd:
             image = current_image(settings)
             if image is None or force:
-                image = _build(settings, progress, replace=image is not None, lock_fd=lock_fd)
+                image = _build(settings, progress, lock_fd=lock_fd)
             else:
                 progress(f"image {image.id} was just built by another process")
     else:
@@ -323,35 +323,33 @@ def _build_lock(settings: Settings, progress: Progress) -> Iterator[int]:
         os.close(fd)
 
 
-def _build(settings: Settings, progress: Progress, *, replace: bool, lock_fd: int) -> RoomImage:
+def check_can_build(what: str) -> None:
+    """Raise :class:`ImageError` unless this process can debootstrap ``what``."""
     if os.geteuid() != 0:
-        raise ImageError("building the room image needs root (debootstrap)")
+        raise ImageError(f"building {what} needs root (debootstrap)")
     if shutil.which("debootstrap") is None:
         raise ImageError("debootstrap is not installed (apt-get install debootstrap)")
-    spec = recipe()
-    image_id = recipe_id(spec)
-    image_dir = _image_dir(settings, image_id)
-    image_dir.mkdir(parents=True, exist_ok=True)
-    # Whatever an earlier, interrupted build left; we hold the lock, so no
-    # build is using it.
-    for stale in image_dir.glob("rootfs.*"):
+
+
+@contextlib.contextmanager
+def building_rootfs(directory: Path, progress: Progress = print) -> Iterator[Path]:
+    """A work directory that becomes ``directory/rootfs`` only once it is complete.
+
+    The caller fills the yielded path; on success it replaces any earlier
+    ``rootfs`` (renamed aside first, so the place is never empty), on failure
+    it is removed. What an interrupted build left is removed first: the
+    caller holds the build lock, so no build is using it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("rootfs.*"):
         progress(f"removing leftovers of an interrupted build: {stale}")
         _remove_tree(stale)
-
-    started = time.monotonic()
-
-    def report(message: str) -> None:
-        progress(f"[{time.monotonic() - started:5.1f}s] {message}")
-
-    work = image_dir / f"rootfs.building-{os.getpid()}"
+    work = directory / f"rootfs.building-{os.getpid()}"
+    final = directory / "rootfs"
     try:
-        _debootstrap(work, spec, report, lock_fd=lock_fd)
-        report("post-install: user, mount points, trimming")
-        _post_install(work, image_id, spec)
-        (image_dir / "recipe.json").write_text(json.dumps(spec, indent=2) + "\n")
-        final = image_dir / "rootfs"
-        if replace and final.exists():
-            old = image_dir / f"rootfs.old-{os.getpid()}"
+        yield work
+        if final.exists():
+            old = directory / f"rootfs.old-{os.getpid()}"
             final.rename(old)
             work.rename(final)
             _remove_tree(old)
@@ -361,6 +359,24 @@ def _build(settings: Settings, progress: Progress, *, replace: bool, lock_fd: in
         if work.exists():
             _remove_tree(work)
         raise
+
+
+def _build(settings: Settings, progress: Progress, *, lock_fd: int) -> RoomImage:
+    check_can_build("the room image")
+    spec = recipe()
+    image_id = recipe_id(spec)
+    image_dir = _image_dir(settings, image_id)
+    started = time.monotonic()
+
+    def report(message: str) -> None:
+        progress(f"[{time.monotonic() - started:5.1f}s] {message}")
+
+    with building_rootfs(image_dir, progress) as work:
+        _debootstrap(work, spec, report, lock_fd=lock_fd)
+        report("post-install: user, mount points, trimming")
+        _post_install(work, image_id, spec)
+        (image_dir / "recipe.json").write_text(json.dumps(spec, indent=2) + "\n")
+    final = image_dir / "rootfs"
     size = _disk_usage(final)
     report(f"image {image_id} built: {final} ({format_size(size)})")
     return RoomImage(image_id, final)
@@ -575,39 +591,51 @@ async def import_to_docker(
             return False
         progress(f"importing {image.rootfs} into docker as {image.docker_tag}...")
         started = time.monotonic()
-        query = [
-            ("fromSrc", "-"),
-            ("repo", DOCKER_REPOSITORY),
-            ("tag", image.id),
-            ("message", f"replroom room image {image.id}"),
-            # Safe defaults for anyone running the image by hand; the docker
-            # backend sets all of these explicitly anyway.
-            ("changes", f"LABEL org.replroom.image={image.id}"),
-            ("changes", f"USER {SANDBOX_UID}:{SANDBOX_UID}"),
-            ("changes", f"WORKDIR {SANDBOX_HOME}"),
-            ("changes", f"ENV LANG={DEFAULT_ENV['LANG']} PATH={DEFAULT_ENV['PATH']}"),
-            ("changes", 'CMD ["/bin/bash"]'),
+        # Safe defaults for anyone running the image by hand; the docker
+        # backend sets all of these explicitly anyway.
+        changes = [
+            f"LABEL org.replroom.image={image.id}",
+            f"USER {SANDBOX_UID}:{SANDBOX_UID}",
+            f"WORKDIR {SANDBOX_HOME}",
+            f"ENV LANG={DEFAULT_ENV['LANG']} PATH={DEFAULT_ENV['PATH']}",
+            'CMD ["/bin/bash"]',
         ]
-        path = str(URL.build(path="images/create", query=query))
-        # aiodocker has no call for a rootfs import (its import_image is
-        # `docker load`), so this uses its request method directly.
-        async with client._query(
-            path,
-            "POST",
-            data=_tar_stream(image.rootfs),
-            headers={"Content-Type": "application/x-tar"},
-            chunked=True,
-            timeout=None,
-        ) as response:
-            async for raw in response.content:
-                if not raw.strip():
-                    continue
-                message = json.loads(raw)
-                if "error" in message:
-                    raise ImageError(f"docker import failed: {message['error']}")
-        await client.images.inspect(image.docker_tag)
+        await docker_import(
+            client, image.rootfs, DOCKER_REPOSITORY, image.id,
+            message=f"replroom room image {image.id}", changes=changes,
+        )  # fmt: skip
         progress(f"imported {image.docker_tag} in {time.monotonic() - started:.1f}s")
         return True
+
+
+async def docker_import(
+    client: aiodocker.Docker,
+    rootfs: Path,
+    repository: str,
+    tag: str,
+    *,
+    message: str,
+    changes: list[str],
+) -> None:
+    """Import ``rootfs`` as the image ``repository:tag`` (like ``docker import``).
+
+    aiodocker has no call for a rootfs import (its import_image is ``docker
+    load``), so this uses its request method directly.
+    """
+    query = [("fromSrc", "-"), ("repo", repository), ("tag", tag), ("message", message)]
+    query += [("changes", change) for change in changes]
+    async with client._query(
+        str(URL.build(path="images/create", query=query)),
+        "POST",
+        data=_tar_stream(rootfs),
+        headers={"Content-Type": "application/x-tar"},
+        chunked=True,
+        timeout=None,
+    ) as response:
+        async for raw in response.content:
+            if raw.strip() and "error" in (answer := json.loads(raw)):
+                raise ImageError(f"docker import failed: {answer['error']}")
+    await client.images.inspect(f"{repository}:{tag}")
 
 
 async def _tar_stream(rootfs: Path) -> AsyncIterator[bytes]:

@@ -33,7 +33,6 @@ import asyncio
 import hashlib
 import importlib.metadata
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -45,7 +44,6 @@ from typing import Any
 
 import aiodocker
 from packaging.requirements import Requirement
-from yarl import URL
 
 import replroom
 from replroom.config import Settings, format_size, get_settings
@@ -59,8 +57,10 @@ from replroom.image import (
     _dpkg_architecture,
     _empty_dir,
     _remove_tree,
-    _tar_stream,
     _write,
+    building_rootfs,
+    check_can_build,
+    docker_import,
     recipe_id,
 )
 
@@ -230,15 +230,8 @@ def build_server_image(
     return image
 
 
-def _check_can_build() -> None:
-    if os.geteuid() != 0:
-        raise ImageError("building the server image needs root (debootstrap, chroot)")
-    if shutil.which("debootstrap") is None:
-        raise ImageError("debootstrap is not installed (apt-get install debootstrap)")
-
-
 def _build(settings: Settings, progress: Progress, *, lock_fd: int) -> ServerImage:
-    _check_can_build()
+    check_can_build("the server image")
     started = time.monotonic()
 
     def report(message: str) -> None:
@@ -248,23 +241,12 @@ def _build(settings: Settings, progress: Progress, *, lock_fd: int) -> ServerIma
     image_id = recipe_id(spec)
     base = _base(settings, report, lock_fd=lock_fd)
     image_dir = server_dir(settings) / image_id
-    image_dir.mkdir(parents=True, exist_ok=True)
-    for stale in image_dir.glob("rootfs.*"):
-        _remove_tree(stale)
-    work = image_dir / f"rootfs.building-{os.getpid()}"
-    try:
+    with building_rootfs(image_dir, report) as work:
         report(f"copying the base {base}")
         subprocess.run(["cp", "-a", "--reflink=auto", str(base), str(work)], check=True)
         _install(work, report)
         (image_dir / "recipe.json").write_text(json.dumps(spec, indent=2) + "\n")
-        final = image_dir / "rootfs"
-        if final.exists():  # a forced rebuild
-            _remove_tree(final)
-        work.rename(final)
-    except BaseException:
-        if work.exists():
-            _remove_tree(work)
-        raise
+    final = image_dir / "rootfs"
     # Older builds of the project and bases of older recipes.
     keep = {image_id, f"base-{recipe_id(base_recipe())}"}
     for old in server_dir(settings).iterdir():
@@ -282,18 +264,9 @@ def _base(settings: Settings, report: Progress, *, lock_fd: int) -> Path:
     rootfs = base_dir / "rootfs"
     if rootfs.is_dir():
         return rootfs
-    base_dir.mkdir(parents=True, exist_ok=True)
-    for stale in base_dir.glob("rootfs.*"):
-        _remove_tree(stale)
-    work = base_dir / f"rootfs.building-{os.getpid()}"
-    try:
+    with building_rootfs(base_dir, report) as work:
         _debootstrap(work, spec, report, lock_fd=lock_fd)
         _trim(work)
-        work.rename(rootfs)
-    except BaseException:
-        if work.exists():
-            _remove_tree(work)
-        raise
     return rootfs
 
 
@@ -409,30 +382,14 @@ async def _remove_older(client: aiodocker.Docker, image: ServerImage, progress: 
 
 async def _import(client: aiodocker.Docker, image: ServerImage) -> None:
     path = f"{VENV}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    query = [
-        ("fromSrc", "-"),
-        ("repo", SERVER_REPOSITORY),
-        ("tag", image.id),
-        ("message", f"replroom server image {image.id}"),
-        ("changes", f"LABEL org.replroom.server-image={image.id}"),
+    changes = [
+        f"LABEL org.replroom.server-image={image.id}",
         # Bytecode is compiled in; a read-only root could not take more anyway.
-        ("changes", f"ENV PATH={path} LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1"),
-        ("changes", f"EXPOSE {PORT}"),
-        ("changes", f'CMD ["{REPLROOM}", "serve"]'),
+        f"ENV PATH={path} LANG=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1",
+        f"EXPOSE {PORT}",
+        f'CMD ["{REPLROOM}", "serve"]',
     ]
-    # aiodocker has no call for a rootfs import (see image.import_to_docker).
-    async with client._query(
-        str(URL.build(path="images/create", query=query)),
-        "POST",
-        data=_tar_stream(image.rootfs),
-        headers={"Content-Type": "application/x-tar"},
-        chunked=True,
-        timeout=None,
-    ) as response:
-        async for raw in response.content:
-            if raw.strip() and "error" in (message := json.loads(raw)):
-                raise ImageError(f"docker import failed: {message['error']}")
-    await client.images.inspect(image.docker_tag)
-
-
-# ------------------------------------------------------------------- main
+    await docker_import(
+        client, image.rootfs, SERVER_REPOSITORY, image.id,
+        message=f"replroom server image {image.id}", changes=changes,
+    )  # fmt: skip

@@ -43,6 +43,7 @@ COMPOSE = DEPLOY / "compose.yaml"
 INSTALLED = "/opt/replroom/.venv/bin/replroom"
 # This checkout's installed command, which the unit's copy points at.
 CHECKOUT_REPLROOM = Path(sys.executable).parent / "replroom"
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 
 def _tool(name: str) -> str:
@@ -111,13 +112,24 @@ def _as_the_unit_would(argv: list[str], state: Path, image_dir: Path) -> list[st
     caps = [c.removeprefix("CAP_").lower() for c in service["CapabilityBoundingSet"].split()]
     read_only = ("/usr", "/boot", "/efi", "/etc", "/home", "/root", "/run/user")
     (state / "images").mkdir()
+    # A checkout under /tmp (as a CI clone may be) must stay reachable under
+    # the private /tmp: held aside before the tmpfs covers it, bound back after.
+    checkout = shlex.quote(str(CHECKOUT))
+    held = shlex.quote(str(state.parent / "checkout"))
+    private_tmp = []
+    for tmp in ("/tmp", "/var/tmp"):
+        private_tmp.append(f"mount -t tmpfs tmpfs {tmp}")
+        if CHECKOUT.is_relative_to(tmp):
+            private_tmp[-1:] = [
+                f"mkdir -p {held}", f"mount --bind {checkout} {held}", private_tmp[-1],
+                f"mkdir -p {checkout}", f"mount --bind {held} {checkout}",
+            ]  # fmt: skip
     script = "\n".join([
         "set -e",
         f"for d in {' '.join(read_only)}; do",
         '  if [ -d "$d" ]; then mount --rbind "$d" "$d"; mount -o remount,bind,ro "$d"; fi',
         "done",
-        "mount -t tmpfs tmpfs /tmp",
-        "mount -t tmpfs tmpfs /var/tmp",
+        *private_tmp,
         f"mount --bind {shlex.quote(str(image_dir))} {shlex.quote(str(state / 'images'))}",
         "exec setpriv --no-new-privs --bounding-set=-all,"
         + ",".join(f"+{c}" for c in caps) + ' -- "$@"',

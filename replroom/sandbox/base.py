@@ -12,8 +12,9 @@ model: this docstring and the methods' are the contract a backend signs):
   :meth:`~Sandbox.spawn`, :meth:`~Sandbox.put_file`, :meth:`~Sandbox.stats`,
   :meth:`~Sandbox.alive` any number of times → :meth:`~Sandbox.destroy`
   (idempotent; afterwards only ``alive()`` and ``destroy()`` may be called).
-  A sandbox made ahead of time (``pool.py``) is made under a pool name and
-  handed to its room with :meth:`~Sandbox.rename`.
+  A sandbox made ahead of time (``pool.py``) is made under a pool name in the
+  background and handed to its room with :meth:`~Sandbox.rename` and
+  :meth:`~Sandbox.foreground`.
 - a :class:`Process` runs in a sandbox on a pseudo-terminal (or on pipes),
   from :meth:`~Sandbox.spawn` until :meth:`~Process.wait` says why it ended.
 
@@ -267,6 +268,13 @@ class Sandbox(ABC):
         """
 
     @abstractmethod
+    async def foreground(self) -> None:
+        """Give a sandbox made with ``background=True`` the usual CPU weight (idempotent).
+
+        Raises :class:`SandboxError` when the backend cannot do it now.
+        """
+
+    @abstractmethod
     async def destroy(self) -> None:
         """Kill every process and remove every resource. Idempotent.
 
@@ -291,10 +299,13 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    async def create(self, room_id: str, limits: Limits) -> Sandbox:
+    async def create(self, room_id: str, limits: Limits, *, background: bool = False) -> Sandbox:
         """Make a sandbox for ``room_id`` (see :func:`check_room_id`), ready to spawn in.
 
         Refused while the room has a sandbox that was not destroyed.
+        ``background``: made ahead of time (a pool's refill), its processes
+        get the least CPU weight until :meth:`Sandbox.foreground`, so that
+        making it never slows the live rooms.
         """
 
     @abstractmethod

@@ -165,7 +165,9 @@ class BwrapBackend(Backend):
         except CgroupError as error:
             raise SandboxError(str(error)) from None
 
-    async def create(self, room_id: str, limits: Limits) -> BwrapSandbox:
+    async def create(
+        self, room_id: str, limits: Limits, *, background: bool = False
+    ) -> BwrapSandbox:
         self._check_free(check_room_id(room_id))
         if not (self.rootfs / "usr").is_dir():
             raise SandboxError(f"room image not found at {self.rootfs}")
@@ -173,7 +175,7 @@ class BwrapBackend(Backend):
         self._rooms[room_id] = room_id
         sandbox = BwrapSandbox(self, room_id, limits, lease.uid)
         try:
-            sandbox.set_up()
+            sandbox.set_up(background=background)
         except BaseException:
             await sandbox.destroy()
             raise
@@ -244,7 +246,7 @@ class BwrapSandbox(Sandbox):
         self._destroyed = False
         self._processes: set[BwrapProcess] = set()
 
-    def set_up(self) -> None:
+    def set_up(self, *, background: bool) -> None:
         # Made again here, not only at start-up: the runtime dir may have been
         # removed under a running server (a tmpfs cleaner, a careless operator).
         _make_traversable(self.backend.rooms_dir)
@@ -257,7 +259,7 @@ class BwrapSandbox(Sandbox):
             path.mkdir()
             os.chown(path, self.uid, self.uid)
             path.chmod(mode)
-        self.cgroup.create(self.limits)
+        self.cgroup.create(self.limits, background=background)
 
     def _write_room_json(self) -> None:
         # For people looking at the host: which room these resources serve.
@@ -273,6 +275,14 @@ class BwrapSandbox(Sandbox):
         self.room_id = room_id
         with contextlib.suppress(OSError):
             await asyncio.to_thread(self._write_room_json)
+
+    async def foreground(self) -> None:
+        if self._destroyed:
+            raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
+        try:
+            self.cgroup.set_background(False)
+        except OSError as error:
+            raise SandboxError(f"sandbox of room {self.room_id} is gone ({error})") from None
 
     def _bwrap_argv(
         self, argv: Sequence[str], env: Mapping[str, str], cwd: str, tty: bool, seccomp_fd: int

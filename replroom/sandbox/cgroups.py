@@ -23,6 +23,9 @@ from replroom.sandbox.host import mounts
 
 CPU_PERIOD_US = 100_000
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+# CPU weights: the kernel's defaults and its smallest values.
+V1_DEFAULT_SHARES, V1_BACKGROUND_SHARES = 1024, 2
+V2_DEFAULT_WEIGHT, V2_BACKGROUND_WEIGHT = 100, 1
 
 
 class CgroupError(Exception):
@@ -102,7 +105,7 @@ class Cgroup:
 
     # -- life cycle ---------------------------------------------------------
 
-    def create(self, limits: Limits) -> None:
+    def create(self, limits: Limits, *, background: bool = False) -> None:
         for directory in {*self.v1_dirs.values(), *filter(None, [self.v2_dir])}:
             directory.mkdir(parents=True, exist_ok=True)
         if self.v2_dir:
@@ -110,6 +113,21 @@ class Cgroup:
         self._set_memory(limits.memory)
         self._set_cpu(limits.cpus)
         self._set_pids(limits.pids)
+        if background:
+            self.set_background(True)
+
+    def set_background(self, background: bool) -> None:
+        """Give the cgroup the least CPU weight (or the usual one again).
+
+        The quota still caps it; the weight decides who waits when rooms
+        compete for the CPU, so a sandbox made ahead of time waits.
+        """
+        if "cpu" in self.v1_dirs:
+            shares = V1_BACKGROUND_SHARES if background else V1_DEFAULT_SHARES
+            _write(self.v1_dirs["cpu"] / "cpu.shares", str(shares))
+        elif self.v2_dir:
+            weight = V2_BACKGROUND_WEIGHT if background else V2_DEFAULT_WEIGHT
+            _write(self.v2_dir / "cpu.weight", str(weight))
 
     def _enable_v2_controllers(self) -> None:
         assert self.hierarchy.v2 is not None

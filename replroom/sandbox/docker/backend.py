@@ -32,6 +32,7 @@ from replroom.sandbox.base import (
 )
 from replroom.sandbox.docker.config import (
     BUILD_HINT,
+    DEFAULT_CPU_SHARES,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     USER,
@@ -140,13 +141,20 @@ class DockerBackend(Backend):
                 ) from None
             raise SandboxError(f"cannot inspect image {self.image}: {error.message}") from None
 
-    async def create(self, room_id: str, limits: Limits) -> DockerSandbox:
+    async def create(
+        self, room_id: str, limits: Limits, *, background: bool = False
+    ) -> DockerSandbox:
         check_room_id(room_id)
         if self.image is None:
             raise SandboxError(f"room image not built: {BUILD_HINT}")
         self._check_free(room_id)
         await self._follow_events()
-        config = container_config(self.image, room_id, limits, self.runtime, self.instance)
+        # runsc cannot change a running sandbox's resources (it has no
+        # `update`), so its sandboxes get the usual weight from the start.
+        background = background and self.runtime != "runsc"
+        config = container_config(
+            self.image, room_id, limits, self.runtime, self.instance, background=background
+        )
         name = container_name(room_id)
         self._creating.add(name)
         try:
@@ -171,7 +179,7 @@ class DockerBackend(Backend):
             if isinstance(error, aiodocker.DockerError):
                 raise self.error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
-        return DockerSandbox(self, room_id, limits, container, watch)
+        return DockerSandbox(self, room_id, limits, container, watch, background=background)
 
     async def _create_container(self, config: dict[str, Any], name: str) -> DockerContainer:
         try:
@@ -303,12 +311,15 @@ class DockerSandbox(Sandbox):
         limits: Limits,
         container: DockerContainer,
         watch: Watch,
+        *,
+        background: bool = False,
     ) -> None:
         super().__init__(room_id, limits)
         self.backend = backend
         self.container = container
         self.id: str = container.id
         self.watch = watch
+        self.background = background
         self._destroyed = False
 
     @property
@@ -478,6 +489,23 @@ class DockerSandbox(Sandbox):
             raise
         self.backend._release(self.room_id, self.id)
         self.room_id = room_id
+
+    async def foreground(self) -> None:
+        if not self.background:
+            return
+        self._check_usable()
+        try:
+            await self.backend.docker._query_json(
+                f"containers/{self.id}/update",
+                method="POST",
+                data={"CpuShares": DEFAULT_CPU_SHARES},
+            )
+        except aiodocker.DockerError as error:
+            doing = f"cannot change the CPU weight of room {self.room_id}"
+            raise self.error(error, doing) from None
+        except (aiohttp.ClientError, OSError) as error:
+            raise unreachable(self.backend.docker_host, error) from None
+        self.background = False
 
     async def _rename_container(self, room_id: str) -> None:
         name = container_name(room_id)

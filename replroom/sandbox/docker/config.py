@@ -42,6 +42,10 @@ RUNSC_PIDS_BASE = 128
 RUNSC_PIDS_PER_TASK = 16
 
 
+# The Engine's default weight (cgroup v1 cpu.shares) and the least it allows.
+DEFAULT_CPU_SHARES, BACKGROUND_CPU_SHARES = 1024, 2
+
+
 def container_name(room_id: str) -> str:
     return NAME_PREFIX + room_id
 
@@ -67,9 +71,15 @@ def host_pids_limit(runtime: Runtime, pids: int) -> int:
 
 
 def container_config(
-    image: str, room_id: str, limits: Limits, runtime: Runtime, instance: str = "replroom"
+    image: str,
+    room_id: str,
+    limits: Limits,
+    runtime: Runtime,
+    instance: str = "replroom",
+    *,
+    background: bool = False,
 ) -> dict[str, Any]:
-    """The Engine's create request for a room's container."""
+    """The Engine's create request for a room's container (``background``: least CPU weight)."""
     home, tmp, shm = split_disk(limits.disk)
     # noexec would be the Docker default; rooms run their own scripts.
     tmpfs = "rw,exec,nosuid,nodev"
@@ -98,6 +108,7 @@ def container_config(
             "Memory": limits.memory,
             "MemorySwap": limits.memory,
             "NanoCpus": round(limits.cpus * 1e9),
+            "CpuShares": BACKGROUND_CPU_SHARES if background else DEFAULT_CPU_SHARES,
             "PidsLimit": host_pids_limit(runtime, limits.pids),
             "Tmpfs": {
                 SANDBOX_HOME: f"{tmpfs},size={home},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",

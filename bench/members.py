@@ -70,7 +70,7 @@ class Typist:
     key: int | None  # the byte it types; None: it only watches
     ws: ClientConnection
     sent: deque[float] = field(default_factory=deque)
-    samples: list[float] = field(default_factory=list)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (sent at, ms)
     unexpected: int = 0  # echoes of its key with no keystroke pending
     received: int = 0
     closed: str | None = None  # why the connection ended, if it did before we closed it
@@ -89,7 +89,8 @@ class Typist:
                     echoes = frame.count(self.key)
                     for _ in range(echoes):
                         if self.sent:
-                            self.samples.append((now - self.sent.popleft()) * 1000)
+                            sent = self.sent.popleft()
+                            self.samples.append((sent, (now - sent) * 1000))
                         else:
                             self.unexpected += 1
                 if self.watching is not None:
@@ -217,7 +218,7 @@ class Worker:
         await asyncio.gather(*jobs)
         stop_times = await stops
         await asyncio.sleep(0.5)  # the last echoes
-        samples: dict[int, list[float]] = {}
+        samples: dict[int, list[tuple[float, float]]] = {}
         for room, typists_of_room in self.rooms.items():
             samples[room] = [s for t in typists_of_room for s in t.samples]
         return {
@@ -270,6 +271,12 @@ def machine_busy() -> tuple[float, float]:
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]
     return sum(values) - idle, sum(values)
+
+
+def sandboxes_cpu_seconds(instance: str) -> float:
+    """CPU time of all the sandboxes of a server: its instance's cgroup (v1 cpuacct)."""
+    usage = Path(f"/sys/fs/cgroup/cpuacct/{instance}/cpuacct.usage")
+    return int(usage.read_text()) / 1e9 if usage.exists() else 0.0
 
 
 def rss_mib(pid: int) -> float:
@@ -335,16 +342,20 @@ class Window:
     seconds: float
     server_cpu: float  # percent of one core
     clients_cpu: float
+    sandboxes_cpu: float
     machine_cpu: float  # percent of all cores
     rss_peak: float
     fds: int
 
 
 async def measure_window(
-    server_pid: int, pool: Pool, run: asyncio.Future[Any]
+    server: Server, pool: Pool, run: asyncio.Future[Any]
 ) -> tuple[Any, Window]:
+    assert server.process is not None
+    server_pid = server.process.pid
     started = time.monotonic()
     server_cpu, clients_cpu = cpu_seconds(server_pid), pool.cpu_seconds()
+    sandboxes_cpu = sandboxes_cpu_seconds(server.instance)
     busy, total = machine_busy()
     rss_peak, fds = rss_mib(server_pid), open_fds(server_pid)
     while not run.done():
@@ -356,6 +367,7 @@ async def measure_window(
         seconds=elapsed,
         server_cpu=(cpu_seconds(server_pid) - server_cpu) / elapsed * 100,
         clients_cpu=(pool.cpu_seconds() - clients_cpu) / elapsed * 100,
+        sandboxes_cpu=(sandboxes_cpu_seconds(server.instance) - sandboxes_cpu) / elapsed * 100,
         machine_cpu=(busy_after - busy) / max(1, total_after - total) * 100,
         rss_peak=rss_peak,
         fds=fds,
@@ -374,18 +386,10 @@ def figure(label: str, samples: list[float]) -> str:
     )
 
 
-def window_line(window: Window, cores: int) -> str:
-    return (
-        f"{'  server CPU / RSS peak / fds':<46} {window.server_cpu:5.0f} % of a core   "
-        f"{window.rss_peak:7.0f} MiB   {window.fds} fds\n"
-        f"{'  clients CPU / machine busy':<46} {window.clients_cpu:5.0f} % of a core   "
-        f"{window.machine_cpu:5.0f} % of {cores} cores"
-    )
-
-
 @dataclass
 class PhaseResult:
-    samples: dict[int, list[float]]
+    samples: dict[int, list[tuple[float, float]]]  # room -> (sent at, echo ms)
+    start_at: float
     window: Window
     lost: int
     unexpected: int
@@ -394,7 +398,17 @@ class PhaseResult:
     received: int  # terminal output bytes, all members
 
     def of_rooms(self, rooms: set[int] | None = None) -> list[float]:
-        return [s for r, ss in self.samples.items() if rooms is None or r in rooms for s in ss]
+        return [ms for r, ss in self.samples.items() if rooms is None or r in rooms for _, ms in ss]
+
+    def slow(self, rooms: set[int] | None = None) -> str:
+        """How the echoes over the target spread: over rooms, and over the seconds."""
+        slow = [(room, sent) for room, samples in self.samples.items()
+                if rooms is None or room in rooms
+                for sent, ms in samples if ms > ECHO_TARGET_MS]  # fmt: skip
+        seconds = {int(sent - self.start_at) for _, sent in slow}
+        total = len(self.samples) if rooms is None else len(rooms)
+        return (f"{len(slow)} echoes, in {len({room for room, _ in slow})} of {total} rooms,"
+                f" in {len(seconds)} of {int(self.window.seconds)} seconds")  # fmt: skip
 
 
 class Run:
@@ -468,6 +482,15 @@ class Run:
             print(f"  join error: {error}")
         if errors:
             print(f"  join errors: {len(errors)} room(s)")
+        await self._idle(5.0)
+
+    async def _idle(self, seconds: float) -> None:
+        """The server's CPU while every member is connected and nobody types."""
+        before, repls = cpu_seconds(self.pid), sandboxes_cpu_seconds(self.server.instance)
+        await asyncio.sleep(seconds)
+        server = (cpu_seconds(self.pid) - before) / seconds * 100
+        repls = (sandboxes_cpu_seconds(self.server.instance) - repls) / seconds * 100
+        print(f"{'  idle CPU: server / REPLs':<46} {server:5.1f} % / {repls:.1f} % of a core")
 
     async def phase(self, name: str, seconds: float, flood: list[int]) -> PhaseResult:
         assert self.pool is not None
@@ -480,9 +503,10 @@ class Run:
         arguments = [(start_at, seconds, total, f, flood) for f in firsts]
         self._profile(name, seconds)
         run = asyncio.ensure_future(self.pool.each("phase", arguments))
-        results, window = await measure_window(self.pid, self.pool, run)
+        results, window = await measure_window(self.server, self.pool, run)
         return PhaseResult(
             samples={r: s for result in results for r, s in result["samples"].items()},
+            start_at=start_at,
             window=window,
             lost=sum(r["lost"] for r in results),
             unexpected=sum(r["unexpected"] for r in results),
@@ -528,8 +552,20 @@ class Run:
 def report_phase(label: str, result: PhaseResult, rooms: set[int] | None = None) -> list[float]:
     samples = result.of_rooms(rooms)
     print(figure(label, samples))
-    print(window_line(result.window, os.cpu_count() or 1))
-    rate = result.received / result.window.seconds / 1e3
+    print(f"{f'  over {ECHO_TARGET_MS:.0f} ms':<46} {result.slow(rooms)}")
+    window = result.window
+    keystrokes = len(result.of_rooms()) + result.lost
+    per_keystroke = window.server_cpu / 100 * window.seconds / max(1, keystrokes) * 1e6
+    print(
+        f"{'  server CPU / RSS peak / fds':<46} {window.server_cpu:5.0f} % of a core"
+        f" ({per_keystroke:.0f} us a keystroke)   {window.rss_peak:5.0f} MiB   {window.fds} fds"
+    )
+    print(
+        f"{'  CPU: REPLs / clients / machine busy':<46} {window.sandboxes_cpu:5.0f} %"
+        f" / {window.clients_cpu:.0f} % of a core / {window.machine_cpu:.0f} % of"
+        f" {os.cpu_count()} cores"
+    )
+    rate = result.received / window.seconds / 1e3
     print(f"{'  terminal output received, all members':<46} {rate:7.0f} kB/s")
     disconnected = len(result.disconnected)
     print(f"{'  members disconnected':<46} {disconnected:5d}   (target: 0)"

@@ -215,6 +215,20 @@ class Terminal:
         os.write(self.master, line.encode() + b"\r")
         return self.wait_ready(after_line=True)
 
+    def keys(self, keys: str, until: bytes, timeout: float = 15) -> bytes:
+        """Type ``keys`` without Enter; read until the screen shows ``until``."""
+        start = len(self.output)
+        os.write(self.master, keys.encode())
+        deadline = time.monotonic() + timeout
+        while until not in self.output[start:]:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no {until!r} after {timeout}s: {self.output[start:]!r}")
+            readable, _, _ = select.select([self.master], [], [], remaining)
+            if readable:
+                self.output += os.read(self.master, 65536)
+        return self.output[start:]
+
     def close(self) -> None:
         os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
@@ -302,3 +316,18 @@ def test_repl_loads_a_file_and_keeps_its_definitions(terminal: Terminal, tmp_pat
     assert b"rror" not in loaded, loaded
     result = terminal.type(call)
     assert b"HELLO ROOM 42" in COLOURS.sub(b"", result), result
+
+
+@pytest.mark.parametrize("terminal", ["python"], indirect=True)
+def test_python_completes_with_tab_without_loading_inspect_first(terminal: Terminal) -> None:
+    """The image defers rlcompleter's imports to the first Tab (2.4 MiB per room)."""
+    terminal.wait_ready()
+    loaded = terminal.type("print(sorted({'inspect', 're'} & set(__import__('sys').modules)))")
+    assert b"[]" in loaded, loaded
+    terminal.keys("pri\t", until=b"print(")
+    terminal.keys("\x15", until=b"\r")  # Ctrl-U: an empty line again
+    terminal.type("import os")
+    terminal.keys("os.getpi\t", until=b"os.getpid()")
+    terminal.keys("\x15", until=b"\r")
+    history = terminal.type("print(__import__('readline').get_history_item(1)[:12])")
+    assert b"print(sorted" in history, history  # and readline keeps the history

@@ -165,7 +165,12 @@ async def run_clients(workload: Workload) -> list[float]:
 
 
 async def seed_workload(
-    server: Server, *, burst: bool, compression: bool, client_processes: int = 1
+    server: Server,
+    *,
+    burst: bool,
+    compression: bool,
+    client_processes: int = 1,
+    evaluations: int = EVALUATIONS,
 ) -> list[float]:
     """One run of the workload in a new room of ``server``: milliseconds per evaluation.
 
@@ -182,6 +187,7 @@ async def seed_workload(
             with_owner=part == 0,
             burst=burst,
             compression=compression,
+            evaluations=evaluations,
         )
         for part in range(client_processes)
     ]

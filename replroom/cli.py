@@ -275,6 +275,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from replroom import logs  # noqa: PLC0415
     from replroom.app import create_app  # noqa: PLC0415
     from replroom.protocol import MAX_FRAME  # noqa: PLC0415
+    from replroom.routes.common import WebSocketProtocol  # noqa: PLC0415
 
     given = {n: getattr(args, n) for n in ("host", "port", "data_dir") if getattr(args, n)}
     settings = _settings(args, **given)
@@ -289,6 +290,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=settings.host,
         port=settings.port,
         log_config=None,
+        loop="uvloop",
+        http="httptools",
+        ws=WebSocketProtocol,  # permessage-deflate on the editor socket only
         # Larger frames are refused (1009) before the app sees them.
         ws_max_size=MAX_FRAME,
         ws_ping_interval=20,

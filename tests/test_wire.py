@@ -1,15 +1,25 @@
 """The one source of the wire and of the settings: protocol.py's tables, config.py's fields,
-and what is derived from them (the CLI's help; scripts/generate.py checks the generated files)."""
+and what is derived from them (the CLI's help; scripts/generate.py checks the generated files);
+and the WebSocket extensions each socket agrees on."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 
 import pytest
+import uvicorn
+import websockets
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
 
 from replroom import protocol
 from replroom.cli import build_parser
 from replroom.config import Limits, Settings, format_size, settings_help
+from replroom.room.manager import EDITOR_PATH
+from replroom.routes.common import ROOM_SOCKET_PATH, WebSocketProtocol
 
 pytestmark = pytest.mark.fast
 
@@ -94,3 +104,39 @@ def test_the_cli_help_takes_its_defaults_from_the_settings(
     assert f"(default: {Limits().cpus:g})" in text
     assert f"(default: {Limits().pids})" in text
     assert "{bwrap,docker}" in text
+
+
+async def test_only_the_editor_socket_agrees_on_compression() -> None:
+    """Browsers always offer permessage-deflate; the room socket declines it.
+
+    uvicorn on loopback with the server's WebSocket protocol, in front of an
+    app that only accepts: the extensions are agreed on before the app runs.
+    """
+
+    async def accept(websocket: WebSocket) -> None:
+        await websocket.accept()
+        await websocket.close()
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute(ROOM_SOCKET_PATH + "/{room_id}", accept),
+            WebSocketRoute(EDITOR_PATH + "/{room_id}/{language}", accept),
+        ]
+    )
+    listening = socket.create_server(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    config = uvicorn.Config(app, ws=WebSocketProtocol, lifespan="off", log_config=None)
+    server = uvicorn.Server(config)
+    serving = asyncio.create_task(server.serve(sockets=[listening]))
+    agreed = {}
+    try:
+        for path in (f"{ROOM_SOCKET_PATH}/r", f"{EDITOR_PATH}/r/python"):
+            url = f"ws://127.0.0.1:{port}{path}"
+            async with websockets.connect(url, compression="deflate") as ws:
+                assert ws.response is not None
+                agreed[path] = ws.response.headers.get("Sec-WebSocket-Extensions")
+    finally:
+        server.should_exit = True
+        await serving
+    assert agreed[f"{ROOM_SOCKET_PATH}/r"] is None
+    assert (agreed[f"{EDITOR_PATH}/r/python"] or "").startswith("permessage-deflate")

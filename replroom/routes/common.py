@@ -1,4 +1,4 @@
-"""What the routes share: the app's parts, the origin rule, closing a WebSocket, plain pages."""
+"""What the routes share: the app's parts, the origin rule, WebSocket settings, plain pages."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 
 from replroom import protocol
 from replroom.config import Settings
@@ -17,6 +19,7 @@ from replroom.editor import EditorSync
 from replroom.room import RoomManager
 
 INTERNAL_ERROR = "internal server error (logged); try again"
+ROOM_SOCKET_PATH = "/ws/rooms"  # the room WebSocket: ROOM_SOCKET_PATH/{room id}
 
 
 def settings_of(connection: HTTPConnection) -> Settings:
@@ -44,6 +47,23 @@ def origin_allowed(websocket: WebSocket) -> bool:
         parts = urlsplit(settings.public_url)
         allowed.add(f"{parts.scheme}://{parts.netloc}")
     return origin.rstrip("/") in allowed
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, without permessage-deflate on the room socket.
+
+    Browsers always offer compression. On the room socket it costs each member
+    a compressor (tens of KiB) and time on every small frame of terminal
+    output, for no gain on frames of a few bytes; the editor socket keeps it
+    for its document syncs (docs/protocol.md, "Compression"). uvicorn agrees
+    on extensions before the app sees the socket and has one setting for all
+    sockets, so the choice by path is made here, as the handshake is accepted.
+    """
+
+    def handle_connect(self, event: Request) -> None:
+        if event.path.startswith(ROOM_SOCKET_PATH + "/"):
+            self.conn.available_extensions = []
+        super().handle_connect(event)
 
 
 async def close(websocket: WebSocket, code: int, reason: str) -> None:

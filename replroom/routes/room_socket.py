@@ -22,7 +22,14 @@ from replroom.protocol import MAX_PENDING_INPUT, CloseCode, ErrorCode
 from replroom.room import AtCapacity, Member, Refused, ReplBusy, Room, RoomManager
 from replroom.room.room import BUSY
 from replroom.room.terminal import Frame
-from replroom.routes.common import INTERNAL_ERROR, close, fail, manager_of, origin_allowed
+from replroom.routes.common import (
+    INTERNAL_ERROR,
+    ROOM_SOCKET_PATH,
+    close,
+    fail,
+    manager_of,
+    origin_allowed,
+)
 from replroom.sandbox import SandboxError
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ JOIN_TIMEOUT = 10.0
 router = APIRouter()
 
 
-@router.websocket("/ws/rooms/{room_id}")
+@router.websocket(ROOM_SOCKET_PATH + "/{room_id}")
 async def room_socket(websocket: WebSocket, room_id: str) -> None:
     if not origin_allowed(websocket):
         await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")

@@ -13,6 +13,7 @@ import pytest
 
 from replroom.languages import get_language
 from replroom.room.terminal import (
+    FRAME_LIMIT,
     HARD_LIMIT,
     HIGH_WATER,
     LOW_WATER,
@@ -150,6 +151,34 @@ async def test_outbox_replace_screen_keeps_messages_drops_output() -> None:
         assert [json.loads(f)["type"] for f in connection.frames[:2]] == ["language", "terminal"]
         assert connection.frames[2] == b"irb> "
         assert b"old output" not in connection.frames
+    finally:
+        outbox.close()
+        await sender
+
+
+async def test_outbox_sends_the_output_queued_meanwhile_as_one_frame() -> None:
+    connection = Connection()
+    connection.open.clear()  # the first chunk is on its way, slowly
+    drained: list[int] = []
+    outbox = Outbox(connection.send, lambda: drained.append(outbox.output_bytes))
+    sender = asyncio.create_task(outbox.run())
+    try:
+        outbox.send_output(b"1+1\r\n", lambda: [])
+        await asyncio.sleep(0)  # the sender takes it, and waits on the network
+        outbox.send_output(b"=> 2\r\n", lambda: [])
+        outbox.send_output(b"irb> ", lambda: [])
+        outbox.send_json({"type": "notice"})  # a message ends a frame of output
+        outbox.send_output(b"after", lambda: [])
+        big = b"y" * FRAME_LIMIT
+        outbox.send_output(big, lambda: [])
+        outbox.send_output(b"next frame", lambda: [])
+        connection.open.set()
+        await connection.until(5)
+        assert connection.frames[0] == b"1+1\r\n"
+        assert connection.frames[1] == b"=> 2\r\nirb> "
+        assert json.loads(connection.frames[2]) == {"type": "notice"}
+        assert connection.frames[3:] == [b"after" + big, b"next frame"]
+        assert outbox.output_bytes == 0 and drained[-1] == 0
     finally:
         outbox.close()
         await sender

@@ -30,6 +30,7 @@ HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 HARD_LIMIT = 1024 * 1024
 REPLAY_LIMIT = 256 * 1024
+FRAME_LIMIT = 64 * 1024  # queued output is sent in frames of up to this size
 SGR_RESET = b"\x1b[0m"
 SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
 SKIP_TAIL = 4096
@@ -115,7 +116,7 @@ class Outbox:
     def __init__(self, send: Sender, on_drained: Callable[[], None]) -> None:
         self._send = send
         self._on_drained = on_drained
-        self._frames: deque[tuple[Frame, bool]] = deque()  # (frame, is terminal output)
+        self._frames: deque[Frame] = deque()  # terminal output is bytes, messages str
         self._wakeup = asyncio.Event()
         self.output_bytes = 0  # terminal output queued or being sent
         self._sending = 0  # bytes of terminal output being sent now
@@ -128,7 +129,7 @@ class Outbox:
 
     def send_json(self, message: Mapping[str, object]) -> None:
         if not self.closed:
-            self._frames.append((json.dumps(message), False))
+            self._frames.append(json.dumps(message))
             self._wakeup.set()
 
     def send_output(self, data: bytes, resync: Callable[[], list[Frame]]) -> None:
@@ -139,7 +140,7 @@ class Outbox:
             self._drop_output()
             self.resync = resync
         else:
-            self._frames.append((data, True))
+            self._frames.append(data)
             self.output_bytes += len(data)
         self._wakeup.set()
 
@@ -148,9 +149,8 @@ class Outbox:
         self._drop_output()
         self.resync = None
         for frame in frames:
-            is_output = isinstance(frame, bytes)
-            self._frames.append((frame, is_output))
-            if is_output:
+            self._frames.append(frame)
+            if isinstance(frame, bytes):
                 self.output_bytes += len(frame)
         self._wakeup.set()
 
@@ -161,22 +161,43 @@ class Outbox:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if self.resync is not None and not any(is_output for _, is_output in self._frames):
+            if self.resync is not None and all(isinstance(f, str) for f in self._frames):
                 resync, self.resync = self.resync, None
                 self.replace_screen(resync())
                 continue
-            frame, is_output = self._frames.popleft()
-            self._sending = len(frame) if is_output else 0
-            await self._send(frame)
-            if is_output:
-                self.output_bytes -= self._sending
-                self._sending = 0
-                if self.output_bytes < LOW_WATER:
-                    self._on_drained()
+            frame = self._frames.popleft()
+            if isinstance(frame, str):
+                await self._send(frame)
+                continue
+            output = self._take_output(frame)
+            self._sending = len(output)
+            await self._send(output)
+            self.output_bytes -= self._sending
+            self._sending = 0
+            if self.output_bytes < LOW_WATER:
+                self._on_drained()
+
+    def _take_output(self, first: bytes) -> bytes:
+        """``first`` and the output queued right after it, as one frame.
+
+        Output queues up while the member's previous frame is being sent or
+        while the REPL writes faster than its pty is read: one frame for all
+        of it costs the server one write to the member's socket, not one per chunk.
+        """
+        if not self._frames or not isinstance(self._frames[0], bytes):
+            return first
+        parts = [first]
+        size = len(first)
+        while self._frames and isinstance(self._frames[0], bytes) and size < FRAME_LIMIT:
+            chunk = self._frames.popleft()
+            assert isinstance(chunk, bytes)  # checked above; mypy does not narrow deque items
+            parts.append(chunk)
+            size += len(chunk)
+        return b"".join(parts)
 
     def _drop_output(self) -> None:
         """Drop the queued terminal output (not the frame being sent, which still counts)."""
-        self._frames = deque(f for f in self._frames if not f[1])
+        self._frames = deque(f for f in self._frames if isinstance(f, str))
         self.output_bytes = self._sending
 
     def close(self) -> None:

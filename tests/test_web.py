@@ -13,10 +13,13 @@ import signal
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from playwright.async_api import (
     Browser,
     BrowserContext,
+    Response,
+    Route,
     WebSocketRoute,
     async_playwright,
     expect,
@@ -25,6 +28,7 @@ from playwright.async_api import (
 from replroom import protocol
 from tests.client import Server
 from tests.web_fixtures import (
+    WEB_DIST,
     RoomPage,
     launch_chromium,
     new_context,
@@ -138,6 +142,86 @@ async def test_owner_invites_and_both_share_the_terminal(people: People, server:
     await expect(owner.page.locator("#members .badge", has_text="owner")).to_have_count(1)
     await owner.wait_screen("x is 42")
     assert not owner.errors and not bob.errors, owner.errors + bob.errors
+
+
+async def test_page_files_are_compressed_and_hashed_ones_cached_for_good(
+    people: People, server: Server
+) -> None:
+    context = await people.context("Cache")
+    page = RoomPage(await context.new_page())
+    responses: list[Response] = []
+
+    def seen(response: Response) -> None:  # Playwright takes no built-in method
+        responses.append(response)
+
+    page.page.on("response", seen)
+    await page.page.goto(f"{server.url}/")
+    await page.wait_screen(">>> ")
+    await page.wait_synced()  # the editor's chunk has come too
+    document = next(r for r in responses if r.request.resource_type == "document" and r.ok)
+    headers = await document.all_headers()
+    assert headers["cache-control"] == "no-cache" and headers["content-encoding"] == "br"
+    assets = [r for r in responses if "/assets/" in r.url]
+    assert {re.sub(r"-[\w-]+\.js$", "", r.url.rsplit("/", 1)[1]) for r in assets} == {
+        "index",
+        "editor",
+    }, [r.url for r in assets]
+    for response in assets:
+        headers = await response.all_headers()
+        assert headers["cache-control"] == "public, max-age=31536000, immutable", response.url
+        assert headers["content-encoding"] == "br", response.url
+        assert headers["vary"] == "Accept-Encoding", response.url
+        name = response.url.rsplit("/", 1)[1]
+        assert await response.body() == (WEB_DIST / "assets" / name).read_bytes(), name
+    # Other clients get what they take: gzip, or the file as it is.
+    name = assets[0].url.rsplit("/", 1)[1]
+    url = f"{server.url}/assets/{name}"
+    original = (WEB_DIST / "assets" / name).read_bytes()
+    async with httpx.AsyncClient() as http:
+        gzipped = await http.get(url, headers={"Accept-Encoding": "gzip"})
+        assert gzipped.headers["content-encoding"] == "gzip"
+        assert gzipped.content == original
+        assert int(gzipped.headers["content-length"]) < len(original)
+        for accepted in ("identity", "", "br;q=0, gzip;q=0", "zstd"):
+            plain = await http.get(url, headers={"Accept-Encoding": accepted})
+            assert plain.status_code == 200 and "content-encoding" not in plain.headers, accepted
+            assert plain.content == original
+            assert plain.headers["cache-control"] == "public, max-age=31536000, immutable"
+        for missing in (f"{name}.br", f"{name}.gz", "index-nosuchhash.js", "..%2Findex.html"):
+            assert (await http.get(f"{server.url}/assets/{missing}")).status_code == 404, missing
+
+
+async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
+    people: People, server: Server
+) -> None:
+    context = await people.context("Early")
+    held: list[Route] = []
+    asked = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        held.append(route)
+        asked.set()
+
+    # The editor's chunk is kept back (then let through unchanged) to see the
+    # page work without it, as it does on a slow link.
+    await context.route(re.compile(r"/assets/editor-[^/]+\.js$"), hold)
+    page = await RoomPage.open(context, f"{server.url}/")
+    await page.wait_screen(">>> ")
+    await asyncio.wait_for(asked.wait(), timeout=60)
+    await page.type_terminal("6 * 7\n")
+    await page.wait_screen("42")
+    await expect(page.page.locator("#editor .cm-editor")).to_have_count(0)
+    await page.page.click("#run")
+    await page.wait_toast("The editor is empty")
+
+    for route in held:
+        await route.continue_()
+    await page.wait_synced()
+    await page.insert_code("def answer():\n    return 'the answer is ' + str(6 * 7)\n")
+    await page.page.click("#run")
+    await page.type_terminal("answer()\n")
+    await page.wait_screen("'the answer is 42'")
+    assert not page.errors, page.errors
 
 
 async def test_editor_is_shared_with_named_cursors_and_own_undo(

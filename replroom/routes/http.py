@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import mimetypes
+import re
+import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -16,7 +21,93 @@ from replroom.storage import StorageError
 
 WEB_DIST = Path(__file__).resolve().parent.parent.parent / "web" / "dist"
 
+# Asset names carry a hash of their content (Vite): a name never changes its content.
+IMMUTABLE = "public, max-age=31536000, immutable"
+# The page itself names the current assets: browsers must ask each time (a 304 at best).
+REVALIDATE = "no-cache"
+# What the build writes beside each file (web/build/plugins.mjs), best first.
+ENCODINGS = {"br": ".br", "gzip": ".gz"}
+ASSET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# What a build holds; mimetypes' answers for these differ between hosts.
+MEDIA_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".map": "application/json",
+    ".json": "application/json",
+    ".svg": "image/svg+xml",
+}
+
 router = APIRouter()
+
+
+@dataclass(frozen=True)
+class BuiltFile:
+    """A file of web/dist in memory, with its precompressed versions."""
+
+    media_type: str
+    identity: bytes
+    encoded: dict[str, bytes]
+    # Which build it is from: `npm run build` while the server runs replaces index.html.
+    version: tuple[int, int]
+
+    @classmethod
+    def read(cls, path: Path) -> BuiltFile:
+        version = _version(path)
+        encoded = {}
+        for encoding, suffix in ENCODINGS.items():
+            compressed = path.with_name(path.name + suffix)
+            if compressed.is_file():
+                encoded[encoding] = compressed.read_bytes()
+        media_type = MEDIA_TYPES.get(path.suffix) or (
+            mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        )
+        return cls(media_type, path.read_bytes(), encoded, version)
+
+    def response(self, request: Request, cache_control: str) -> Response:
+        """The smallest version the client accepts, and headers that say which it is."""
+        headers = {"Cache-Control": cache_control, "Vary": "Accept-Encoding"}
+        accepted = _accepted_encodings(request.headers.get("accept-encoding", ""))
+        for encoding, body in self.encoded.items():
+            if encoding in accepted:
+                headers["Content-Encoding"] = encoding
+                return Response(body, media_type=self.media_type, headers=headers)
+        return Response(self.identity, media_type=self.media_type, headers=headers)
+
+
+class BuiltFiles:
+    """web/dist's files in memory (a few hundred KiB), each read again only when rebuilt."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._read: dict[str, BuiltFile] = {}
+
+    async def get(self, name: str) -> BuiltFile | None:
+        path = self.root / name
+        try:
+            version = _version(path)
+        except OSError:
+            self._read.pop(name, None)
+            return None
+        found = self._read.get(name)
+        if found is None or found.version != version:
+            try:
+                found = await anyio.to_thread.run_sync(BuiltFile.read, path)
+            except OSError:  # removed by a build meanwhile
+                return None
+            self._read[name] = found
+        return found
+
+
+def _version(path: Path) -> tuple[int, int]:
+    """Modification time and size: what changes when a build rewrites the file."""
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise IsADirectoryError(path)
+    return status.st_mtime_ns, status.st_size
+
+
+built_files = BuiltFiles(WEB_DIST)
 
 
 @router.get("/", include_in_schema=False)
@@ -33,7 +124,7 @@ async def new_room(request: Request) -> Response:
 @router.post("/api/rooms", status_code=201)
 async def create_room(request: Request) -> Any:
     manager = manager_of(request)
-    if manager.at_capacity():
+    if not manager.may_start_sandbox():
         return JSONResponse(
             {"error": "at_capacity", "message": "server at capacity, try again later",
              "capacity": manager.capacity()},
@@ -98,10 +189,20 @@ async def room_page(request: Request, room_id: str) -> Response:
     if await manager_of(request).get(room_id) is None:
         return HTMLResponse(page("Room not found", "This room does not exist (any more)."),
                             status_code=404)  # fmt: skip
-    index = WEB_DIST / "index.html"
-    if index.exists():
-        return HTMLResponse(index.read_text())
+    index = await built_files.get("index.html")
+    if index is not None:
+        return index.response(request, REVALIDATE)
     return HTMLResponse(page("replroom", "The web client is not built: run make run."))
+
+
+@router.api_route("/assets/{name}", methods=["GET", "HEAD"], include_in_schema=False)
+async def asset(request: Request, name: str) -> Response:
+    if not ASSET_NAME.fullmatch(name) or name.endswith(tuple(ENCODINGS.values())):
+        raise HTTPException(404)
+    found = await built_files.get(f"assets/{name}")
+    if found is None:
+        raise HTTPException(404)
+    return found.response(request, IMMUTABLE)
 
 
 async def storage_failed(request: Request, error: Exception) -> Response:
@@ -125,6 +226,21 @@ async def _authorised_room(request: Request, room_id: str, token: str | None) ->
 def _links(request: Request, room_id: str, tokens: dict[str, str]) -> dict[str, str]:
     base = (settings_of(request).public_url or str(request.base_url)).rstrip("/")
     return {f"{kind}_url": f"{base}/r/{room_id}#t={token}" for kind, token in tokens.items()}
+
+
+def _accepted_encodings(accept_encoding: str) -> set[str]:
+    """The codings of an Accept-Encoding header that are not refused with q=0 (RFC 9110)."""
+    accepted = set()
+    for item in accept_encoding.split(","):
+        coding, _, parameters = item.partition(";")
+        quality = parameters.strip().removeprefix("q=").strip() or "1"
+        try:
+            refused = float(quality) <= 0
+        except ValueError:
+            refused = False
+        if not refused:
+            accepted.add(coding.strip().lower())
+    return accepted
 
 
 def _bearer(authorization: str | None) -> str | None:

@@ -64,6 +64,7 @@ class RoomPage {
   private warnedReadOnly = false;
   private joinedSize: Size | null = null;
   private editorRequested = false;
+  private editorScheduled = false;
   private countdown: number | undefined;
   /** The connection's latest state, for the banner. */
   private link: ConnectionState = { kind: "connecting", attempt: 0 };
@@ -98,7 +99,11 @@ class RoomPage {
       message: (message) => this.message(message),
       output: (data) => {
         this.terminal.write(data);
-        if (!this.editorRequested) this.requestEditor();
+        if (this.editorScheduled) return;
+        // The editor's code (two thirds of the page's) once the REPL's first
+        // output is on the screen: its evaluation blocks the page for a while.
+        this.editorScheduled = true;
+        this.terminal.afterDrawn(() => this.requestEditor());
       },
       state: (state) => this.connectionState(state),
       lost: () => {
@@ -117,6 +122,7 @@ class RoomPage {
           `${size.cols}×${size.rows}${limited ? " (a smaller window in the room sets the size)" : ""}`;
       },
     });
+    performance.mark("replroom:terminal");
     this.bindControls();
     // index.html has joined already, normally: this takes its connection over.
     this.connection.start();
@@ -126,13 +132,13 @@ class RoomPage {
   private requestEditor(): void {
     if (this.editorRequested) return;
     this.editorRequested = true;
-    // After the terminal has painted what it just got.
-    requestAnimationFrame(() => window.setTimeout(() => void this.loadEditor(), 0));
+    void this.loadEditor();
   }
 
   private async loadEditor(): Promise<void> {
     try {
       const { SharedEditor } = await import("./editor");
+      performance.mark("replroom:editor-loaded");
       this.editor = new SharedEditor(byId("editor"), {
         run: () => this.run(),
         activity: (memberId, what) => this.members.active(memberId, what),
@@ -183,8 +189,8 @@ class RoomPage {
 
   private welcome(message: Welcome): void {
     this.welcomed += 1;
-    // The terminal first: the editor's code loads once the REPL has drawn
-    // something (or a moment after the welcome).
+    // The terminal first: the editor's code loads once the REPL's output is
+    // drawn (or a moment after the welcome, if the REPL is slow to say anything).
     if (this.welcomed === 1) window.setTimeout(() => this.requestEditor(), 800);
     const size = this.terminal.size;
     if (this.joinedSize && (size.cols !== this.joinedSize.cols || size.rows !== this.joinedSize.rows)) {

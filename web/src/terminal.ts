@@ -110,6 +110,19 @@ export class TerminalView {
   }
 
   /**
+   * Calls ``callback`` once what was written so far is drawn: after it is
+   * parsed, the next frame that draws rows, once that frame is painted.
+   */
+  afterDrawn(callback: () => void): void {
+    this.term.write("", () => {
+      const drawn = this.term.onRender(() => {
+        drawn.dispose();
+        window.setTimeout(callback, 0); // onRender runs in the frame, before its paint
+      });
+    });
+  }
+
+  /**
    * The server replaces the screen: reset in the output stream itself (ESC c),
    * so that output still queued in xterm.js is drawn before, never after, it.
    */

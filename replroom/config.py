@@ -109,7 +109,8 @@ def _default_image_dir() -> Path:
 
 
 _BUDGET_PERCENT = 75
-_POOL_SIZES = {"docker": 2, "bwrap": 0}
+# Spares per kind of sandbox: gVisor's cost ~20 MiB more each (docs/performance.md).
+_POOL_SIZES = {"bwrap": 2, "docker with runc": 2, "docker with runsc": 1}
 
 
 def _default_budget() -> int:
@@ -203,11 +204,20 @@ class Settings(BaseSettings):
         None,
         ge=0,
         le=64,
-        description="sandboxes made ahead of time, so that a room starts without waiting "
-        "for one; must be below `memory_budget / limits.memory`",
+        description="spare sandboxes kept with the default language's REPL at its prompt, so "
+        "that a room starts without waiting; they count toward capacity and must leave a place "
+        "for a room (below `memory_budget / limits.memory`). 0 turns the pool off",
         json_schema_extra=_shown_default(
-            ", ".join(f"{size} for {backend}" for backend, size in _POOL_SIZES.items())
+            ", ".join(f"{size} for {kind}" for kind, size in _POOL_SIZES.items())
+            + "; fewer if the memory budget holds fewer sandboxes"
         ),
+    )
+    pool_refill: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="spare sandboxes made at once when the pool refills; each is made at "
+        "the least CPU weight, so refilling does not slow live rooms",
     )
     # Each bwrap room runs as its own host uid, so that even a namespace escape
     # leaves rooms unable to touch each other's processes or files.
@@ -218,10 +228,13 @@ class Settings(BaseSettings):
     )
     uid_count: int = Field(65536, ge=1, description="number of host uids for bwrap rooms")
 
-    def pool_size_for(self, backend: str) -> int:
+    @property
+    def effective_pool_size(self) -> int:
+        """The pool's size: ``pool_size``, or the default for the backend that fits the budget."""
         if self.pool_size is not None:
             return self.pool_size
-        return _POOL_SIZES.get(backend, 0)
+        kind = self.backend if self.backend == "bwrap" else f"docker with {self.docker_runtime}"
+        return min(_POOL_SIZES[kind], self.max_sandboxes - 1)
 
     @field_validator("default_language")
     @classmethod
@@ -239,7 +252,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _pool_fits(self) -> Settings:
-        pool = self.pool_size_for(self.backend)
+        pool = self.effective_pool_size
         if pool and pool >= self.max_sandboxes:
             raise ValueError(
                 f"pool_size {pool} leaves no room for rooms: the memory budget "

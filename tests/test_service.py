@@ -80,7 +80,7 @@ async def test_serve_makes_a_missing_runtime_dir_and_its_parents(
         ({"REPLROOM_DEFAULT_LANGUAGE": "cobol"}, [], 2,
          "replroom: error: default_language: unknown language 'cobol'"
          " (known: python, node, ruby, bash)"),
-        ({"REPLROOM_BACKEND": "docker", "REPLROOM_MEMORY_BUDGET": "512m"}, [], 2,
+        ({"REPLROOM_POOL_SIZE": "2", "REPLROOM_MEMORY_BUDGET": "512m"}, [], 2,
          "replroom: error: pool_size 2 leaves no room for rooms: the memory budget (512 MiB)"
          " holds 2 sandbox(es) of 256 MiB; lower pool_size or raise memory_budget"),
         ({"REPLROOM_BACKEND": "docker", "DOCKER_HOST": "unix:///nonexistent.sock"}, [], 1,

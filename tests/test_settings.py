@@ -35,9 +35,15 @@ def test_a_pool_the_memory_budget_cannot_hold_is_refused(
             load()
 
 
-def test_docker_pools_two_sandboxes_by_default_and_bwrap_none() -> None:
-    assert Settings(backend="docker").pool_size_for("docker") == 2
-    assert Settings().pool_size_for("bwrap") == 0
+def test_every_backend_pools_spares_by_default_within_the_budget() -> None:
+    assert Settings(memory_budget="4g").effective_pool_size == 2  # type: ignore[arg-type]
+    assert Settings(backend="docker", memory_budget="4g").effective_pool_size == 2  # type: ignore[arg-type]
+    gvisor = Settings(backend="docker", docker_runtime="runsc", memory_budget="4g")  # type: ignore[arg-type]
+    assert gvisor.effective_pool_size == 1
+    # The default shrinks to leave a place for a room; an explicit size is refused instead.
+    assert Settings(memory_budget="512m").effective_pool_size == 1  # type: ignore[arg-type]
+    assert Settings(memory_budget="256m").effective_pool_size == 0  # type: ignore[arg-type]
+    assert Settings(pool_size=0).effective_pool_size == 0
 
 
 def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -21,8 +21,8 @@ from typing import Any
 
 from replroom import metrics, protocol
 from replroom.config import Settings, format_size
-from replroom.languages import LANGUAGES
-from replroom.pool import SandboxPool
+from replroom.languages import LANGUAGES, get_language
+from replroom.pool import SandboxPool, Started
 from replroom.protocol import CloseCode, EditorInfo, Links, MemberRole
 from replroom.room.members import Member
 from replroom.room.room import Room
@@ -79,10 +79,18 @@ class RoomManager:
         self._store = store
         self.rooms: dict[str, Room] = {}
         self._rooms_lock = asyncio.Lock()
-        self.pool = SandboxPool(backend, settings.limits, settings.pool_size_for(backend.name))
-        self.pool.start()
         self.running_sandboxes: set[str] = set()
         self._undestroyed: dict[Sandbox, asyncio.Task[None]] = {}
+        self.pool = SandboxPool(
+            backend,
+            settings.limits,
+            get_language(settings.default_language),
+            size=settings.effective_pool_size,
+            parallel=settings.pool_refill,
+            room_left=lambda: not self.at_capacity(),
+            destroy_later=self.destroy_later,
+        )
+        self.pool.refill()
         self._tickets: dict[str, Member] = {}  # editor ticket -> its member
 
     @property
@@ -98,11 +106,17 @@ class RoomManager:
         return self.settings.max_sandboxes
 
     def at_capacity(self) -> bool:
-        return len(self.running_sandboxes) >= self.max_sandboxes
+        """Whether every place is taken, by rooms' sandboxes or the pool's spares."""
+        return len(self.running_sandboxes) + self.pool.count >= self.max_sandboxes
+
+    def may_start_sandbox(self) -> bool:
+        """Whether a room may get a sandbox now: a spare is there (or coming), or a place."""
+        return self.pool.count > 0 or not self.at_capacity()
 
     def capacity(self) -> dict[str, Any]:
         return {
             "sandboxes": len(self.running_sandboxes),
+            "spares": self.pool.ready,
             "max_sandboxes": self.max_sandboxes,
             "memory_budget": self.settings.memory_budget,
             "memory_per_room": self.settings.limits.memory,
@@ -153,7 +167,7 @@ class RoomManager:
             raise Refused(CloseCode.FORBIDDEN, "invalid or revoked link")
         if len(room.members) >= self.settings.max_members:
             raise Refused(CloseCode.AT_CAPACITY, "the room is full")
-        if room.sandbox is None and self.at_capacity():
+        if room.sandbox is None and not self.may_start_sandbox():
             raise Refused(CloseCode.AT_CAPACITY, "server at capacity")
         member = room.new_member(join, role, send, close)
         editor: EditorInfo = {"path": f"{EDITOR_PATH}/{room.id}", "ticket": self._ticket(member)}
@@ -218,24 +232,35 @@ class RoomManager:
 
     # -- sandboxes ---------------------------------------------------------------
 
-    async def start_sandbox(self, room_id: str) -> Sandbox:
-        if self.at_capacity() and room_id not in self.running_sandboxes:
+    async def start_sandbox(self, room_id: str) -> Started:
+        if room_id not in self.running_sandboxes and not self.may_start_sandbox():
             raise AtCapacity
+        started_at = time.perf_counter()
+        # Counted while it is made (so that two rooms cannot take the last place),
+        # except by the pool's own check: a spare taken frees its place.
         self.running_sandboxes.add(room_id)
         metrics.SANDBOXES.set(len(self.running_sandboxes))
-        started = time.perf_counter()
         try:
-            sandbox = await self.pool.take(sandbox_name(room_id))
+            started = await self.pool.take(
+                sandbox_name(room_id),
+                may_create=lambda: (
+                    len(self.running_sandboxes) - 1 + self.pool.count < self.max_sandboxes
+                ),
+            )
         except BaseException:
             self.sandbox_stopped(room_id)
             raise
+        if started is None:
+            self.sandbox_stopped(room_id)
+            raise AtCapacity
         metrics.SANDBOX_STARTS.inc()
-        metrics.SANDBOX_START_SECONDS.observe(time.perf_counter() - started)
-        return sandbox
+        metrics.SANDBOX_START_SECONDS.observe(time.perf_counter() - started_at)
+        return started
 
     def sandbox_stopped(self, room_id: str) -> None:
         self.running_sandboxes.discard(room_id)
         metrics.SANDBOXES.set(len(self.running_sandboxes))
+        self.pool.refill()  # a place is free: the pool may be short of spares
 
     async def note_sandbox(self, room_id: str, had_sandbox: bool) -> None:
         # Only what members are told after a restart depends on it: a failed

@@ -36,6 +36,7 @@ from typing import Protocol
 from replroom import metrics, protocol
 from replroom.config import Settings
 from replroom.languages import Language, get_language
+from replroom.pool import Started, StartedRepl, spawn_repl
 from replroom.protocol import ReplState, SandboxState
 from replroom.room.members import Members
 from replroom.room.tasks import Background
@@ -94,8 +95,8 @@ class SandboxHost(Protocol):
     @property
     def settings(self) -> Settings: ...
 
-    async def start_sandbox(self, room_id: str) -> Sandbox:
-        """A new sandbox for the room; raises AtCapacity or SandboxError."""
+    async def start_sandbox(self, room_id: str) -> Started:
+        """A new sandbox for the room (a spare has a REPL); raises AtCapacity or SandboxError."""
 
     def sandbox_stopped(self, room_id: str) -> None:
         """The room's sandbox is gone: its place counts no more."""
@@ -168,6 +169,8 @@ class SandboxSupervisor:
         self.tasks = tasks
         self._on_change, self._bring_back, self._stop_repls = on_change, bring_back, stop_repls
         self.current: Sandbox | None = None
+        # REPLs that came running with the sandbox (a spare's), until the room uses them.
+        self.started_repls: dict[str, StartedRepl] = {}
         self._state = SandboxState.STOPPED
         self.closed = False
         self._lock = asyncio.Lock()  # held while the sandbox starts or stops
@@ -196,15 +199,15 @@ class SandboxSupervisor:
                 raise SandboxError("the room was closed")
             self._move_to(SandboxState.STARTING)
             try:
-                sandbox = await self.host.start_sandbox(self.room_id)
+                started = await self.host.start_sandbox(self.room_id)
             except BaseException as error:
                 # Whatever failed, the room must not show "starting" until the next start.
                 self._move_to(SandboxState.STOPPED)
                 self._tell_start_failure(error)
                 raise
-            self.current = sandbox
+            self.current, self.started_repls = started.sandbox, started.repls
             self._started()
-            return sandbox
+            return started.sandbox
 
     def _tell_start_failure(self, error: BaseException) -> None:
         if isinstance(error, AtCapacity):
@@ -292,6 +295,7 @@ class SandboxSupervisor:
     async def _stop(self) -> None:
         async with self._lock:
             sandbox, self.current = self.current, None
+            self.started_repls = {}
             self._stop_repls()
             if sandbox is not None:
                 try:
@@ -409,9 +413,12 @@ class Supervisor:
         language = repl.language
         cols, rows = self.terminal.cols, self.terminal.rows
         try:
-            return await sandbox.spawn(
-                list(language.repl), env=dict(language.repl_env), cols=cols, rows=rows
-            )
+            started = self.sandboxes.started_repls.pop(language.name, None)
+            if started is None:
+                return await spawn_repl(sandbox, language, cols, rows)
+            if (started.cols, started.rows) != (cols, rows):
+                await started.resize(cols, rows)
+            return started
         except SandboxError as error:
             repl.move_to(ReplState.EXITED)
             if await self.sandboxes.answer_alive(sandbox):

@@ -113,7 +113,7 @@ built_files = BuiltFiles(WEB_DIST)
 @router.get("/", include_in_schema=False)
 async def new_room(request: Request) -> Response:
     manager = manager_of(request)
-    if manager.at_capacity():
+    if not manager.may_start_sandbox():
         return _capacity_page(manager)
     record, tokens = await manager.create_room()
     # The creator's browser holds the owner token; the page shows it the

@@ -229,8 +229,9 @@ class Store:
             await self.db.commit()
         except sqlite3.Error as error:
             # SQLite may keep the failed transaction open (SQLITE_FULL does):
-            # a later commit must not carry this write with it.
-            with contextlib.suppress(sqlite3.Error):
+            # a later commit must not carry this write with it. (ValueError:
+            # aiosqlite's connection is already closed, nothing is left open.)
+            with contextlib.suppress(sqlite3.Error, ValueError):
                 await self.db.rollback()
             full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
             log.error("cannot %s: the database refused the write: %s", doing, error)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from replroom.config import Limits
 from replroom.languages import get_language
 from replroom.pool import SandboxPool, Started
+from replroom.protocol import CloseCode
 from replroom.sandbox import Sandbox, SandboxError
+from tests.client import RoomClient, Server
 from tests.sandboxes import TIMEOUT, BackendUnderTest, Screen, run
 
 SMALL = Limits(memory="128m", cpus=0.5, pids=64, disk="16m")
@@ -199,3 +203,92 @@ async def test_closing_the_pool_destroys_its_spares(backend: BackendUnderTest) -
     for spare in spares:
         assert not await spare.alive()
         assert await backend.leftovers(spare.room_id) == []
+
+
+# -- through a server ---------------------------------------------------------------
+
+
+async def spares_of(server: Server, count: int) -> dict[str, Any]:
+    """The server's capacity, once its pool holds ``count`` spares."""
+    async with httpx.AsyncClient() as http, asyncio.timeout(TIMEOUT):
+        while True:
+            capacity: dict[str, Any] = (await http.get(f"{server.url}/api/capacity")).json()
+            if capacity["spares"] == count:
+                return capacity
+            await asyncio.sleep(0.02)  # made in the server: nothing to await from here
+
+
+def served_by_spares(server: Server) -> dict[str, str]:
+    """Room served -> the bwrap sandbox (made as a spare, ``pool-…``) that serves it."""
+    assert server.runtime_dir is not None
+    served = {}
+    for room_json in (server.runtime_dir / server.instance / "rooms").glob("pool-*/room.json"):
+        served[json.loads(room_json.read_text())["room"]] = room_json.parent.name
+    return served
+
+
+async def test_a_room_starts_on_a_spare_at_its_members_size(
+    tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    server = Server(tmp_path / "data", runtime_dir)  # the shipped pool: 2 spares on bwrap
+    server.start()
+    clients: list[RoomClient] = []
+    try:
+        await spares_of(server, 2)
+        room = await server.create_room()
+        member = await RoomClient.connect(
+            server, room["id"], room["invite_token"], cols=100, rows=30
+        )
+        clients.append(member)
+        prompt = await member.wait_output(">>> ")
+        assert "r-" + room["id"] in served_by_spares(server)
+        await member.type("import os; os.get_terminal_size()\r")
+        await member.wait_output("os.terminal_size(columns=100, lines=30)", after=prompt)
+        # The pool makes another spare in place of the one taken.
+        assert (await spares_of(server, 2))["sandboxes"] == 1
+    finally:
+        await asyncio.gather(*(c.close() for c in clients))
+        server.stop()
+    assert "Traceback" not in server.log()
+
+
+async def test_spares_count_toward_capacity_and_serve_one_room_once(
+    tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    # Three places: two spares while no room runs, never more than three sandboxes.
+    env = {"REPLROOM_MEMORY_BUDGET": "768m", "REPLROOM_IDLE_TIMEOUT": "0"}
+    server = Server(tmp_path / "data", runtime_dir, env=env)
+    server.start()
+    clients: list[RoomClient] = []
+    try:
+        await spares_of(server, 2)
+        rooms = [await server.create_room() for _ in range(4)]
+        for room in rooms[:3]:
+            member = await RoomClient.connect(server, room["id"], room["invite_token"])
+            clients.append(member)
+            await member.wait_output(">>> ")
+        first = clients[0]
+        await first.type("secret = 'only in the first room'\r")
+        await first.wait_output(">>> ", after=await first.wait_output("secret = "))
+        capacity = await spares_of(server, 0)
+        assert capacity["sandboxes"] == capacity["max_sandboxes"] == 3
+        # A fourth room finds no place, and no spare is made for it.
+        refused = await RoomClient.connect(server, rooms[3]["id"], rooms[3]["invite_token"])
+        assert (await refused.wait_closed()).code == CloseCode.AT_CAPACITY
+
+        # The first room empties: its sandbox goes, its place makes a spare again,
+        # which the fourth room gets: a new sandbox, nothing of the first room in it.
+        old_sandbox = served_by_spares(server).get("r-" + rooms[0]["id"])
+        await first.close()
+        await spares_of(server, 1)
+        fourth = await RoomClient.connect(server, rooms[3]["id"], rooms[3]["invite_token"])
+        clients.append(fourth)
+        prompt = await fourth.wait_output(">>> ")
+        await fourth.type("secret\r")
+        await fourth.wait_output("NameError", after=prompt)
+        assert served_by_spares(server).get("r-" + rooms[3]["id"]) not in (None, old_sandbox)
+        assert len(list((runtime_dir / server.instance / "rooms").iterdir())) <= 3
+    finally:
+        await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+        server.stop()
+    assert "Traceback" not in server.log()

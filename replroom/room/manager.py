@@ -92,6 +92,7 @@ class RoomManager:
         )
         self.pool.refill()
         self._tickets: dict[str, Member] = {}  # editor ticket -> its member
+        self._closing = False
 
     @property
     def settings(self) -> Settings:
@@ -289,7 +290,7 @@ class RoomManager:
 
     async def retire(self, room: Room) -> None:
         """Free an empty room's sandbox and memory; its record stays in the store."""
-        if room.members:
+        if room.members or self._closing:
             return
         async with self._rooms_lock:
             if room.members or self.rooms.get(room.id) is not room:
@@ -297,7 +298,8 @@ class RoomManager:
             del self.rooms[room.id]
             metrics.ROOMS_ACTIVE.set(len(self.rooms))
         await room.close()
-        if room.record.had_sandbox:  # left by its members, not interrupted
+        # Not while the server stops: the store closes, and the room was interrupted.
+        if room.record.had_sandbox and not self._closing:  # left by its members
             room.record.had_sandbox = False
             await self.note_sandbox(room.id, False)
 
@@ -315,6 +317,7 @@ class RoomManager:
     async def close(self) -> None:
         """Destroy every room's sandbox (and the pool's), a few at a time."""
         started = time.perf_counter()
+        self._closing = True
         rooms = list(self.rooms.values())
         self.rooms.clear()
         metrics.ROOMS_ACTIVE.set(0)

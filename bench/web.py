@@ -1,6 +1,6 @@
 """Web client benchmark in a real browser (Debian's Chromium through Playwright).
 
-    .venv/bin/python bench/web.py [--runs 12] [--keystrokes 100]
+    .venv/bin/python bench/web.py [--runs 12] [--keystrokes 100]   (0: page loads only)
 
 Starts `replroom serve` (bwrap backend) on 127.0.0.1 and measures, with
 timestamps taken inside the pages:
@@ -71,7 +71,9 @@ TIMELINE_JS = """() => {
     terminal: marks.terminal,
     byte: Number.isFinite(firstByte) ? firstByte : undefined,
     prompt: window.__promptAt,
-    transferred: nav.transferSize + resources.reduce((sum, r) => sum + r.transferSize, 0),
+    transferred: nav.transferSize + resources
+      .filter((r) => r.responseEnd <= window.__promptAt)
+      .reduce((sum, r) => sum + r.transferSize, 0),
   };
 }"""
 
@@ -132,7 +134,7 @@ def report(title: str, loads: list[dict[str, float]], target: float) -> None:
             print(f"{'  ' + label:<52} p50 {statistics.median(at):7.1f} ms   "
                   f"range {min(at):6.1f}-{max(at):6.1f} ms")  # fmt: skip
     kib = statistics.median(load["transferred"] for load in loads) / 1024
-    print(f"{'  bytes transferred (page, code, styles)':<52} p50 {kib:7.1f} KiB")
+    print(f"{'  bytes transferred before the prompt':<52} p50 {kib:7.1f} KiB")
 
 
 async def prompt_visible(browser: Browser, server: Server, runs: int) -> None:
@@ -230,11 +232,14 @@ async def main() -> None:
                 browser = await launch_chromium(playwright)
                 started = time.perf_counter()
                 await prompt_visible(browser, server, args.runs)
-                typist, watcher = await two_members(browser, server)
-                echo = await keystrokes(typist, watcher, args.keystrokes, editor=False)
-                print(line("terminal keystroke -> echo in another member's page", echo, width=52))
-                edits = await keystrokes(typist, watcher, args.keystrokes, editor=True)
-                print(line("editor keystroke -> shown in another member's page", edits, width=52))
+                if args.keystrokes > 0:
+                    typist, watcher = await two_members(browser, server)
+                    echo = await keystrokes(typist, watcher, args.keystrokes, editor=False)
+                    print(line("terminal keystroke -> echo in another member's page", echo,
+                               width=52))  # fmt: skip
+                    edits = await keystrokes(typist, watcher, args.keystrokes, editor=True)
+                    print(line("editor keystroke -> shown in another member's page", edits,
+                               width=52))  # fmt: skip
                 print(f"{'(benchmark wall time)':<52} {time.perf_counter() - started:.1f} s")
                 await browser.close()
         finally:

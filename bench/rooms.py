@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from figures import line
@@ -28,14 +30,47 @@ from tests.client import RoomClient, Server
 PROMPT = b">>> "
 
 
-async def room_ready(server: Server) -> float:
+async def room_ready(server: Server, http: httpx.AsyncClient, spares: int) -> float:
+    """POST a room, join it, see the prompt; first waits until the pool holds ``spares``.
+
+    One HTTP client throughout, as a browser keeps its connection.
+    """
+    while True:  # the pool refills inside the server: nothing to await from here
+        if (await http.get(f"{server.url}/api/capacity")).json()["spares"] >= spares:
+            break
+        await asyncio.sleep(0.01)
     started = time.perf_counter()
-    room = await server.create_room()
+    response = await http.post(f"{server.url}/api/rooms")
+    room = response.raise_for_status().json()
     client = await RoomClient.connect(server, room["id"], room["invite_token"])
     await client.wait_output(PROMPT)
     elapsed = (time.perf_counter() - started) * 1000
     await client.close()
     return elapsed
+
+
+async def rooms_ready(name: str, env: dict[str, str], runs: int) -> None:
+    """Room ready with the shipped pool (warm) and with none (cold)."""
+    pools = {"warm pool": (None, "p50 <= 20 ms, p95 <= 40 ms"), "cold, no pool": ("0", "")}
+    if name == "bwrap":
+        pools["cold, no pool"] = ("0", "p50 <= 60 ms")
+    for label, (size, target) in pools.items():
+        with tempfile.TemporaryDirectory() as data:
+            runtime = Path(f"/run/replroom-bench-ready-{os.getpid()}")
+            runtime.mkdir(mode=0o711, exist_ok=True)
+            extra = {"REPLROOM_IDLE_TIMEOUT": "0"} | ({"REPLROOM_POOL_SIZE": size} if size else {})
+            server = Server(Path(data), runtime, env={**env, **extra})
+            server.start()
+            try:
+                async with httpx.AsyncClient() as http:
+                    spares = (await http.get(f"{server.url}/api/capacity")).json()["pool_size"]
+                    await room_ready(server, http, spares)  # warm-up
+                    ready = [await room_ready(server, http, spares) for _ in range(runs)]
+                note = f"   (target {target})" if target else ""
+                print(line(f"room ready, {label}: POST -> WS -> prompt", ready) + note)
+            finally:
+                server.stop()
+                shutil.rmtree(runtime, ignore_errors=True)
 
 
 async def echo_round_trips(server: Server, members: int, keystrokes: int) -> list[float]:
@@ -174,16 +209,14 @@ async def shutdown(env: dict[str, str], live_rooms: int) -> None:
 
 
 async def bench(name: str, env: dict[str, str], runs: int) -> None:
-    print(f"\n== {name} ==")
+    print(f"\n== {name} ==   (load average {os.getloadavg()[0]:.2f})")
+    await rooms_ready(name, env, runs)
     with tempfile.TemporaryDirectory() as data:
         runtime = Path(f"/run/replroom-bench-{os.getpid()}")
         runtime.mkdir(mode=0o711, exist_ok=True)
         server = Server(Path(data), runtime, env={"REPLROOM_IDLE_TIMEOUT": "1", **env})
         server.start()
         try:
-            await room_ready(server)  # warm-up
-            ready = [await room_ready(server) for _ in range(runs)]
-            print(line("room ready: POST -> WebSocket -> prompt", ready))
             for members in (1, 10):
                 samples = await echo_round_trips(server, members, 200)
                 print(line(f"keystroke echo, {members} member(s)", samples, high=99))

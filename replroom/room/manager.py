@@ -118,6 +118,7 @@ class RoomManager:
         return {
             "sandboxes": len(self.running_sandboxes),
             "spares": self.pool.ready,
+            "pool_size": self.pool.size,
             "max_sandboxes": self.max_sandboxes,
             "memory_budget": self.settings.memory_budget,
             "memory_per_room": self.settings.limits.memory,

@@ -138,7 +138,8 @@ class Room:
         self.members.announce("joined", member)
         await self._fit_terminal()
         self.terminal.redraw([member.outbox])
-        await self.host.touch(self.id)
+        # Beside the REPL's start, not before it: a database write is not worth the wait.
+        self.tasks.spawn(self.host.touch(self.id), "noting its use")
         await self.supervisor.ensure_repl(self.language)
 
     async def leave(self, member: Member) -> None:

@@ -184,6 +184,35 @@ async def test_outbox_sends_the_output_queued_meanwhile_as_one_frame() -> None:
         await sender
 
 
+async def test_outbox_sends_at_once_what_the_connection_takes_never_overtaking() -> None:
+    connection = Connection()
+    taken: list[bytes] = []
+    takes = True  # whether the connection takes output at once (its client keeps up)
+
+    def send_now(data: bytes) -> bool:
+        if takes:
+            taken.append(data)
+        return takes
+
+    outbox = Outbox(connection.send, lambda: None)
+    outbox.send_now = send_now
+    sender = asyncio.create_task(outbox.run())
+    try:
+        outbox.send_output(b"a", lambda: [])
+        assert taken == [b"a"] and outbox.output_bytes == 0  # sent, no task woken
+        outbox.send_json({"type": "notice"})
+        outbox.send_output(b"b", lambda: [])  # must not overtake the notice
+        await connection.until(2)
+        assert taken == [b"a"] and connection.frames[1] == b"b"
+        takes = False  # the client stopped reading: output waits in the outbox
+        outbox.send_output(b"c", lambda: [])
+        await connection.until(3)
+        assert connection.frames[2] == b"c"
+    finally:
+        outbox.close()
+        await sender
+
+
 def test_outbox_closed_takes_nothing() -> None:
     outbox = Outbox(Connection().send, lambda: None)
     outbox.close()

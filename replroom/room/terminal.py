@@ -6,7 +6,8 @@ prompt has shown, and the dropping of a flood's output after Ctrl-C. The
 :class:`SharedTerminal` shows one pane, the room's language, to every member.
 
 Output goes to every member's :class:`Outbox`; each outbox has its own sender
-task, so a slow member never delays the others. An outbox holds at most
+task, so a slow member never delays the others, and sends at once, without
+waking that task, what the member's connection takes at once. An outbox holds at most
 ``HARD_LIMIT`` bytes of terminal output: past that its queued output is
 dropped and, once the member catches up, the screen is rebuilt from the
 replay. The terminal stops reading the shown REPL's pty while every member is
@@ -120,8 +121,12 @@ class Outbox:
         self._wakeup = asyncio.Event()
         self.output_bytes = 0  # terminal output queued or being sent
         self._sending = 0  # bytes of terminal output being sent now
+        self._in_flight = False  # a frame is being sent by run()
         self.resync: Callable[[], list[Frame]] | None = None
         self.closed = False
+        # Sends output at once if the connection takes it without waiting; else
+        # returns False (the connection sets it if it can: routes.common.send_now).
+        self.send_now: Callable[[bytes], bool] | None = None
 
     @property
     def behind(self) -> bool:
@@ -133,8 +138,10 @@ class Outbox:
             self._wakeup.set()
 
     def send_output(self, data: bytes, resync: Callable[[], list[Frame]]) -> None:
-        """Queue terminal output; past the hard limit, drop it and resync later."""
+        """Send terminal output, or queue it; past the hard limit, drop it and resync later."""
         if self.closed:
+            return
+        if self._idle and self.send_now is not None and self.send_now(data):
             return
         if self.output_bytes + len(data) > HARD_LIMIT:
             self._drop_output()
@@ -154,6 +161,11 @@ class Outbox:
                 self.output_bytes += len(frame)
         self._wakeup.set()
 
+    @property
+    def _idle(self) -> bool:
+        """Nothing to send before new output: it may overtake nothing."""
+        return not self._frames and not self._in_flight and self.resync is None
+
     async def run(self) -> None:
         """Send until closed; returns when the connection fails or close() is called."""
         while not self.closed:
@@ -166,12 +178,15 @@ class Outbox:
                 self.replace_screen(resync())
                 continue
             frame = self._frames.popleft()
+            self._in_flight = True
             if isinstance(frame, str):
                 await self._send(frame)
+                self._in_flight = False
                 continue
             output = self._take_output(frame)
             self._sending = len(output)
             await self._send(output)
+            self._in_flight = False
             self.output_bytes -= self._sending
             self._sending = 0
             if self.output_bytes < LOW_WATER:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
+from collections.abc import Callable
 from typing import cast
 from urllib.parse import urlsplit
 
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketState
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
+from websockets.protocol import State
 
 from replroom import protocol
 from replroom.config import Settings
@@ -20,6 +24,7 @@ from replroom.room import RoomManager
 
 INTERNAL_ERROR = "internal server error (logged); try again"
 ROOM_SOCKET_PATH = "/ws/rooms"  # the room WebSocket: ROOM_SOCKET_PATH/{room id}
+SEND_NOW = "replroom.send_now"  # the ASGI extension of WebSocketProtocol (below)
 
 
 def settings_of(connection: HTTPConnection) -> Settings:
@@ -50,20 +55,82 @@ def origin_allowed(websocket: WebSocket) -> bool:
 
 
 class WebSocketProtocol(WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol, without permessage-deflate on the room socket.
+    """uvicorn's WebSocket protocol, with two changes for the room socket.
 
-    Browsers always offer compression. On the room socket it costs each member
-    a compressor (tens of KiB) and time on every small frame of terminal
-    output, for no gain on frames of a few bytes; the editor socket keeps it
-    for its document syncs (docs/protocol.md, "Compression"). uvicorn agrees
-    on extensions before the app sees the socket and has one setting for all
-    sockets, so the choice by path is made here, as the handshake is accepted.
+    No permessage-deflate: browsers always offer it, but on the room socket
+    it costs each member a compressor (tens of KiB) and time on every small
+    frame of terminal output, for no gain on frames of a few bytes; the editor
+    socket keeps it for its document syncs (docs/protocol.md, "Compression").
+    uvicorn agrees on extensions before the app sees the socket, with one
+    setting for all sockets, so the choice by path is made here.
+
+    And an ASGI extension, :data:`SEND_NOW` (see :func:`send_now`): every
+    chunk of terminal output goes to every member, and through ASGI that is
+    one task woken and one frame encoded per member; this writes the chunk's
+    frame, encoded once, to each member's socket directly when it can take it.
     """
 
     def handle_connect(self, event: Request) -> None:
-        if event.path.startswith(ROOM_SOCKET_PATH + "/"):
+        room_socket = event.path.startswith(ROOM_SOCKET_PATH + "/")
+        if room_socket:
             self.conn.available_extensions = []
         super().handle_connect(event)
+        if room_socket and self.response.status_code == 101:
+            self.scope["extensions"][SEND_NOW] = {"send_bytes": self._send_bytes_now}
+
+    def handle_parser_exception(self) -> None:
+        """Fail the connection as websockets does: a close frame, then FIN, then wait.
+
+        uvicorn closes the TCP connection at once. While the rest of an
+        oversized message is still arriving (a paste over the frame limit,
+        sent without compression), that resets the connection, and the client
+        never reads the close frame: it sees 1006 instead of 1009. So what
+        still arrives is read and dropped (the parser discards it) until the
+        client closes, or ``close_timeout`` passes.
+        """
+        if self.close_sent:  # more data after the failure: already discarded
+            return
+        failure = self.conn.close_sent
+        code, reason = (failure.code, failure.reason) if failure else (1006, "")
+        self.queue.put_nowait({"type": "websocket.disconnect", "code": code, "reason": reason})
+        self.transport.write(b"".join(self.conn.data_to_send()))
+        self.close_sent = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        if self.read_paused:
+            self.read_paused = False
+            self.transport.resume_reading()
+        self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
+
+    def _send_bytes_now(self, data: bytes) -> bool:
+        if (
+            self.close_sent
+            or self.disconnected
+            or not self.writable.is_set()  # the client is not reading fast enough
+            or self.conn.state is not State.OPEN
+            or self.conn.extensions
+        ):
+            return False
+        self.transport.write(_binary_frame(data))
+        return True
+
+
+@functools.lru_cache(maxsize=1)
+def _binary_frame(data: bytes) -> bytes:
+    """A binary message as one unmasked frame; the chunk just sent to a member goes to the next."""
+    return Frame(Opcode.BINARY, data).serialize(mask=False)
+
+
+def send_now(websocket: WebSocket) -> Callable[[bytes], bool] | None:
+    """A way to send binary messages on ``websocket`` without waiting, if the server has one.
+
+    It sends the message and returns True if the connection takes it at once;
+    False if it cannot (the client is slow, the socket is closing): then send
+    it the ASGI way, which waits. Sent this way, a message must not overtake
+    one sent the ASGI way that has not completed.
+    """
+    extension = websocket.scope.get("extensions", {}).get(SEND_NOW)
+    return cast(Callable[[bytes], bool], extension["send_bytes"]) if extension else None
 
 
 async def close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -29,6 +29,7 @@ from replroom.routes.common import (
     fail,
     manager_of,
     origin_allowed,
+    send_now,
 )
 from replroom.sandbox import SandboxError
 
@@ -82,6 +83,7 @@ async def _serve_member(websocket: WebSocket, manager: RoomManager, room_id: str
         await close(websocket, refused.code, refused.reason)
         return
     room, member = admission.room, admission.member
+    member.outbox.send_now = send_now(websocket)
     sender = asyncio.create_task(member.outbox.run())
     receiver = connection.receiver = asyncio.create_task(_receive(websocket, room, member))
     failed = True

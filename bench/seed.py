@@ -127,8 +127,11 @@ def unique_n(member: int, evaluation: int) -> int:
     return 10000 + 100 * member + evaluation
 
 
-async def run_clients(workload: Workload) -> list[float]:
-    """This process's part of the workload: report "ready", wait for "go", then run it."""
+async def run_clients(workload: Workload) -> dict[str, object]:
+    """This process's part of the workload: report "ready", wait for "go", then run it.
+
+    Returns the milliseconds per evaluation and whether the server agreed on deflate.
+    """
     loop = asyncio.get_running_loop()
     owner = None
     if workload.with_owner:
@@ -156,12 +159,36 @@ async def run_clients(workload: Workload) -> list[float]:
         return times
 
     results = await asyncio.gather(*(member_session(i) for i in workload.members))
-    for member in [*members.values(), *([owner] if owner else [])]:
+    connections = [*members.values(), *([owner] if owner else [])]
+    response = connections[0].ws.response
+    deflate = response is not None and "Sec-WebSocket-Extensions" in response.headers
+    for member in connections:
         await member.close()
-    return [t for times in results for t in times]
+    return {"samples": [t for times in results for t in times], "deflate": deflate}
 
 
 # -- the measuring side -------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    samples: list[float]  # milliseconds from each `1+n` sent to its result shown
+    server_cpu: float  # the server's CPU time per evaluation, milliseconds
+    deflate: bool  # the server agreed on permessage-deflate
+
+    def figure(self, label: str, targets: str) -> str:
+        return (
+            f"{line(label, self.samples, high=99, width=40)}   {targets}"
+            f"   server CPU {self.server_cpu:.2f} ms/evaluation"
+            f"{', deflate agreed' if self.deflate else ''}"
+        )
+
+
+def server_cpu(server: Server) -> float:
+    """Seconds of CPU the server's process has used (the sandboxes' processes not included)."""
+    assert server.process is not None
+    fields = Path(f"/proc/{server.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def seed_workload(
@@ -171,8 +198,8 @@ async def seed_workload(
     compression: bool,
     client_processes: int = 1,
     evaluations: int = EVALUATIONS,
-) -> list[float]:
-    """One run of the workload in a new room of ``server``: milliseconds per evaluation.
+) -> Run:
+    """One run of the workload in a new room of ``server``.
 
     The server's default language must be Ruby (:data:`SERVER_ENV`).
     """
@@ -211,37 +238,41 @@ async def seed_workload(
             assert client.stdin is not None
             client.stdin.write(b"go\n")
             await client.stdin.drain()
+        cpu_before = server_cpu(server)
         outputs = await asyncio.gather(*(client.communicate() for client in clients))
     finally:
         for client in clients:
             if client.returncode is None:
                 client.kill()
                 await client.wait()
+    cpu = server_cpu(server) - cpu_before
     if any(client.returncode for client in clients):
         raise RuntimeError("a client process failed (see above)")
-    return [t for stdout, _ in outputs for t in json.loads(stdout)]
-
-
-def figure(label: str, samples: list[float], targets: str) -> str:
-    return f"{line(label, samples, high=99, width=40)}   {targets}"
+    parts = [json.loads(stdout) for stdout, _ in outputs]
+    samples = [t for part in parts for t in part["samples"]]
+    return Run(samples, cpu * 1000 / len(samples), all(part["deflate"] for part in parts))
 
 
 async def seed_figures(server: Server, runs: int, client_processes: int = 1) -> None:
-    """Print the workload's and the burst's figures, deflate off and on, ``runs`` times each."""
+    """Print the workload's and the burst's figures, ``runs`` times each.
+
+    The clients offer permessage-deflate (as browsers do) or not; the figure
+    says whether the server agreed.
+    """
     for compression in (False, True):
-        deflate = "deflate" if compression else "no deflate"
+        offer = "deflate offered" if compression else "no deflate"
         for run in range(runs):
-            samples = await seed_workload(
+            result = await seed_workload(
                 server, burst=False, compression=compression, client_processes=client_processes
             )
-            label = f"seed 20x5, {deflate}, run {run + 1}"
-            print(figure(label, samples, "(target p50 <= 1.4 ms, p99 <= 6 ms)"), flush=True)
+            label = f"seed 20x5, {offer}, run {run + 1}"
+            print(result.figure(label, "(target p50 <= 1.4 ms, p99 <= 6 ms)"), flush=True)
         for run in range(runs):
-            samples = await seed_workload(
+            result = await seed_workload(
                 server, burst=True, compression=compression, client_processes=client_processes
             )
-            label = f"seed burst, {deflate}, run {run + 1}"
-            print(figure(label, samples, "(target p50 <= 7 ms)"), flush=True)
+            label = f"seed burst, {offer}, run {run + 1}"
+            print(result.figure(label, "(target p50 <= 7 ms)"), flush=True)
 
 
 async def bench(name: str, env: dict[str, str], runs: int, client_processes: int) -> None:
@@ -266,8 +297,7 @@ async def main() -> None:
     parser.add_argument("--clients", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.clients:
-        samples = await run_clients(Workload(**json.loads(args.clients)))
-        print(json.dumps(samples), flush=True)
+        print(json.dumps(await run_clients(Workload(**json.loads(args.clients)))), flush=True)
         return
     for name in args.backends.split(","):
         if name == "bwrap":

@@ -27,6 +27,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,7 @@ CLEAR_EVERY = 10  # a member's every 10th keystroke is preceded by Ctrl-U: short
 FLOOD = b"\x15while True: print('y' * 80)\r\r"  # a compound statement ends with a blank line
 STOPPED = re.compile(rb"KeyboardInterrupt\r\n(\r\n)?>>> ")
 ECHO_TARGET_MS = 50.0
+SHUTDOWN_WAIT = 600
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -535,18 +537,40 @@ class Run:
             await asyncio.to_thread(profile.wait)
         if self.pool is not None:
             await self.pool.stop()
-        log = self.server.log()
-        started = time.monotonic()
-        await self.server.stop_async()
-        print(f"{'server stopped (SIGTERM -> exit)':<46} {time.monotonic() - started:7.2f} s")
+        process = self.server.process
+        if process is not None and process.poll() is None:
+            started = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            try:
+                # Longer than Server.stop's 30 s: a thousand sandboxes take their time.
+                await asyncio.to_thread(process.wait, SHUTDOWN_WAIT)
+                elapsed = f"{time.monotonic() - started:7.2f} s"
+            except subprocess.TimeoutExpired:
+                process.kill()
+                await asyncio.to_thread(process.wait)
+                elapsed = f"over {SHUTDOWN_WAIT} s: killed"
+            print(f"{'server stopped (SIGTERM -> exit)':<46} {elapsed}")
         problems = [
-            line for line in log.splitlines() if '"level": "error"' in line or "Traceback" in line
+            line
+            for line in self.server.log().splitlines()
+            if '"level": "error"' in line or "Traceback" in line
         ]
         print(f"{'  errors in the server log':<46} {len(problems)}")
         for line in problems[:3]:
             print(f"    {line[:300]}")
+        print(f"{'  sandboxes it left behind':<46} {self._clean_up_leftovers()}")
         shutil.rmtree(self.runtime, ignore_errors=True)
         shutil.rmtree(self.data, ignore_errors=True)
+
+    def _clean_up_leftovers(self) -> str:
+        """`replroom sandbox cleanup` for the server's instance: nothing, if it stopped well."""
+        env = {**os.environ, "REPLROOM_INSTANCE": self.server.instance,
+               "REPLROOM_RUNTIME_DIR": str(self.runtime)}  # fmt: skip
+        cleanup = subprocess.run(
+            [sys.executable, "-m", "replroom.cli", "sandbox", "cleanup", "--backend", "bwrap"],
+            env=env, capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        return (cleanup.stdout or cleanup.stderr).strip()
 
 
 def report_phase(label: str, result: PhaseResult, rooms: set[int] | None = None) -> list[float]:

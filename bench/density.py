@@ -17,9 +17,14 @@ readings: the pool is full before the rooms and refilled after them, so the
 difference is the rooms' alone. The clients run in this process; its own
 growth is subtracted and printed. Docker backends need DOCKER_HOST.
 
-Also printed per room: the deltas of the kernel's counters, and the PSS of
+Also printed per room: the deltas of the host's counters, the kernel memory and
+shmem charged to the sandboxes' cgroups, and the anonymous PSS of
 every process that serves the rooms (the server's descendants, and on Docker
 the containers' shims, their processes, dockerd and containerd), by name.
+MemAvailable moves with whatever else the host runs meanwhile, so an
+"accounted" figure is printed beside it: that anonymous PSS plus the kernel
+memory and shmem charged to the sandboxes' cgroups, plus the page tables and
+kernel stacks of the serving processes outside them (server, Engine, shims).
 Figures are printed next to the targets of issue 9, never asserted.
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -44,11 +50,11 @@ from replroom.sandbox.cgroups import Hierarchy, leftover_names
 from tests.client import RoomClient, Server
 
 PROMPT = b">>> "
+KERNEL_STACK = 16 * 1024  # x86-64 and arm64
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 TARGETS = {"bwrap": 250, "docker-runc": 150, "docker-runsc": 50}  # rooms per GiB
-# What the kernel holds for processes besides their pages (AnonPages is shown, not summed).
-KERNEL_FIELDS = ("Shmem", "PageTables", "KernelStack", "SUnreclaim", "Percpu")
+KERNEL_FIELDS = ("AnonPages", "Shmem", "PageTables", "KernelStack", "SUnreclaim", "Percpu")
 ENGINE_NAMES = ("dockerd", "containerd")
 
 
@@ -110,6 +116,28 @@ def descendants(roots: Iterable[int], table: dict[int, tuple[int, str, str]]) ->
     return found
 
 
+def page_tables_and_stacks(pid: int) -> int:
+    """Bytes of page tables and kernel stacks (one per thread) of a process."""
+    fields = {}
+    with contextlib.suppress(OSError):  # ended meanwhile
+        for row in Path(f"/proc/{pid}/status").read_text().splitlines():
+            key, _, value = row.partition(":")
+            fields[key] = value.split()
+    page_tables = int(fields.get("VmPTE", ["0"])[0]) * 1024
+    return page_tables + int(fields.get("Threads", ["0"])[0]) * KERNEL_STACK
+
+
+def cgroup_charges(directory: Path) -> tuple[int, int]:
+    """Kernel memory and shmem charged to a memory cgroup (v1 or v2), in bytes."""
+    stat = {}
+    for row in (directory / "memory.stat").read_text().splitlines():
+        key, value = row.split()
+        stat[key] = int(value)
+    kmem = directory / "memory.kmem.usage_in_bytes"
+    kernel = int(kmem.read_text()) if kmem.exists() else stat.get("kernel", 0)
+    return kernel, stat.get("shmem", 0)
+
+
 def load() -> str:
     return "load " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -157,8 +185,27 @@ class Host:
             await asyncio.sleep(0.2)
         return count
 
-    async def serving(self) -> set[int]:
-        """Pids of every process that serves the server's rooms, the server included."""
+    def memory_cgroups(self, sandboxes: list[str]) -> list[Path]:
+        """The sandboxes' memory cgroups (a container's is found by its id)."""
+        root = self.hierarchy.controller_dir("memory")
+        if root is None:
+            return []
+        if not self.backend.docker:
+            return [root / self.server.instance / name for name in sandboxes]
+        # Where the Engine puts them depends on its cgroup parent and on the
+        # cgroup it runs in itself: look a few levels down.
+        wanted, found = set(sandboxes), []
+        for directory, children, _ in os.walk(root):
+            found += [Path(directory, name) for name in children if name in wanted]
+            if Path(directory).relative_to(root).parts[3:]:
+                children.clear()
+        return found
+
+    async def serving(self) -> tuple[list[int], set[int]]:
+        """The processes outside the sandboxes that serve the rooms, and all their descendants.
+
+        Outside: the server and, on Docker, the Engine and the containers' shims.
+        """
         assert self.server.process is not None
         table = processes()
         roots = [self.server.process.pid]
@@ -169,7 +216,7 @@ class Host:
                     name.startswith("containerd-shim") and any(i in cmdline for i in ids)
                 ):
                     roots.append(pid)
-        return descendants(roots, table)
+        return roots, descendants(roots, table)
 
     async def reading(self) -> Reading:
         """Memory now, the median of three readings a second apart."""
@@ -180,15 +227,26 @@ class Host:
         fields = {key: int(statistics.median(s[key] for s in samples)) for key in samples[0]}
         table = processes()
         pss: Counter[str] = Counter()
-        for pid in await self.serving():
+        outside, serving = await self.serving()
+        for pid in serving:
             if pid in table:
                 pss[process_kind(pid, table[pid][1], self.server)] += anon_pss_of(pid)
+        sandboxes = await self.sandboxes()
+        charged: Counter[str] = Counter()
+        # The sandboxes' cgroups hold their processes' page tables and stacks; these not.
+        charged["outside"] = sum(page_tables_and_stacks(pid) for pid in outside)
+        for directory in self.memory_cgroups(sandboxes):
+            with contextlib.suppress(OSError):  # gone meanwhile
+                kernel, shmem = cgroup_charges(directory)
+                charged["kernel"] += kernel
+                charged["shmem"] += shmem
         return Reading(
             fields=fields,
             server_rss=self.server.rss(),
             own_rss=rss_of(os.getpid()),
             pss=pss,
-            sandboxes=len(await self.sandboxes()),
+            charged=charged,
+            sandboxes=len(sandboxes),
         )
 
 
@@ -203,6 +261,9 @@ class Reading:
     server_rss: int
     own_rss: int
     pss: Counter[str]
+    # "kernel" and "shmem": charged to the sandboxes' memory cgroups;
+    # "outside": page tables and stacks of the processes outside them.
+    charged: Counter[str]
     sandboxes: int
 
 
@@ -224,14 +285,21 @@ class Result:
         kinds = set(self.before.pss) | set(self.after.pss)
         return {k: (self.after.pss[k] - self.before.pss[k]) / self.added for k in kinds}
 
+    def charged_delta(self, key: str) -> float:
+        return (self.after.charged[key] - self.before.charged[key]) / self.added
+
     @property
     def accounted(self) -> float:
-        """Bytes per room the serving processes' anonymous pages and the kernel account for.
+        """Bytes per room in the serving processes' anonymous pages and the sandboxes' cgroups.
 
-        Unlike MemAvailable, blind to what other programs on the host do meanwhile.
+        The cgroups hold the kernel memory (page tables, stacks, slab) and
+        shmem of the sandboxes' processes. Unlike MemAvailable, this is blind
+        to what other programs on the host do meanwhile; it misses what the
+        kernel charges to no sandbox (processes outside them, mounts).
         """
         pss = sum(self.pss_deltas().values())
-        return pss + sum(self.kernel_delta(key) for key in KERNEL_FIELDS)
+        charged = sum(self.charged_delta(key) for key in ("kernel", "shmem", "outside"))
+        return pss + charged
 
 
 async def open_rooms(server: Server, count: int, batch: int = 10) -> list[RoomClient]:
@@ -283,14 +351,17 @@ async def run(backend: Backend, rooms: int, settle: float) -> Result:
 
 def describe_run(result: Result) -> None:
     own = (result.after.own_rss - result.before.own_rss) / result.added / 1024
-    kernel = ", ".join(
-        f"{key} {result.kernel_delta(key) / 1024:.0f}" for key in ("AnonPages", *KERNEL_FIELDS)
-    )
+    kernel = ", ".join(f"{key} {result.kernel_delta(key) / 1024:.0f}" for key in KERNEL_FIELDS)
     print(f"   host {result.per_room / MiB:.2f} MiB/room by MemAvailable"
           f" (the clients' own growth, {own:.0f} KiB/room, subtracted),"
           f" {result.accounted / MiB:.2f} accounted for;"
           f" server RSS {result.server_per_room / 1024:.0f} KiB/room")  # fmt: skip
-    print(f"   kernel counters, KiB/room: {kernel}")
+    print(f"   the host's counters, KiB/room: {kernel}")
+    print(f"   charged to the sandboxes' cgroups, KiB/room:"
+          f" kernel {result.charged_delta('kernel') / 1024:.0f},"
+          f" shmem {result.charged_delta('shmem') / 1024:.0f};"
+          f" page tables and stacks outside them"
+          f" {result.charged_delta('outside') / 1024:.0f}")  # fmt: skip
     deltas = sorted(result.pss_deltas().items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{kind} {size / 1024:.0f}" for kind, size in deltas)
     print(f"   anonymous PSS by process, KiB/room: {shown}")

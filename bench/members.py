@@ -268,6 +268,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def run_delay(pid: int) -> float:
+    """Seconds the process's main thread (the event loop) has waited for a CPU while runnable."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[1]) / 1e9
+
+
 def machine_busy() -> tuple[float, float]:
     """(busy, total) CPU jiffies of the whole machine, from /proc/stat."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -328,6 +333,9 @@ class Pool:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.processes if p.pid is not None)
 
+    def run_delay(self) -> float:
+        return sum(run_delay(p.pid) for p in self.processes if p.pid is not None)
+
     async def stop(self) -> None:
         with contextlib.suppress(EOFError, OSError):  # a worker that died already
             await self.each("stop", [()] * len(self.pipes))
@@ -345,6 +353,8 @@ class Window:
     server_cpu: float  # percent of one core
     clients_cpu: float
     sandboxes_cpu: float
+    server_waited: float  # ms per second the server's loop was runnable but had no CPU
+    clients_waited: float  # the same, summed over the client processes
     machine_cpu: float  # percent of all cores
     rss_peak: float
     fds: int
@@ -358,6 +368,7 @@ async def measure_window(
     started = time.monotonic()
     server_cpu, clients_cpu = cpu_seconds(server_pid), pool.cpu_seconds()
     sandboxes_cpu = sandboxes_cpu_seconds(server.instance)
+    server_delay, clients_delay = run_delay(server_pid), pool.run_delay()
     busy, total = machine_busy()
     rss_peak, fds = rss_mib(server_pid), open_fds(server_pid)
     while not run.done():
@@ -370,6 +381,8 @@ async def measure_window(
         server_cpu=(cpu_seconds(server_pid) - server_cpu) / elapsed * 100,
         clients_cpu=(pool.cpu_seconds() - clients_cpu) / elapsed * 100,
         sandboxes_cpu=(sandboxes_cpu_seconds(server.instance) - sandboxes_cpu) / elapsed * 100,
+        server_waited=(run_delay(server_pid) - server_delay) / elapsed * 1000,
+        clients_waited=(pool.run_delay() - clients_delay) / elapsed * 1000,
         machine_cpu=(busy_after - busy) / max(1, total_after - total) * 100,
         rss_peak=rss_peak,
         fds=fds,
@@ -589,6 +602,8 @@ def report_phase(label: str, result: PhaseResult, rooms: set[int] | None = None)
         f" / {window.clients_cpu:.0f} % of a core / {window.machine_cpu:.0f} % of"
         f" {os.cpu_count()} cores"
     )
+    print(f"{'  waiting for a CPU: server / clients':<46} {window.server_waited:5.0f} ms/s"
+          f" / {window.clients_waited:.0f} ms/s (a busy machine)")  # fmt: skip
     rate = result.received / window.seconds / 1e3
     print(f"{'  terminal output received, all members':<46} {rate:7.0f} kB/s")
     disconnected = len(result.disconnected)

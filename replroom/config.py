@@ -110,7 +110,7 @@ def _default_image_dir() -> Path:
 
 _BUDGET_PERCENT = 75
 # Spares per kind of sandbox: gVisor's cost ~20 MiB more each (docs/performance.md).
-_POOL_SIZES = {"bwrap": 2, "docker with runc": 2, "docker with runsc": 1}
+_POOL_SIZES = {"bwrap": 2, "docker with runc": 2, "docker with runsc": 1, "kubernetes": 2}
 
 
 def _default_budget() -> int:
@@ -154,7 +154,9 @@ class Settings(BaseSettings):
         description="names this server's sandboxes (cgroups, container labels); "
         "servers sharing a host need different instances and leave each other's alone",
     )
-    backend: Literal["bwrap", "docker"] = Field("bwrap", description="the sandbox backend")
+    backend: Literal["bwrap", "docker", "kubernetes"] = Field(
+        "bwrap", description="the sandbox backend"
+    )
     docker_runtime: Literal["runc", "runsc"] = Field(
         "runc", description="the docker backend's runtime; `runsc` is gVisor"
     )
@@ -162,6 +164,37 @@ class Settings(BaseSettings):
         None,
         description="the Docker Engine's address",
         json_schema_extra=_shown_default("`DOCKER_HOST`, else the local socket"),
+    )
+    kubernetes_namespace: str = Field(
+        "replroom-rooms",
+        pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$",
+        description="the kubernetes backend's namespace, where room pods live",
+    )
+    kubernetes_image: str | None = Field(
+        None,
+        description="the room image's registry reference for the kubernetes backend "
+        "(e.g. `registry.example/replroom-room:<hash>`, docs/kubernetes.md)",
+        json_schema_extra=_shown_default(
+            "the local tag `replroom-room:<hash>`, pulled only if not on the node"
+        ),
+    )
+    kubernetes_runtime_class: str | None = Field(
+        None,
+        description="the RuntimeClass of room pods (e.g. `gvisor`)",
+        json_schema_extra=_shown_default("the cluster's default runtime"),
+    )
+    kubernetes_seccomp_profile: str = Field(
+        "RuntimeDefault",
+        pattern=r"^(RuntimeDefault|Localhost:\S+)$",
+        description="room pods' seccomp profile: `RuntimeDefault`, or `Localhost:<path>` "
+        "for the rooms' own policy installed on the nodes (docs/security.md)",
+    )
+    kubernetes_config: Path | None = Field(
+        None,
+        description="a kubeconfig file for the kubernetes backend",
+        json_schema_extra=_shown_default(
+            "the pod's service account in a cluster, else `KUBECONFIG` or `~/.kube/config`"
+        ),
     )
 
     limits: Limits = Field(
@@ -233,7 +266,7 @@ class Settings(BaseSettings):
         """The pool's size: ``pool_size``, or the default for the backend that fits the budget."""
         if self.pool_size is not None:
             return self.pool_size
-        kind = self.backend if self.backend == "bwrap" else f"docker with {self.docker_runtime}"
+        kind = self.backend if self.backend != "docker" else f"docker with {self.docker_runtime}"
         return min(_POOL_SIZES[kind], self.max_sandboxes - 1)
 
     @field_validator("default_language")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -30,12 +31,17 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import websockets
 from figures import line
-from websockets.asyncio.client import ClientConnection
+from websockets.client import ClientProtocol
+from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
 
 from replroom.protocol import PROTOCOL_VERSION
 from tests.client import Server
@@ -70,56 +76,100 @@ class Workload:
 # -- the client side (in processes of their own) --------------------------------------------
 
 
-class Member:
-    """One connection: notices the frames that complete awaited results, answers ESC[6n."""
+class Member(asyncio.Protocol):
+    """One member's WebSocket, as lean as a client can be (websockets' sans-I/O protocol).
 
-    def __init__(self, ws: ClientConnection) -> None:
-        self.ws = ws
+    Each member of the room is a browser on a computer of its own; here 21
+    share one process, and each frame of output reaches all of them at once.
+    So frames are handled as they arrive, with no task or queue per
+    connection, and timestamped first: a member's timing includes as little
+    as possible of the others' work.
+    """
+
+    def __init__(self, workload: Workload) -> None:
+        url = f"{workload.ws_url}/ws/rooms/{workload.room_id}"
+        offer = enable_client_permessage_deflate(None) if workload.compression else None
+        self.conn = ClientProtocol(parse_uri(url), extensions=offer, max_size=None)
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.deflate = False  # the server agreed on permessage-deflate
         self.awaited: dict[int, asyncio.Future[float]] = {}  # by result
         self.prompt = asyncio.Event()
-        self._tail = b""  # the end of the output so far: a needle may span two frames
-        self._task = asyncio.create_task(self._receive())
+        self._tail = b""  # the end of the output so far: a result may span two frames
 
     @classmethod
     async def join(cls, workload: Workload, token: str, name: str) -> Member:
-        ws = await websockets.connect(
-            f"{workload.ws_url}/ws/rooms/{workload.room_id}",
-            compression="deflate" if workload.compression else None,
-            max_size=None,
-            open_timeout=60,
+        address = urlsplit(workload.ws_url)
+        loop = asyncio.get_running_loop()
+        _, member = await loop.create_connection(
+            lambda: cls(workload), address.hostname, address.port
         )
-        member = cls(ws)
+        await asyncio.wait_for(member.opened, 60)
         join = {"type": "join", "v": PROTOCOL_VERSION, "token": token, "name": name}
-        await ws.send(json.dumps(join))
+        member.conn.send_text(json.dumps(join).encode())
+        member._flush()
         return member
 
-    async def _receive(self) -> None:
-        async for frame in self.ws:
-            if not isinstance(frame, bytes):
-                continue
-            arrived = time.perf_counter()
-            if CURSOR_QUERY in frame:
-                await self.ws.send(CURSOR_ANSWER)
-            window = self._tail + frame
-            self._tail = window[-64:]
-            if PROMPT in window:
-                self.prompt.set()
-            for match in RESULT.finditer(window):
-                result = self.awaited.pop(int(match[1]), None)
-                if result is not None:
-                    result.set_result(arrived)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.conn.send_request(self.conn.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        arrived = time.perf_counter()
+        self.conn.receive_data(data)
+        for event in self.conn.events_received():
+            if isinstance(event, Response):
+                self.deflate = "Sec-WebSocket-Extensions" in event.headers
+                if self.conn.handshake_exc is not None:
+                    self.opened.set_exception(self.conn.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+            elif isinstance(event, Frame) and event.opcode is Opcode.BINARY:
+                self._output(bytes(event.data), arrived)
+        self._flush()  # pongs, answers to ESC[6n, the closing handshake
+
+    def _output(self, frame: bytes, arrived: float) -> None:
+        if CURSOR_QUERY in frame:
+            self.conn.send_binary(CURSOR_ANSWER)
+        window = self._tail + frame
+        self._tail = window[-64:]
+        if PROMPT in window:
+            self.prompt.set()
+        for match in RESULT.finditer(window):
+            result = self.awaited.pop(int(match[1]), None)
+            if result is not None:
+                result.set_result(arrived)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in (self.opened, *self.awaited.values()):
+            if not future.done():
+                future.set_exception(ConnectionError("the connection was lost"))
+        self.closed.set_result(None)
+
+    def _flush(self) -> None:
+        assert self.transport is not None
+        for data in self.conn.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
 
     async def evaluate(self, n: int) -> float:
         """Type `1+n` and wait for `=> n+1`: the milliseconds between the two."""
         result = asyncio.get_running_loop().create_future()
         self.awaited[n + 1] = result
         sent = time.perf_counter()
-        await self.ws.send(f"1+{n}\r".encode())
+        self.conn.send_binary(f"1+{n}\r".encode())
+        self._flush()
         return (await asyncio.wait_for(result, 60) - sent) * 1000
 
     async def close(self) -> None:
-        await self.ws.close()
-        self._task.cancel()
+        self.conn.send_close()
+        self._flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed, 10)
 
 
 def unique_n(member: int, evaluation: int) -> int:
@@ -160,11 +210,9 @@ async def run_clients(workload: Workload) -> dict[str, object]:
 
     results = await asyncio.gather(*(member_session(i) for i in workload.members))
     connections = [*members.values(), *([owner] if owner else [])]
-    response = connections[0].ws.response
-    deflate = response is not None and "Sec-WebSocket-Extensions" in response.headers
-    for member in connections:
-        await member.close()
-    return {"samples": [t for times in results for t in times], "deflate": deflate}
+    await asyncio.gather(*(member.close() for member in connections))
+    samples = [t for times in results for t in times]
+    return {"samples": samples, "deflate": all(member.deflate for member in connections)}
 
 
 # -- the measuring side -------------------------------------------------------------------

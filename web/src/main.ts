@@ -199,7 +199,16 @@ class RoomPage {
     }
     this.you = message.you;
     this.name = message.you.name;
-    rememberToken(this.roomId, this.token, message.you.role);
+    // Storage and the address bar cost the main thread several ms (more on a
+    // first visit): not before the first screen is drawn, and not at all if
+    // the link was refused meanwhile (its token is forgotten then).
+    const role = message.you.role;
+    requestIdleCallback(
+      () => {
+        if (this.connection.connected) rememberToken(this.roomId, this.token, role);
+      },
+      { timeout: 1000 },
+    );
     hideBanner();
     this.outage = null;
 

@@ -36,6 +36,7 @@ from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 from replroom.config import Settings, settings_help
+from replroom.sandbox.kubernetes.config import PodSettings, pod_manifest
 
 KUBERNETES = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 OVERLAYS = ("gvisor", "dev")
@@ -61,7 +62,11 @@ ALLOWED_GRANTS = {
     "pods/log": {"get"},
     "events": {"get", "list", "watch"},
 }
-ROOM_LABELS = {"replroom.managed": "1", "replroom.instance": "replroom", "replroom.room": "abc123"}
+# Pod Security "restricted" (pod-security-standards, 1.29): the volume types it admits.
+RESTRICTED_VOLUMES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+    "persistentVolumeClaim", "projected", "secret",
+}  # fmt: skip
 POD_TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 
 
@@ -209,6 +214,75 @@ def pod_specs(documents: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict
             yield document["metadata"]["name"], document["spec"]["template"]["spec"]
 
 
+def server_settings(documents: tuple[dict[str, Any], ...]) -> Settings:
+    """The server's settings from the ConfigMap alone (this process's environment left out)."""
+    fields: dict[str, Any] = {}
+    for name, value in settings_of(documents).items():
+        *outer, field = name.removeprefix("REPLROOM_").lower().split("__")
+        place = fields
+        for part in outer:
+            place = place.setdefault(part, {})
+        place[field] = value
+    return Settings.model_validate(fields)
+
+
+def room_pod(documents: tuple[dict[str, Any], ...], room_id: str = "abc123") -> dict[str, Any]:
+    """The pod the backend makes for a room, with this rendering's settings."""
+    server = server_settings(documents)
+    pod_settings = PodSettings(
+        namespace=server.kubernetes_namespace,
+        image=server.kubernetes_image or "",
+        instance=server.instance,
+        runtime_class=server.kubernetes_runtime_class,
+        seccomp=server.kubernetes_seccomp_profile,
+    )
+    return pod_manifest(pod_settings, room_id, server.limits)
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a pod spec Pod Security's "restricted" level refuses (its checks, as of 1.29)."""
+    found = []
+    pod_context = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            found.append(flag)
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for container in spec.get("initContainers", []) + spec["containers"]:
+        context = container.get("securityContext", {})
+        name = container["name"]
+        if context.get("privileged"):
+            found.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if not context.get("runAsNonRoot", pod_context.get("runAsNonRoot")):
+            found.append(f"{name}: runAsNonRoot not set")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {}))
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: seccomp {seccomp}")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+def parse_quantity(quantity: str) -> float:
+    """A Kubernetes quantity (``256Mi``, ``500m``, ``2``, ``268435456``) as a number."""
+    suffixes = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "m": 1e-3, "k": 1e3}
+    for suffix, factor in suffixes.items():
+        if quantity.endswith(suffix):
+            return float(quantity.removesuffix(suffix)) * factor
+    return float(quantity)
+
+
 def supported_versions() -> list[str]:
     return [version for version in all_versions() if Version(version) >= OLDEST_SUPPORTED]
 
@@ -292,11 +366,12 @@ def test_namespaces(overlay: str) -> None:
 def test_rooms_have_no_network_either_way(overlay: str) -> None:
     documents = render(overlay)
     rooms = settings_of(documents)["REPLROOM_KUBERNETES_NAMESPACE"]
+    room_labels = room_pod(documents)["metadata"]["labels"]
     policies = [
         policy
         for policy in of_kind(documents, "NetworkPolicy")
         if policy["metadata"]["namespace"] == rooms
-        and selects(policy["spec"]["podSelector"], ROOM_LABELS)
+        and selects(policy["spec"]["podSelector"], room_labels)
     ]
     assert policies, "no NetworkPolicy selects the room pods"
     # Policies add up: one that allows anything to room pods opens that way.
@@ -464,3 +539,39 @@ def test_dev_overlay_runs_rooms_on_the_default_runtime() -> None:
     documents = render("dev")
     assert "REPLROOM_KUBERNETES_RUNTIME_CLASS" not in settings_of(documents)
     assert not of_kind(documents, "RuntimeClass")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_pod_passes_pod_security_restricted(overlay: str) -> None:
+    # Both namespaces enforce "restricted": a pod that fails it is refused by
+    # the API server, the server's own and every room's alike.
+    assert restricted_violations({"containers": [{"name": "bad"}]})
+    documents = render(overlay)
+    for name, spec in pod_specs(documents):
+        assert not restricted_violations(spec), (name, restricted_violations(spec))
+    room = room_pod(documents)
+    assert not restricted_violations(room["spec"]), restricted_violations(room["spec"])
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_room_pods_fit_the_rooms_namespace(overlay: str) -> None:
+    documents = render(overlay)
+    room = room_pod(documents)
+    assert room["metadata"]["namespace"] == one(documents, "Role")["metadata"]["namespace"]
+    for version in supported_versions():
+        kubernetes_validate.validate(room, version, strict=True)
+    runtime_class = room["spec"].get("runtimeClassName")
+    runtimes = {r["metadata"]["name"]: r for r in of_kind(documents, "RuntimeClass")}
+    assert runtime_class is None or runtime_class in runtimes
+    overhead = runtimes[runtime_class].get("overhead", {}) if runtime_class else {}
+    # The quota admits every room the server's memory budget lets it run.
+    rooms = server_settings(documents).max_sandboxes
+    quota = one(documents, "ResourceQuota")["spec"]["hard"]
+    assert int(quota["pods"]) >= rooms
+    limits = room["spec"]["containers"][0]["resources"]["limits"]
+    for resource in ("memory", "cpu"):
+        per_room = parse_quantity(limits[resource]) + parse_quantity(
+            overhead.get("podFixed", {}).get(resource, "0")
+        )
+        assert parse_quantity(quota[f"limits.{resource}"]) >= rooms * per_room, resource
+        assert parse_quantity(quota[f"requests.{resource}"]) >= rooms * per_room, resource

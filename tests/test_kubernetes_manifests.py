@@ -283,6 +283,29 @@ def parse_quantity(quantity: str) -> float:
     return float(quantity)
 
 
+@cache
+def _schema_error(document_json: str, version: str) -> str | None:
+    # Cached: the overlays share most objects, and each check loads the
+    # version's schemas from disk.
+    document = json.loads(document_json)
+    try:
+        kubernetes_validate.validate(document, version, strict=True)
+    except kubernetes_validate.ValidationError as error:
+        where = ".".join(str(part) for part in error.path)
+        name = f"{document['kind']}/{document['metadata']['name']}"
+        return f"{name} @{version}: {where}: {error.message}"
+    except kubernetes_validate.SchemaNotFoundError as error:
+        return str(error.message)
+    return None
+
+
+def schema_errors(document: dict[str, Any]) -> list[str]:
+    """Where ``document`` breaks a supported version's schema (strictly: unknown fields too)."""
+    document_json = json.dumps(document, sort_keys=True)
+    errors = (_schema_error(document_json, version) for version in supported_versions())
+    return [error for error in errors if error is not None]
+
+
 def supported_versions() -> list[str]:
     return [version for version in all_versions() if Version(version) >= OLDEST_SUPPORTED]
 
@@ -332,15 +355,7 @@ def test_objects_validate_against_every_supported_version(overlay: str) -> None:
     failures = []
     for document in render(overlay):
         assert document["apiVersion"] in STABLE_API_VERSIONS, document["apiVersion"]
-        for version in versions:
-            try:
-                kubernetes_validate.validate(document, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                where = ".".join(str(part) for part in error.path)
-                failures.append(f"{document['kind']}/{document['metadata']['name']} "
-                                f"@{version}: {where}: {error.message}")  # fmt: skip
-            except kubernetes_validate.SchemaNotFoundError as error:
-                failures.append(error.message)
+        failures += schema_errors(document)
     assert not failures, "\n".join(failures)
 
 
@@ -558,8 +573,7 @@ def test_room_pods_fit_the_rooms_namespace(overlay: str) -> None:
     documents = render(overlay)
     room = room_pod(documents)
     assert room["metadata"]["namespace"] == one(documents, "Role")["metadata"]["namespace"]
-    for version in supported_versions():
-        kubernetes_validate.validate(room, version, strict=True)
+    assert not schema_errors(room), schema_errors(room)
     runtime_class = room["spec"].get("runtimeClassName")
     runtimes = {r["metadata"]["name"]: r for r in of_kind(documents, "RuntimeClass")}
     assert runtime_class is None or runtime_class in runtimes

@@ -106,6 +106,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
         if (
             self.close_sent
             or self.disconnected
+            or self.transport.is_closing()
             or not self.writable.is_set()  # the client is not reading fast enough
             or self.conn.state is not State.OPEN
             or self.conn.extensions

@@ -15,6 +15,12 @@ c) ``--big-rooms`` rooms x ``--members`` on a fresh server (0 skips it).
 The members run in ``--workers`` processes of their own (uvloop), so that the
 client does not dominate; each room's members share a process. Figures are
 printed next to their targets, never asserted.
+
+Beside the latencies: the server's CPU (utime + stime) per keystroke, the
+REPLs' (the instance's cpuacct cgroup), and how long the server's event loop
+waited for a CPU while runnable (schedstat). A loop that waits hundreds of
+ms/s is starved by the machine, not slow: on a shared machine read the
+latencies with that line, and the CPU per keystroke as the server's own cost.
 """
 
 from __future__ import annotations

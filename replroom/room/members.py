@@ -9,6 +9,7 @@ the smallest member's window: tmux's rule, :meth:`Members.smallest_size`.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -87,8 +88,9 @@ class Members:
         return cols, rows
 
     def broadcast(self, message: protocol.ServerMessage) -> None:
+        text = json.dumps(message)
         for member in self._by_id.values():
-            member.outbox.send_json(message)
+            member.outbox.send_text(text)
 
     def notice(self, text: str, level: NoticeLevel = "info") -> None:
         log.info("room %s: %s", self.room_id, text)

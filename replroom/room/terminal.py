@@ -133,8 +133,12 @@ class Outbox:
         return self.output_bytes >= HIGH_WATER
 
     def send_json(self, message: Mapping[str, object]) -> None:
+        self.send_text(json.dumps(message))
+
+    def send_text(self, text: str) -> None:
+        """A message already encoded as JSON (once for every member it goes to)."""
         if not self.closed:
-            self._frames.append(json.dumps(message))
+            self._frames.append(text)
             self._wakeup.set()
 
     def send_output(self, data: bytes, resync: Callable[[], list[Frame]]) -> None:
@@ -309,8 +313,9 @@ class SharedTerminal:
 
     def redraw(self, outboxes: Iterable[Outbox] | None = None) -> None:
         """Rebuild the screen of ``outboxes`` (everyone's by default) from the replay."""
+        screen = self.screen()  # built once: the replay may be 256 KiB
         for outbox in self._outboxes() if outboxes is None else outboxes:
-            outbox.replace_screen(self.screen())
+            outbox.replace_screen(screen)
 
     def write(self, pane: Pane, text: str) -> None:
         """Put a note of ours (not the REPL's) on a pane, as if the REPL had printed it."""

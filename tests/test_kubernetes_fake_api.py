@@ -448,3 +448,16 @@ async def backend(
         await made.close()
         await fake.close()
         await kubelet.backend.close()
+
+
+async def test_a_process_killed_for_memory_is_out_of_memory(
+    backend: BackendUnderTest, room_id: str
+) -> None:
+    """The launcher's OOM-kill count, read again after the unexplained SIGKILL."""
+    sandbox = await backend.create(room_id, Limits(memory="64m"))
+    status, _ = await run(
+        sandbox, ["python3", "-c", "x = []\nwhile True: x.append(bytearray(1 << 20))"]
+    )
+    assert status.reason is ExitReason.OUT_OF_MEMORY, status
+    status, output = await run(sandbox, ["sh", "-c", "kill -9 $$"])
+    assert status.reason is ExitReason.KILLED, (status, output)

@@ -60,7 +60,9 @@ def prepare_directories(settings: Settings) -> None:
 async def open_backend(settings: Settings) -> Backend:
     """The configured backend, with its directories made and the host checked."""
     prepare_directories(settings)
-    # The docker backend needs the image in the Engine only (its prepare() looks).
+    # The docker backend needs the image in the Engine only, the kubernetes one on
+    # its nodes or in a registry (their prepare() looks at what it can: the
+    # cluster's reachability, the server's permissions, the runtime class).
     if settings.backend == "bwrap" and current_image(settings) is None:
         raise HostNotReady(f"{NOT_BUILT} (looked in {settings.image_dir})")
     try:

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.staticfiles import StaticFiles
 
 from replroom.config import Settings
 from replroom.editor import EditorSync
@@ -42,8 +41,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.router)
     app.include_router(room_socket.router)
     app.include_router(editor_socket.router)
-    if (WEB_DIST / "assets").is_dir():
-        app.mount("/assets", StaticFiles(directory=WEB_DIST / "assets"), name="assets")
     return app
 
 

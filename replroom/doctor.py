@@ -14,6 +14,7 @@ from replroom.image import current_image
 from replroom.sandbox import SandboxError
 from replroom.sandbox.bwrap import BwrapBackend
 from replroom.sandbox.docker import diagnose as diagnose_docker
+from replroom.sandbox.kubernetes import KubernetesBackend
 
 
 def _line(name: str, problems: list[str], detail: str = "") -> str:
@@ -28,6 +29,9 @@ def _line(name: str, problems: list[str], detail: str = "") -> str:
 def _configured(settings: Settings) -> str:
     if settings.backend == "docker":
         return f"docker ({settings.docker_runtime})"
+    if settings.backend == "kubernetes":
+        runtime_class = settings.kubernetes_runtime_class or "the default runtime"
+        return f"kubernetes ({runtime_class}, namespace {settings.kubernetes_namespace})"
     return settings.backend
 
 
@@ -35,8 +39,10 @@ async def report(settings: Settings) -> int:
     """Print what works; exit status 0 when ``serve`` would serve rooms with these settings."""
     image = current_image(settings)
     print(f"room image ({settings.image_dir})")
-    if image is None and settings.backend == "docker":
-        print(_line("image", [], "not on disk; the docker backend needs it in the Engine only"))
+    if image is None and settings.backend in ("docker", "kubernetes"):
+        where = "the Engine" if settings.backend == "docker" else "the cluster's registry"
+        need = f"not on disk; the {settings.backend} backend needs it in {where}"
+        print(_line("image", [], need))
     else:
         print(_line(image.id if image else "image", [] if image else ["not built: run make run"]))
 
@@ -55,6 +61,8 @@ async def report(settings: Settings) -> int:
         print(f"configured backend: {chosen}: NOT ready")
         return 1
     print(_line("start-up", []))
+    if isinstance(backend, KubernetesBackend):  # reachability, permissions, runtime class
+        print(_line("cluster", [], backend.summary))
     try:
         check = await try_repl(backend, settings)
     except SandboxError as error:

@@ -461,3 +461,32 @@ async def test_a_process_killed_for_memory_is_out_of_memory(
     assert status.reason is ExitReason.OUT_OF_MEMORY, status
     status, output = await run(sandbox, ["sh", "-c", "kill -9 $$"])
     assert status.reason is ExitReason.KILLED, (status, output)
+
+
+async def test_doctor_reports_the_cluster_permissions_and_runtime_class(
+    settings: Settings, room_image: RoomImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from replroom import doctor
+
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.skip("the fake kubelet runs pods as docker sandboxes: no DOCKER_HOST")
+    docker = settings.model_copy(update={"backend": "docker", "instance": f"doctor-{os.getpid()}"})
+    kubelet = FakeKubelet(make_backend(docker, room_image))
+    server = FakeKubernetes(kubelet=kubelet)
+    await server.start()
+    try:
+        chosen = kube_settings(settings, server.kubeconfig(tmp_path))
+        assert await doctor.report(chosen) == 0
+        out = capsys.readouterr().out
+        assert "cluster          ok: cluster http://127.0.0.1:" in out
+        assert f"namespace {NAMESPACE}, permissions ok, the default runtime" in out
+        assert "room             ok: python prompt" in out
+        assert "configured backend: kubernetes (the default runtime" in out
+
+        server.denied.add(("create", "pods", "exec"))
+        assert await doctor.report(chosen) == 1
+        out = capsys.readouterr().out
+        assert "not allowed in namespace replroom-rooms: create pods/exec" in out
+    finally:
+        await server.close()
+        await kubelet.backend.close()

@@ -14,7 +14,8 @@ Clients run in processes of their own (``--client-processes``), not in the
 server's nor in this one, and answer the terminal's cursor query (ESC[6n) as
 xterm.js does. Each workload is measured with permessage-deflate offered by
 the clients (as browsers always do) and without. Figures are printed, never
-asserted. ``bench/rooms.py`` calls :func:`seed_figures`.
+asserted. ``bench/rooms.py`` may call :func:`seed_figures` with a server of
+its own started with :data:`SERVER_ENV` (Ruby by default), or :func:`bench`.
 """
 
 from __future__ import annotations
@@ -221,7 +222,10 @@ async def run_clients(workload: Workload) -> dict[str, object]:
 @dataclass
 class Run:
     samples: list[float]  # milliseconds from each `1+n` sent to its result shown
-    server_cpu: float  # the server's CPU time per evaluation, milliseconds
+    # The server's CPU time from the start to the last result, per evaluation, in
+    # milliseconds: with the 1 s schedule it includes the members' joins and ~25 s
+    # of the server's background work; the burst's is mostly the evaluations'.
+    server_cpu: float
     deflate: bool  # the server agreed on permessage-deflate
 
     def figure(self, label: str, targets: str) -> str:

@@ -345,8 +345,16 @@ async def test_room_api(server: Server, room: dict) -> None:
         assert response.status_code == 200
         assert response.json()["language"] == "python"
         assert (await http.get(f"{server.url}/api/rooms/nosuchroom")).status_code == 404
-        redirect = await http.get(f"{server.url}/", follow_redirects=False)
-        assert redirect.status_code == 303 and redirect.headers["location"].startswith("/r/")
+        # The site's address gives the page of a new room at once (no redirect): it moves
+        # the address bar to the room's owner link, and no cache keeps it.
+        new = await http.get(f"{server.url}/", follow_redirects=False)
+        assert new.status_code == 200 and new.headers["cache-control"] == "no-store"
+        moved = re.search(r'history\.replaceState\(null, \'\', "/r/([^"#]+)#t=([^"]+)"\)', new.text)
+        assert moved is not None, new.text[:500]
+        owner = await http.get(
+            f"{server.url}/api/rooms/{moved[1]}", headers={"Authorization": f"Bearer {moved[2]}"}
+        )
+        assert owner.status_code == 200
         health = (await http.get(f"{server.url}/healthz")).json()
         assert health["status"] == "ok"
         assert health["backend"] == server.env.get("REPLROOM_BACKEND", "bwrap")

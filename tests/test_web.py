@@ -158,8 +158,15 @@ async def test_page_files_are_compressed_and_hashed_ones_cached_for_good(
     await page.page.goto(f"{server.url}/")
     await page.wait_screen(">>> ")
     await page.wait_synced()  # the editor's chunk has come too
+    # The site's address answers a new room's page, holding its owner's link: never cached.
     document = next(r for r in responses if r.request.resource_type == "document" and r.ok)
     headers = await document.all_headers()
+    assert headers["cache-control"] == "no-store" and headers["content-encoding"] == "gzip"
+    assert re.fullmatch(rf"{server.url}/r/[\w-]+", page.page.url), page.page.url  # token kept
+    # The room's own page is the same for everyone: revalidated, precompressed.
+    room_page = await page.page.request.get(page.page.url.split("#")[0], headers={
+        "Accept-Encoding": "br, gzip"})  # fmt: skip
+    headers = room_page.headers
     assert headers["cache-control"] == "no-cache" and headers["content-encoding"] == "br"
     assets = [r for r in responses if "/assets/" in r.url]
     assert {re.sub(r"-[\w-]+\.js$", "", r.url.rsplit("/", 1)[1]) for r in assets} == {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import mimetypes
 import re
 import stat
@@ -118,7 +120,26 @@ async def new_room(request: Request) -> Response:
     record, tokens = await manager.create_room()
     # The creator's browser holds the owner token; the page shows it the
     # invitation and spectator links to share.
-    return RedirectResponse(f"/r/{record.id}#t={tokens['owner']}", status_code=303)
+    address = f"/r/{record.id}#t={tokens['owner']}"
+    index = await built_files.get("index.html")
+    if index is None:
+        return RedirectResponse(address, status_code=303)
+    return _page_at(request, index, address)
+
+
+def _page_at(request: Request, index: BuiltFile, address: str) -> Response:
+    """The room page itself, moving the address bar to ``address`` before anything runs.
+
+    A redirect would cost the browser one more round trip before the page.
+    The response holds the owner's token: never stored by a cache.
+    """
+    moved = f"<script>history.replaceState(null, '', {json.dumps(address)})</script>"
+    html = index.identity.replace(b"<script", moved.encode() + b"<script", 1)
+    headers = {"Cache-Control": "no-store", "Vary": "Accept-Encoding"}
+    if "gzip" in _accepted_encodings(request.headers.get("accept-encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+        html = gzip.compress(html, compresslevel=6)
+    return Response(html, media_type=index.media_type, headers=headers)
 
 
 @router.post("/api/rooms", status_code=201)

@@ -23,6 +23,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import seed
 from figures import line
 
 from tests.client import RoomClient, Server
@@ -229,6 +230,8 @@ async def bench(name: str, env: dict[str, str], runs: int) -> None:
             server.stop()
             shutil.rmtree(runtime, ignore_errors=True)
     await shutdown(env, 300 if name == "bwrap" else 100)
+    # The design note's own workload: 20 members in one Ruby room (bench/seed.py).
+    await seed.bench(name, env, runs=3, client_processes=1)
 
 
 async def main() -> None:

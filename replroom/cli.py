@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import stat
 import sys
@@ -269,6 +270,20 @@ def cmd_sandbox_cleanup(args: argparse.Namespace) -> int:
 # -- serve ------------------------------------------------------------------
 
 
+def _raise_open_files_limit() -> None:
+    """Let the server open as many files as the host allows, not the usual 1024.
+
+    Each room with five members holds about seven descriptors (sockets, its
+    pty, its cgroup's files): a soft limit of 1024 would refuse new members
+    at about 140 busy rooms.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit is still capped by the kernel (fs.nr_open).
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415 - only the server needs it
 
@@ -283,6 +298,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The host is checked before we listen, so that a server that cannot run
     # rooms stops now with the reason rather than fail at the first member.
     _fail_unless_host_ready(settings)
+    _raise_open_files_limit()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"replroom: open http://{host}:{settings.port}/ to start a room", flush=True)
     uvicorn.run(

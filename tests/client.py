@@ -44,6 +44,7 @@ class Server:
     process: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     log_dir: Path | None = None
+    wrapper: list[str] = field(default_factory=list)  # e.g. prlimit …, which execs the server
 
     @property
     def instance(self) -> str:
@@ -71,7 +72,7 @@ class Server:
         self.log_path = log_dir / f"server-{self.port}.log"
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "replroom.cli", *args], env=env, stdout=log,
+            [*self.wrapper, sys.executable, "-m", "replroom.cli", *args], env=env, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + 30

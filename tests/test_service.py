@@ -160,3 +160,18 @@ async def test_sigterm_with_hundreds_of_live_rooms_tells_members_and_leaves_noth
     assert {close.code for close in closes} == {1012}
     assert f"destroyed {live_rooms} sandbox(es)" in server.log()
     assert _leftover_sandboxes(server, backend) == "removed 0 leftover sandbox(es)"
+
+
+def test_serve_raises_its_open_files_limit_to_the_hard_limit(
+    tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    # A host's usual soft limit (1024, here 256) would refuse members at ~140 busy rooms.
+    server = Server(tmp_path / "data", runtime_dir, wrapper=["prlimit", "--nofile=256:4096"])
+    server.start()
+    try:
+        assert server.process is not None
+        limits = Path(f"/proc/{server.process.pid}/limits").read_text()
+        line = next(line for line in limits.splitlines() if line.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        server.stop()

@@ -574,27 +574,61 @@ class PtyProcess(BwrapProcess):
     ) -> None:
         super().__init__(sandbox, proc, oom_before)
         self.master: int | None = master
+        self._readable = True  # worth a read: at first, and after the loop said so
+        self._registered = False  # the master is watched by the event loop
+        self._waiter: asyncio.Future[None] | None = None
 
     async def read(self) -> bytes:
-        loop = asyncio.get_running_loop()
+        """What the pty holds now, up to READ_SIZE: in a flood, one chunk, not dozens.
+
+        The master stays registered with the event loop between reads, so
+        that a read costs no epoll changes and no failed read; it is taken
+        off only when it is readable with nobody reading (flow control holds
+        the output back), which would otherwise wake the loop again and again.
+        """
         while self.master is not None:
+            if self._readable:
+                try:
+                    return self._read_available()
+                except BlockingIOError:
+                    self._readable = False
+                except OSError as error:
+                    if error.errno == errno.EIO:  # every holder of the pty's other end is gone
+                        self.close()
+                        return b""
+                    raise
+                continue
+            self._waiter = asyncio.get_running_loop().create_future()
+            if not self._registered:
+                asyncio.get_running_loop().add_reader(self.master, self._on_readable)
+                self._registered = True
             try:
-                return os.read(self.master, READ_SIZE)
-            except BlockingIOError:
-                pass
-            except OSError as error:
-                if error.errno == errno.EIO:  # every holder of the pty's other end is gone
-                    self.close()
-                    return b""
-                raise
-            readable = loop.create_future()
-            fd = self.master
-            loop.add_reader(fd, _resolve, readable)
-            try:
-                await readable
+                await self._waiter
             finally:
-                loop.remove_reader(fd)
+                self._waiter = None
         return b""
+
+    def _read_available(self) -> bytes:
+        assert self.master is not None
+        data = os.read(self.master, READ_SIZE)
+        while data and len(data) < READ_SIZE:
+            try:
+                more = os.read(self.master, READ_SIZE - len(data))
+            except OSError:  # nothing more now (EAGAIN), or the end: the next read says
+                self._readable = False
+                break
+            if not more:
+                break
+            data += more
+        return data
+
+    def _on_readable(self) -> None:
+        self._readable = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        elif self.master is not None:
+            asyncio.get_running_loop().remove_reader(self.master)
+            self._registered = False
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
@@ -624,8 +658,13 @@ class PtyProcess(BwrapProcess):
 
     def close(self) -> None:
         if self.master is not None:
+            if self._registered:
+                asyncio.get_running_loop().remove_reader(self.master)
+                self._registered = False
             os.close(self.master)
             self.master = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class PipeProcess(BwrapProcess):

@@ -190,7 +190,9 @@ class SandboxPool:
         spare.watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await spare.watcher
-        if not spare.watcher.cancelled():  # it had seen the REPL end, or flood
+        # Its watcher had seen the REPL end (or flood), or the sandbox was just
+        # killed from outside (a `sandbox cleanup`) and the watcher had not seen it yet.
+        if not spare.watcher.cancelled() or not await self._alive(spare.sandbox):
             self._throw_away(spare)
             self.refill()
             return None
@@ -207,6 +209,12 @@ class SandboxPool:
         self._chore(self._foreground(spare.sandbox))
         repl = StartedRepl(spare.process, bytes(spare.output), SPARE_COLS, SPARE_ROWS)
         return Started(spare.sandbox, {self.language.name: repl})
+
+    async def _alive(self, sandbox: Sandbox) -> bool:
+        try:
+            return await sandbox.alive()
+        except SandboxError:  # the backend cannot say now: not one to hand out
+            return False
 
     async def _make_spare(self) -> None:
         name = "pool-" + secrets.token_hex(8)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from replroom.config import Settings
+from tests.sandboxes import design_note_cpus
 
 REPLROOM = [sys.executable, "-m", "replroom.cli"]
 
@@ -77,10 +78,11 @@ def test_out_of_memory_exits_137_with_a_message(
 
 
 def test_design_note_profile_runs_every_repl_language(
-    settings: Settings, backend_args: list[str]
+    settings: Settings, backend_args: list[str], request: pytest.FixtureRequest
 ) -> None:
+    cpus = design_note_cpus(request.node.callspec.params["backend_args"])
     result = replroom(
-        "sandbox", "run", *backend_args, "--memory", "100m", "--cpus", "0.05", "--",
+        "sandbox", "run", *backend_args, "--memory", "100m", "--cpus", str(cpus), "--",
         "sh", "-c", "python3 -c 'print(1)' && node -e 'console.log(2)' && ruby -e 'p 3'",
         settings=settings,
     )  # fmt: skip

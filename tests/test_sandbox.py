@@ -9,7 +9,7 @@ import pytest
 
 from replroom.config import Limits
 from replroom.sandbox import ExitReason, Sandbox, SandboxError
-from tests.sandboxes import BackendUnderTest, Screen, python, read_all, run
+from tests.sandboxes import BackendUnderTest, Screen, design_note_cpus, python, read_all, run
 
 
 async def test_runs_a_command_and_reports_its_exit_code(sandbox: Sandbox) -> None:
@@ -161,7 +161,9 @@ async def test_each_language_runtime_is_in_the_image(sandbox: Sandbox) -> None:
 async def test_python_under_the_design_note_profile(
     backend: BackendUnderTest, room_id: str
 ) -> None:
-    sandbox = await backend.create(room_id, Limits(memory="100m", cpus=0.05))
+    sandbox = await backend.create(
+        room_id, Limits(memory="100m", cpus=design_note_cpus(backend.name))
+    )
     status, output = await python(sandbox, "print(sum(range(10)))")
     assert output.strip() == "45" and status.code == 0
 
@@ -173,7 +175,9 @@ async def test_every_repl_reaches_its_prompt_under_the_design_note_profile(
     from replroom.languages import get_language
 
     spec = get_language(language)
-    sandbox = await backend.create(room_id, Limits(memory="100m", cpus=0.05))
+    sandbox = await backend.create(
+        room_id, Limits(memory="100m", cpus=design_note_cpus(backend.name))
+    )
     process = await sandbox.spawn(list(spec.repl), env=dict(spec.repl_env))
     screen = Screen(process)
     try:

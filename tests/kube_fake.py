@@ -134,8 +134,9 @@ class FakeKubernetes:
 
     async def close(self) -> None:
         self.end_watches()
-        for task in list(self._kubelet_tasks):
-            task.cancel()
+        # Let the kubelet finish what it was asked (a cancelled pod stop would
+        # leave its sandbox behind): pods start and stop in well under a minute.
+        await asyncio.gather(*self._kubelet_tasks, return_exceptions=True)
         # The pods first: their processes end, and with them the exec handlers.
         if self.kubelet is not None:
             await self.kubelet.close()

@@ -17,13 +17,16 @@ test-fast:
 	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -m fast -q -p no:cacheprovider
 
-# Benchmarks print figures; the docker ones run when DOCKER_HOST is set
+# Benchmarks print figures next to their targets (rooms.py includes the design
+# note's own workload, bench/seed.py); the docker ones run when DOCKER_HOST is set
 # (export "$$(scripts/dockerd start)" first).
 bench:
 	scripts/setup
 	.venv/bin/python bench/sandbox.py
 	.venv/bin/python bench/rooms.py
 	.venv/bin/python bench/web.py
+	.venv/bin/python bench/members.py
+	.venv/bin/python bench/density.py
 
 # Hostile input, fuzzed for longer than make test does (docs/protocol.md).
 fuzz:

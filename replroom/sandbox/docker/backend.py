@@ -49,8 +49,9 @@ from replroom.sandbox.docker.engine import (
     unreachable,
 )
 from replroom.sandbox.docker.events import ContainerWatch, EventStream
-from replroom.sandbox.docker.launch import PUT_FILE, launcher
+from replroom.sandbox.docker.launch import launcher
 from replroom.sandbox.docker.process import HELPER_TIMEOUT, DockerProcess, half_close
+from replroom.sandbox.scripts import put_file_argv
 
 if TYPE_CHECKING:
     from aiodocker.containers import DockerContainer
@@ -421,9 +422,7 @@ class DockerSandbox(Sandbox):
         # read-only root, not into the tmpfs mounted over it. An exec writing
         # stdin to the file, as the room user, needs nothing from the Engine.
         target = check_sandbox_path(path)
-        code, output = await self._run(
-            ["/bin/sh", "-c", PUT_FILE, "put_file", target, f"{mode & 0o7777:o}"], stdin=data
-        )
+        code, output = await self._run(put_file_argv(target, mode, len(data)), stdin=data)
         if code != 0:
             reason = output.decode(errors="replace").strip() or f"exit code {code}"
             raise SandboxError(f"cannot write {path}: {reason}")

@@ -80,27 +80,6 @@ except OSError as error:
 """.replace("GVISOR_DEVICES", repr(GVISOR_DEVICES))
 PYTHON = "/usr/bin/python3"
 
-# Writes stdin to $1 with mode $2, as the room user. The directory is created,
-# then resolved: it must still be inside the writable area after symlinks,
-# and the file itself must not be a symlink or a directory. The file is
-# renamed into place so that readers never see half of it.
-PUT_FILE = """
-set -e
-path=$1
-mkdir -p -- "${path%/*}"
-dir=$(realpath -e -- "${path%/*}")
-case "$dir/" in
-    /home/room/*|/tmp/*) ;;
-    *) echo "$path is outside the writable area (through a symlink)" >&2; exit 3 ;;
-esac
-target="$dir/${path##*/}"
-if [ -L "$target" ] || [ -d "$target" ]; then
-    echo "$path is a symlink or a directory" >&2; exit 3
-fi
-tmp=$(mktemp "$dir/.replroom-put.XXXXXX")
-cat >"$tmp" && chmod "$2" "$tmp" && mv -f -- "$tmp" "$target" || { rm -f -- "$tmp"; exit 1; }
-"""
-
 
 def launcher(
     runtime: Runtime, argv: Sequence[str], *, report_pid: bool, size: tuple[str, str] = ("", "")

@@ -46,12 +46,12 @@ from replroom.sandbox.kubernetes.exec import (
     HELPER_TIMEOUT,
     OOM_KILLS,
     PROTOCOLS,
-    PUT_FILE,
     STATS,
     KubernetesProcess,
     command_line,
 )
 from replroom.sandbox.kubernetes.watch import PodReflector, PodWatch, container_state
+from replroom.sandbox.scripts import put_file_argv
 
 log = logging.getLogger(__name__)
 
@@ -443,8 +443,7 @@ class KubernetesSandbox(Sandbox):
 
     async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         target = check_sandbox_path(path)
-        argv = ["/bin/sh", "-c", PUT_FILE, "put_file", target, f"{mode & 0o7777:o}", str(len(data))]
-        code, output = await self._run(argv, stdin=data)
+        code, output = await self._run(put_file_argv(target, mode, len(data)), stdin=data)
         if code != 0:
             reason = output.decode(errors="replace").strip() or f"exit code {code}"
             raise SandboxError(f"cannot write {path}: {reason}")

@@ -69,31 +69,6 @@ fi
 set -- /proc/[0-9]*/task/[0-9]*
 echo "$m ${c:-0} $#"
 """
-# Writes its first $3 bytes of stdin to $1 with mode $2, as the room user:
-# `head -c` needs no end of input, which the v4 protocol cannot send. The
-# directory is made, then resolved: it must still be in the writable area
-# after symlinks, and the file must not be a symlink or a directory. The file
-# is renamed into place so that readers never see half of it.
-PUT_FILE = """
-set -e
-path=$1
-mkdir -p -- "${path%/*}"
-dir=$(realpath -e -- "${path%/*}")
-case "$dir/" in
-    /home/room/*|/tmp/*) ;;
-    *) echo "$path is outside the writable area (through a symlink)" >&2; exit 3 ;;
-esac
-target="$dir/${path##*/}"
-if [ -L "$target" ] || [ -d "$target" ]; then
-    echo "$path is a symlink or a directory" >&2; exit 3
-fi
-tmp=$(mktemp "$dir/.replroom-put.XXXXXX")
-if head -c "$3" >"$tmp" && [ "$(wc -c <"$tmp")" -eq "$3" ] && chmod "$2" "$tmp"; then
-    mv -f -- "$tmp" "$target"
-else
-    rm -f -- "$tmp"; echo "short write" >&2; exit 1
-fi
-"""
 
 
 def command_line(

@@ -46,8 +46,9 @@ from replroom.sandbox.host import mounted_under
 SUITE = "bookworm"
 VARIANT = "minbase"
 # Beyond minbase (which already has bash, coreutils and util-linux's setsid):
-# procps so that people can see and kill their own processes with ps and kill.
-BASE_PACKAGES = ("bash", "coreutils", "util-linux", "procps")
+# procps so that people can see and kill their own processes with ps and kill
+# (and watch them with top); less, the pager full-screen programs expect.
+BASE_PACKAGES = ("bash", "coreutils", "util-linux", "procps", "less")
 # Bump whenever _post_install changes what ends up in the image: it is part of
 # the recipe, so every host rebuilds.
 POST_INSTALL_VERSION = 2

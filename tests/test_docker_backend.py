@@ -31,6 +31,7 @@ from replroom.sandbox.docker import (
     disconnect,
 )
 from replroom.sandbox.seccomp import docker_security_opt
+from replroom.sandbox.spec import room_spec
 from tests.sandboxes import Screen, read_all
 from tests.sandboxes import run as run_on_pipes
 
@@ -404,7 +405,8 @@ async def test_cleanup_orphans_removes_a_leftover_container(
 ) -> None:
     # What a crashed server leaves: a labelled container nobody tracks.
     room_id = rooms.new_id()
-    config = container_config(docker_backend.image or "", room_id, SMALL, docker_backend.runtime)
+    spec = room_spec(room_id, SMALL, image=docker_backend.image or "", instance="replroom")
+    config = container_config(spec, docker_backend.runtime)
     container = await docker_backend.docker.containers.create(config, name=f"replroom-{room_id}")
     await container.start()
     fresh = DockerBackend(

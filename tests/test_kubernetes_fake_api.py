@@ -97,7 +97,12 @@ async def test_prepare_reports_the_cluster_permissions_and_runtime_class(
     assert "v1.33.0-fake" in kube.summary and "runtime class gvisor (handler runsc)" in kube.summary
 
     fake.denied.add(("create", "pods", "exec"))
-    denied = KubernetesBackend(kube.pods, kubeconfig=fake.kubeconfig(tmp_path))
+    denied = KubernetesBackend(
+        kube.placement,
+        image=kube.image,
+        instance=kube.instance,
+        kubeconfig=fake.kubeconfig(tmp_path),
+    )
     with pytest.raises(
         SandboxError, match="not allowed in namespace replroom-rooms: create pods/exec"
     ):
@@ -106,7 +111,12 @@ async def test_prepare_reports_the_cluster_permissions_and_runtime_class(
     fake.denied.clear()
 
     del fake.runtime_classes["gvisor"]
-    missing = KubernetesBackend(kube.pods, kubeconfig=fake.kubeconfig(tmp_path))
+    missing = KubernetesBackend(
+        kube.placement,
+        image=kube.image,
+        instance=kube.instance,
+        kubeconfig=fake.kubeconfig(tmp_path),
+    )
     with pytest.raises(SandboxError, match="no RuntimeClass 'gvisor'"):
         await missing.prepare()
     await missing.close()
@@ -131,7 +141,7 @@ async def test_the_pod_is_hardened_and_limited_as_specified(
     pod = fake.pod(pod_name(room_id))
     labels = pod["metadata"]["labels"]
     assert labels["replroom.managed"] == "1" and labels["replroom.room"] == room_id
-    assert labels["replroom.instance"] == kube.pods.instance
+    assert labels["replroom.instance"] == kube.instance
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False and spec["hostname"] == "room"
@@ -140,7 +150,7 @@ async def test_the_pod_is_hardened_and_limited_as_specified(
     security = container["securityContext"]
     assert security["runAsUser"] == security["runAsGroup"] == 1000 and security["runAsNonRoot"]
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
-    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["capabilities"] == {"drop": ["ALL"], "add": []}
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     resources = container["resources"]
     assert resources["limits"] == resources["requests"] == {"memory": str(128 << 20), "cpu": "250m"}
@@ -148,7 +158,7 @@ async def test_the_pod_is_hardened_and_limited_as_specified(
     assert {volume["medium"] for volume in volumes.values()} == {"Memory"}
     assert sum(int(volume["sizeLimit"]) for volume in volumes.values()) == 16 << 20
     mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
-    assert mounts == {"/home/room", "/tmp"}
+    assert mounts == {"/home/room", "/tmp", "/dev/shm"}
     await sandbox.destroy()
 
 
@@ -190,7 +200,9 @@ async def test_a_leftover_pod_holding_the_name_is_replaced(
     first = await kube.create(room_id, Limits())
     leftover_uid = fake.pod(first.name)["metadata"]["uid"]
     # A restarted server: a new backend that never saw the pod.
-    again = KubernetesBackend(kube.pods, kubeconfig=kube.kubeconfig)
+    again = KubernetesBackend(
+        kube.placement, image=kube.image, instance=kube.instance, kubeconfig=kube.kubeconfig
+    )
     second = await again.create(room_id, Limits())
     assert fake.pod(second.name)["metadata"]["uid"] != leftover_uid
     await wait_until(lambda: first.watch.dead, "the old pod gone", first)
@@ -295,10 +307,12 @@ async def test_cleanup_removes_only_this_instances_unused_pods(
     kube: KubernetesBackend, fake: FakeKubernetes, room_id: str
 ) -> None:
     kept = await kube.create(room_id, Limits())
-    restarted = KubernetesBackend(kube.pods, kubeconfig=kube.kubeconfig)
+    restarted = KubernetesBackend(
+        kube.placement, image=kube.image, instance=kube.instance, kubeconfig=kube.kubeconfig
+    )
     left = await restarted.create(room_id + "-left", Limits())
     other = KubernetesBackend(
-        type(kube.pods)(NAMESPACE, kube.pods.image, instance="other"), kubeconfig=kube.kubeconfig
+        kube.placement, image=kube.image, instance="other", kubeconfig=kube.kubeconfig
     )
     foreign = await other.create(room_id + "-other", Limits())
     await restarted.close()

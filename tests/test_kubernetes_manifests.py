@@ -36,7 +36,8 @@ from kubernetes_validate.utils import all_versions
 from packaging.version import Version
 
 from replroom.config import Settings, settings_help
-from replroom.sandbox.kubernetes.config import PodSettings, pod_manifest
+from replroom.sandbox.kubernetes.config import PodPlacement, pod_manifest
+from replroom.sandbox.spec import room_spec
 
 KUBERNETES = Path(__file__).resolve().parent.parent / "deploy" / "kubernetes"
 OVERLAYS = ("gvisor", "dev")
@@ -229,14 +230,14 @@ def server_settings(documents: tuple[dict[str, Any], ...]) -> Settings:
 def room_pod(documents: tuple[dict[str, Any], ...], room_id: str = "abc123") -> dict[str, Any]:
     """The pod the backend makes for a room, with this rendering's settings."""
     server = server_settings(documents)
-    pod_settings = PodSettings(
+    placement = PodPlacement(
         namespace=server.kubernetes_namespace,
-        image=server.kubernetes_image or "",
-        instance=server.instance,
         runtime_class=server.kubernetes_runtime_class,
         seccomp=server.kubernetes_seccomp_profile,
     )
-    return pod_manifest(pod_settings, room_id, server.limits)
+    image = server.kubernetes_image or ""
+    spec = room_spec(room_id, server.limits, image=image, instance=server.instance)
+    return pod_manifest(spec, placement)
 
 
 def restricted_violations(spec: dict[str, Any]) -> list[str]:

@@ -25,13 +25,14 @@ use, and a refusal of some values is an allowance of all the others, spelt as
 bit prefixes (libseccomp can neither add a rule with the default action nor
 compare one argument twice in a rule).
 
-Renderings: ``docker_profile()`` is the Docker/OCI JSON profile the docker
-backend hands to the Engine; ``compiled_filter()`` is the same rules compiled
-by libseccomp to BPF for ``bwrap --seccomp`` and for the docker backend's
-launcher on runsc (which applies the profile to a container's first process
-only). Both contain exactly the names
-this host's libseccomp resolves on the native architecture; calls through a
-foreign ABI (i386, x32) are not allowed.
+Renderings: ``docker_profile()`` is the Docker/OCI JSON profile (as text,
+``profile_json()``, carried by ``spec.RoomSpec``) that the docker backend
+hands to the Engine and that room pods read from a ``Localhost`` profile
+file; ``compiled_filter()`` is the same rules compiled by libseccomp to BPF
+for ``bwrap --seccomp`` and for the docker backend's launcher on runsc
+(which applies the profile to a container's first process only). Both
+contain exactly the names this host's libseccomp resolves on the native
+architecture; calls through a foreign ABI (i386, x32) are not allowed.
 """
 
 from __future__ import annotations
@@ -252,9 +253,15 @@ def docker_profile() -> dict[str, Any]:
 
 
 @lru_cache(maxsize=1)
+def profile_json() -> str:
+    """:func:`docker_profile` as JSON text: what the Engine gets inline, and the
+    content of the file a kubelet reads for a ``Localhost`` seccomp profile."""
+    return json.dumps(docker_profile(), separators=(",", ":"))
+
+
 def docker_security_opt() -> str:
     """The ``HostConfig.SecurityOpt`` entry that installs the profile."""
-    return "seccomp=" + json.dumps(docker_profile(), separators=(",", ":"))
+    return "seccomp=" + profile_json()
 
 
 def _libseccomp_filter() -> Any:

@@ -17,7 +17,8 @@ its API (aiodocker; the ``docker`` CLI is never used):
 A process is a ``docker exec`` (attached, on a pty or on pipes) started
 under a launcher that reports its pid. See docs/docker.md. The modules:
 
-- ``config``: the container's create request, its names and labels;
+- ``config``: the container rendered from the room's ``spec.RoomSpec`` (its create
+  request, an exec's user and environment), its name;
 - ``engine``: reaching the Engine, and its errors in words people can act on;
 - ``launch``: the launchers every exec starts under (pid, seccomp on runsc);
 - ``events``: the Engine's event stream, as what it says about each container;
@@ -27,17 +28,11 @@ under a launcher that reports its pid. See docs/docker.md. The modules:
 """
 
 from replroom.sandbox.docker.backend import DockerBackend, DockerSandbox
-from replroom.sandbox.docker.config import (
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_ROOM,
-    NAME_PREFIX,
-    Runtime,
-    container_config,
-)
+from replroom.sandbox.docker.config import Runtime, container_config
 from replroom.sandbox.docker.diagnose import diagnose
 from replroom.sandbox.docker.engine import connect, disconnect, resolve_docker_host
 from replroom.sandbox.docker.process import DockerProcess, ExecState
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX
 
 __all__ = [
     "LABEL_INSTANCE",

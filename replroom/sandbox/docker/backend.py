@@ -20,7 +20,6 @@ from aiodocker.execs import Exec
 
 from replroom.config import Limits, Settings
 from replroom.sandbox.base import (
-    DEFAULT_ENV,
     SANDBOX_HOME,
     Backend,
     Sandbox,
@@ -33,12 +32,10 @@ from replroom.sandbox.base import (
 from replroom.sandbox.docker.config import (
     BUILD_HINT,
     DEFAULT_CPU_SHARES,
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    USER,
     Runtime,
     container_config,
     container_name,
+    exec_options,
 )
 from replroom.sandbox.docker.engine import (
     connect,
@@ -52,6 +49,7 @@ from replroom.sandbox.docker.events import ContainerWatch, EventStream
 from replroom.sandbox.docker.launch import launcher
 from replroom.sandbox.docker.process import HELPER_TIMEOUT, DockerProcess, half_close
 from replroom.sandbox.scripts import put_file_argv
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, RoomSpec, room_spec
 
 if TYPE_CHECKING:
     from aiodocker.containers import DockerContainer
@@ -153,9 +151,10 @@ class DockerBackend(Backend):
         # runsc cannot change a running sandbox's resources (it has no
         # `update`), so its sandboxes get the usual weight from the start.
         background = background and self.runtime != "runsc"
-        config = container_config(
-            self.image, room_id, limits, self.runtime, self.instance, background=background
+        spec = room_spec(
+            room_id, limits, image=self.image, instance=self.instance, background=background
         )
+        config = container_config(spec, self.runtime)
         name = container_name(room_id)
         self._creating.add(name)
         try:
@@ -180,7 +179,7 @@ class DockerBackend(Backend):
             if isinstance(error, aiodocker.DockerError):
                 raise self.error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
-        return DockerSandbox(self, room_id, limits, container, watch, background=background)
+        return DockerSandbox(self, spec, limits, container, watch)
 
     async def _create_container(self, config: dict[str, Any], name: str) -> DockerContainer:
         try:
@@ -308,19 +307,18 @@ class DockerSandbox(Sandbox):
     def __init__(
         self,
         backend: DockerBackend,
-        room_id: str,
+        spec: RoomSpec,
         limits: Limits,
         container: DockerContainer,
         watch: Watch,
-        *,
-        background: bool = False,
     ) -> None:
-        super().__init__(room_id, limits)
+        super().__init__(spec.room_id, limits)
         self.backend = backend
+        self.spec = spec  # as made: room_id changes with rename(), the spec does not
         self.container = container
         self.id: str = container.id
         self.watch = watch
-        self.background = background
+        self.background = spec.background
         self._destroyed = False
 
     @property
@@ -354,9 +352,7 @@ class DockerSandbox(Sandbox):
                 stdout=True,
                 stderr=True,
                 tty=tty,
-                user=USER,
-                environment={**DEFAULT_ENV, **(env or {})},
-                workdir=cwd,
+                **exec_options(self.spec, env, cwd),
                 detach_keys=DETACH_KEYS if tty else None,
             )
         except aiodocker.DockerError as error:

@@ -1,29 +1,25 @@
-"""What a room's container is: the Engine's create request, and the names and labels on it."""
+"""A room's container, rendered from its :class:`~replroom.sandbox.spec.RoomSpec`:
+the Engine's create request, an exec's user and environment, names.
+
+Docker expresses every field of the spec in the container itself;
+``tests/test_sandbox_spec.py`` reads each back out of the request.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
-from replroom.config import Limits
-from replroom.sandbox.base import DEFAULT_ENV, SANDBOX_HOME, SANDBOX_UID
-from replroom.sandbox.seccomp import docker_security_opt
+from replroom.sandbox.base import SANDBOX_HOME
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX, RoomSpec
 
 Runtime = Literal["runc", "runsc"]
-
-LABEL_MANAGED = "replroom.managed"
-# The id the container was made with. Labels are fixed for a container's life:
-# after a pooled sandbox's rename() only its name says which room it serves.
-LABEL_ROOM = "replroom.room"
-LABEL_INSTANCE = "replroom.instance"
-NAME_PREFIX = "replroom-"
 BUILD_HINT = "run `replroom image build --docker`"
 
-USER = f"{SANDBOX_UID}:{SANDBOX_UID}"
 # PID 1's user: not the room's (the room could kill it, ending the container
 # and its files), not root (but see RUNSC_INIT).
 INIT_USER = "65534:65534"
 INIT = ["sleep", "infinity"]
-PAGE = 4096
 
 # gVisor's own /dev (its devtmpfs, whatever the container's mounts say) has
 # FUSE and TUN; runsc ignores MaskedPaths. On runsc PID 1 starts as root (no
@@ -50,71 +46,59 @@ def container_name(room_id: str) -> str:
     return NAME_PREFIX + room_id
 
 
-def split_disk(disk: int) -> tuple[int, int, int]:
-    """Sizes of /home/room, /tmp and /dev/shm, adding up to at most ``disk``.
-
-    Docker cannot bind one tmpfs at several places: /tmp gets a quarter,
-    /dev/shm an eighth and /home/room the rest.
-    """
-
-    def pages(n: int) -> int:
-        return max(PAGE, n // PAGE * PAGE)
-
-    tmp, shm = pages(disk // 4), pages(disk // 8)
-    return pages(disk - tmp - shm), tmp, shm
-
-
 def host_pids_limit(runtime: Runtime, pids: int) -> int:
     if runtime == "runsc":
         return RUNSC_PIDS_BASE + RUNSC_PIDS_PER_TASK * pids
     return pids
 
 
-def container_config(
-    image: str,
-    room_id: str,
-    limits: Limits,
-    runtime: Runtime,
-    instance: str = "replroom",
-    *,
-    background: bool = False,
-) -> dict[str, Any]:
-    """The Engine's create request for a room's container (``background``: least CPU weight)."""
-    home, tmp, shm = split_disk(limits.disk)
+def exec_options(spec: RoomSpec, env: Mapping[str, str] | None, cwd: str) -> dict[str, Any]:
+    """An exec's ``user``, ``environment`` and ``workdir`` (aiodocker's names):
+    the room's user, and ``env`` over the spec's environment."""
+    return {
+        "user": f"{spec.uid}:{spec.gid}",
+        "environment": {**dict(spec.env), **(env or {})},
+        "workdir": cwd,
+    }
+
+
+def container_config(spec: RoomSpec, runtime: Runtime) -> dict[str, Any]:
+    """The Engine's create request for the container of ``spec`` on ``runtime``."""
     # noexec would be the Docker default; rooms run their own scripts.
     tmpfs = "rw,exec,nosuid,nodev"
     init, init_user = (RUNSC_INIT, RUNSC_INIT_USER) if runtime == "runsc" else (INIT, INIT_USER)
+    home = f"{tmpfs},size={spec.home_size},uid={spec.uid},gid={spec.gid},mode=0700"
     return {
-        "Image": image,
+        "Image": spec.image,
         "Entrypoint": init,
         "Cmd": [],
         "User": init_user,
         "WorkingDir": "/",
-        "Hostname": "room",
-        "Env": [f"{key}={value}" for key, value in DEFAULT_ENV.items()],
-        "NetworkDisabled": True,
-        "Labels": {LABEL_MANAGED: "1", LABEL_ROOM: room_id, LABEL_INSTANCE: instance},
+        "Hostname": spec.hostname,
+        "Env": [f"{key}={value}" for key, value in spec.env],
+        "NetworkDisabled": not spec.network,
+        # Fixed for a container's life: after a pooled sandbox's rename()
+        # only its name says which room it serves.
+        "Labels": {LABEL_MANAGED: "1", LABEL_ROOM: spec.room_id, LABEL_INSTANCE: spec.instance},
         "HostConfig": {
             "Runtime": runtime,
             "Init": True,
             "NetworkMode": "none",
-            "ReadonlyRootfs": True,
+            "ReadonlyRootfs": spec.read_only_root,
             "CapDrop": ["ALL"],
+            "CapAdd": list(spec.capabilities),
             # runc applies the profile to every exec'd REPL too; runsc (with
             # --oci-seccomp) to the first process only: there every exec
             # starts under launch.LAUNCH_FILTERED, see docs/security.md.
-            "SecurityOpt": ["no-new-privileges", docker_security_opt()],
+            "SecurityOpt": ["no-new-privileges", f"seccomp={spec.seccomp}"],
             "IpcMode": "private",
-            "Memory": limits.memory,
-            "MemorySwap": limits.memory,
-            "NanoCpus": round(limits.cpus * 1e9),
-            "CpuShares": BACKGROUND_CPU_SHARES if background else DEFAULT_CPU_SHARES,
-            "PidsLimit": host_pids_limit(runtime, limits.pids),
-            "Tmpfs": {
-                SANDBOX_HOME: f"{tmpfs},size={home},uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700",
-                "/tmp": f"{tmpfs},size={tmp},mode=1777",
-            },
-            "ShmSize": shm,
+            "Memory": spec.memory,
+            "MemorySwap": spec.memory_and_swap,
+            "NanoCpus": spec.millicpus * 1_000_000,
+            "CpuShares": BACKGROUND_CPU_SHARES if spec.background else DEFAULT_CPU_SHARES,
+            "PidsLimit": host_pids_limit(runtime, spec.pids),
+            "Tmpfs": {SANDBOX_HOME: home, "/tmp": f"{tmpfs},size={spec.tmp_size},mode=1777"},
+            "ShmSize": spec.shm_size,
             # PID 1 prints nothing; no log file to create per room.
             "LogConfig": {"Type": "none", "Config": {}},
             "RestartPolicy": {"Name": "no"},

@@ -23,7 +23,7 @@ import aiodocker
 import aiohttp
 
 from replroom.sandbox.base import SandboxError
-from replroom.sandbox.docker.config import LABEL_MANAGED
+from replroom.sandbox.spec import LABEL_MANAGED
 
 log = logging.getLogger(__name__)
 

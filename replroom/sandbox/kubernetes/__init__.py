@@ -7,8 +7,8 @@ cluster's configuration; requests are plain JSON):
   configured RuntimeClass (e.g. gVisor), uid/gid 1000 and non-root, a
   read-only root, no privilege escalation, all capabilities dropped, seccomp
   ``RuntimeDefault`` or the rooms' own policy as a ``Localhost`` profile;
-- ``/home/room`` and ``/tmp`` on memory-backed ``emptyDir`` volumes that
-  split ``Limits.disk``; requests = limits for memory and CPU;
+- ``/home/room``, ``/tmp`` and ``/dev/shm`` on memory-backed ``emptyDir``
+  volumes that split ``Limits.disk``; requests = limits for memory and CPU;
 - no network: that takes the deny-all NetworkPolicy of deploy/kubernetes on a
   CNI that enforces it, and a pids limit takes the kubelet's
   ``podPidsLimit`` (docs/security.md).
@@ -16,7 +16,9 @@ cluster's configuration; requests are plain JSON):
 A process is an exec session over WebSocket with a tty. See
 docs/kubernetes.md and docs/kubernetes-testing.md. The modules:
 
-- ``config``: the pod's manifest, its name and labels;
+- ``config``: the pod rendered from the room's ``spec.RoomSpec`` (its
+  manifest, an exec's command line, what the manifest leaves to the
+  cluster), its name and labels;
 - ``client``: reaching the API server, its errors;
 - ``watch``: the one shared watch of the server's pods;
 - ``exec``: one exec session (the channel protocol), and how its end is told;
@@ -26,15 +28,12 @@ docs/kubernetes.md and docs/kubernetes-testing.md. The modules:
 from replroom.sandbox.kubernetes.backend import KubernetesBackend, KubernetesSandbox
 from replroom.sandbox.kubernetes.config import (
     ANNOTATION_ROOM,
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_ROOM,
-    NAME_PREFIX,
-    PodSettings,
+    PodPlacement,
     pod_manifest,
     pod_name,
 )
 from replroom.sandbox.kubernetes.exec import KubernetesProcess
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX
 
 __all__ = [
     "ANNOTATION_ROOM",
@@ -45,7 +44,7 @@ __all__ = [
     "KubernetesBackend",
     "KubernetesProcess",
     "KubernetesSandbox",
-    "PodSettings",
+    "PodPlacement",
     "pod_manifest",
     "pod_name",
 ]

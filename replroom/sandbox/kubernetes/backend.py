@@ -15,7 +15,6 @@ from typing import Any
 
 from replroom.config import Limits, Settings
 from replroom.sandbox.base import (
-    DEFAULT_ENV,
     SANDBOX_HOME,
     Backend,
     Sandbox,
@@ -34,10 +33,8 @@ from replroom.sandbox.kubernetes.client import (
 from replroom.sandbox.kubernetes.config import (
     ANNOTATION_ROOM,
     CONTAINER,
-    LABEL_INSTANCE,
-    LABEL_MANAGED,
-    LABEL_ROOM,
-    PodSettings,
+    PodPlacement,
+    exec_command,
     pod_manifest,
     pod_name,
     room_label,
@@ -48,10 +45,10 @@ from replroom.sandbox.kubernetes.exec import (
     PROTOCOLS,
     STATS,
     KubernetesProcess,
-    command_line,
 )
 from replroom.sandbox.kubernetes.watch import PodReflector, PodWatch, container_state
 from replroom.sandbox.scripts import put_file_argv
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, RoomSpec, room_spec
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +86,17 @@ def explain(error: ApiError, doing: str, namespace: str) -> SandboxError:
 class KubernetesBackend(Backend):
     name = "kubernetes"
 
-    def __init__(self, pods: PodSettings, *, kubeconfig: Path | None = None) -> None:
-        self.pods = pods
+    def __init__(
+        self,
+        placement: PodPlacement,
+        *,
+        image: str,
+        instance: str = "replroom",
+        kubeconfig: Path | None = None,
+    ) -> None:
+        self.placement = placement
+        self.image = image
+        self.instance = instance
         self.kubeconfig = kubeconfig
         self.summary = ""  # what prepare() found, for `replroom doctor`
         self._client: KubeClient | None = None
@@ -102,23 +108,26 @@ class KubernetesBackend(Backend):
     def from_settings(cls, settings: Settings, image: SandboxImage) -> KubernetesBackend:
         """The backend ``settings`` describe; without ``kubernetes_image``, the nodes
         must hold the room image under its local tag (``image.docker_tag``)."""
-        pods = PodSettings(
+        placement = PodPlacement(
             namespace=settings.kubernetes_namespace,
-            image=settings.kubernetes_image or image.docker_tag,
-            instance=settings.instance,
             runtime_class=settings.kubernetes_runtime_class,
             seccomp=settings.kubernetes_seccomp_profile,
         )
-        return cls(pods, kubeconfig=settings.kubernetes_config)
+        return cls(
+            placement,
+            image=settings.kubernetes_image or image.docker_tag,
+            instance=settings.instance,
+            kubeconfig=settings.kubernetes_config,
+        )
 
     @property
     def namespace(self) -> str:
-        return self.pods.namespace
+        return self.placement.namespace
 
     @property
     def selector(self) -> str:
         # Only this instance's: another server may share the namespace.
-        return f"{LABEL_MANAGED}=1,{LABEL_INSTANCE}={self.pods.instance}"
+        return f"{LABEL_MANAGED}=1,{LABEL_INSTANCE}={self.instance}"
 
     async def client(self) -> KubeClient:
         if self._client is None:
@@ -169,7 +178,8 @@ class KubernetesBackend(Backend):
         await self.reflector()
         self.summary = (
             f"cluster {client.server} (Kubernetes {version.get('gitVersion', '?')}), "
-            f"namespace {self.namespace}, permissions ok, {runtime}, image {self.pods.image}"
+            f"namespace {self.namespace}, permissions ok, {runtime}, image {self.image}, "
+            f"seccomp {self.placement.seccomp}"
         )
 
     async def _allowed(self, verb: str, resource: str, subresource: str) -> bool:
@@ -194,7 +204,7 @@ class KubernetesBackend(Backend):
         return bool((answer.get("status") or {}).get("allowed"))
 
     async def _runtime_class(self) -> str:
-        name = self.pods.runtime_class
+        name = self.placement.runtime_class
         if name is None:
             return "the default runtime"
         client = await self.client()
@@ -214,12 +224,14 @@ class KubernetesBackend(Backend):
     async def create(
         self, room_id: str, limits: Limits, *, background: bool = False
     ) -> KubernetesSandbox:
-        # ``background`` cannot apply: the CPU weight follows the pod's request,
-        # which equals its limit (Guaranteed QoS) and cannot change while it runs.
+        # ``background`` is asked for and not applied (config.not_in_pod says why).
         check_room_id(room_id)
         self._check_free(room_id)
         reflector = await self.reflector()
-        manifest = pod_manifest(self.pods, room_id, limits)
+        spec = room_spec(
+            room_id, limits, image=self.image, instance=self.instance, background=background
+        )
+        manifest = pod_manifest(spec, self.placement)
         name = manifest["metadata"]["name"]
         watch = reflector.watches[name] = PodWatch(name)
         self._creating.add(name)
@@ -233,7 +245,7 @@ class KubernetesBackend(Backend):
             raise
         finally:
             self._creating.discard(name)
-        sandbox = KubernetesSandbox(self, room_id, limits, watch)
+        sandbox = KubernetesSandbox(self, spec, limits, watch)
         try:
             await self._await_running(watch, room_id)
         except BaseException:
@@ -353,10 +365,11 @@ class KubernetesSandbox(Sandbox):
     """
 
     def __init__(
-        self, backend: KubernetesBackend, room_id: str, limits: Limits, watch: PodWatch
+        self, backend: KubernetesBackend, spec: RoomSpec, limits: Limits, watch: PodWatch
     ) -> None:
-        super().__init__(room_id, limits)
+        super().__init__(spec.room_id, limits)
         self.backend = backend
+        self.spec = spec  # as made: room_id changes with rename(), the spec does not
         self.watch = watch
         self.name = watch.name
         self._destroyed = False
@@ -407,7 +420,7 @@ class KubernetesSandbox(Sandbox):
         if not argv:
             raise SandboxError("nothing to run: empty argv")
         size = (str(cols), str(rows)) if tty else ("", "")
-        command = command_line(argv, {**DEFAULT_ENV, **(env or {})}, cwd, size)
+        command = exec_command(self.spec, argv, env, cwd, size)
         process = await self._exec(command, tty=tty)
         try:
             await process.start()

@@ -1,24 +1,30 @@
-"""What a room's pod is: its manifest, its name, its labels."""
+"""A room's pod, rendered from its :class:`~replroom.sandbox.spec.RoomSpec`: the
+manifest, an exec's command line, the pod's name and labels, and what the
+manifest cannot carry (:func:`not_in_pod`, each with what enforces it instead).
+
+``tests/test_sandbox_spec.py`` reads every field of the spec back out of the
+manifest, or out of those declarations.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from replroom.config import Limits
-from replroom.sandbox.base import DEFAULT_ENV, SANDBOX_HOME, SANDBOX_UID
+from replroom.sandbox.base import SANDBOX_HOME
+from replroom.sandbox.kubernetes.exec import command_line
+from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX, RoomSpec
 
-LABEL_MANAGED = "replroom.managed"
-LABEL_INSTANCE = "replroom.instance"
 # Labels and annotations can change on a running pod (unlike a container's
-# labels): after a pooled sandbox's rename() both name the room it serves.
-LABEL_ROOM = "replroom.room"
+# labels): after a pooled sandbox's rename() LABEL_ROOM and this annotation
+# name the room it serves.
 ANNOTATION_ROOM = "replroom.room"  # the room id exactly (a label value cannot hold every id)
-NAME_PREFIX = "replroom-"
 CONTAINER = "room"
-PAGE = 4096
+RUNTIME_DEFAULT = "RuntimeDefault"
+LOCALHOST = "Localhost:"
 
 # PID 1: a shell that reaps the processes orphaned in the pod (as Docker's
 # init does) and otherwise sleeps. It runs as the room's uid (Kubernetes has
@@ -50,96 +56,146 @@ def room_label(room_id: str) -> str:
     return f"{room_id[:54]}.{_digest(room_id)}"
 
 
-def cpu_quantity(cpus: float) -> str:
-    return f"{max(1, round(cpus * 1000))}m"
-
-
-def split_disk(disk: int) -> tuple[int, int]:
-    """Sizes of /home/room and /tmp, adding up to at most ``disk``: /tmp gets a quarter.
-
-    Two emptyDir volumes cannot share one size limit; /dev/shm is the
-    runtime's own (64 MiB, counted toward the memory limit like the rest).
-    """
-
-    def pages(n: int) -> int:
-        return max(PAGE, n // PAGE * PAGE)
-
-    tmp = pages(disk // 4)
-    return pages(disk - tmp), tmp
-
-
 def seccomp_profile(setting: str) -> dict[str, str]:
     """``RuntimeDefault`` or ``Localhost:<path>`` (relative to the kubelet's seccomp dir)."""
-    if setting.startswith("Localhost:"):
-        return {"type": "Localhost", "localhostProfile": setting.removeprefix("Localhost:")}
+    if setting.startswith(LOCALHOST):
+        return {"type": "Localhost", "localhostProfile": setting.removeprefix(LOCALHOST)}
     return {"type": setting}
 
 
 @dataclass(frozen=True)
-class PodSettings:
-    """What every room pod of one server has in common."""
+class PodPlacement:
+    """Where and how a cluster runs every room pod of one server (the room's
+    own properties are its spec's)."""
 
     namespace: str
-    image: str
-    instance: str = "replroom"
     runtime_class: str | None = None
-    seccomp: str = "RuntimeDefault"
+    seccomp: str = RUNTIME_DEFAULT  # or Localhost:<path>
 
 
-def pod_manifest(settings: PodSettings, room_id: str, limits: Limits) -> dict[str, Any]:
-    """The pod of ``room_id``: one hardened container, requests = limits (Guaranteed QoS)."""
-    home, tmp = split_disk(limits.disk)
-    resources = {"memory": str(limits.memory), "cpu": cpu_quantity(limits.cpus)}
-    identity = {"runAsUser": SANDBOX_UID, "runAsGroup": SANDBOX_UID, "runAsNonRoot": True}
-    spec: dict[str, Any] = {
+@dataclass(frozen=True)
+class NotInPod:
+    """A field of the spec that a pod manifest cannot express: the ``value``
+    it must have anyway, and what enforces it (None: nothing on this backend,
+    for the reason ``note`` gives; docs/security.md has the account)."""
+
+    value: object
+    enforced_by: str | None
+    note: str
+
+
+def not_in_pod(spec: RoomSpec, placement: PodPlacement) -> dict[str, NotInPod]:
+    """The spec's fields, by name, that :func:`pod_manifest` leaves to others."""
+    declared = {
+        "pids": NotInPod(
+            spec.pids,
+            "the kubelet's podPidsLimit on the nodes that run rooms",
+            "a pod's spec has no process limit (docs/kubernetes.md says what to set)",
+        ),
+        "network": NotInPod(
+            spec.network,
+            "the NetworkPolicy rooms-deny-all (deploy/kubernetes/base/rooms-policy.yaml)",
+            "a pod always has a network interface; only a CNI that enforces "
+            "NetworkPolicy takes its traffic away",
+        ),
+    }
+    if spec.background:
+        declared["background"] = NotInPod(
+            spec.background,
+            None,
+            "the CPU weight follows the pod's request, which equals its limit "
+            "and cannot change while it runs",
+        )
+    if placement.seccomp == RUNTIME_DEFAULT:
+        declared["seccomp"] = NotInPod(
+            spec.seccomp,
+            None,
+            "RuntimeDefault is the container runtime's profile, not the rooms' policy: "
+            "install seccomp_files() on the nodes and set kubernetes_seccomp_profile "
+            "= Localhost:<path>",
+        )
+    return declared
+
+
+def seccomp_files(spec: RoomSpec, placement: PodPlacement) -> dict[str, str]:
+    """What must be on every room node, by path under the kubelet's seccomp
+    directory, for the pod's seccomp profile: the rooms' policy itself."""
+    if placement.seccomp.startswith(LOCALHOST):
+        return {placement.seccomp.removeprefix(LOCALHOST): spec.seccomp}
+    return {}
+
+
+def exec_command(
+    spec: RoomSpec,
+    argv: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str,
+    size: tuple[str, str],
+) -> list[str]:
+    """An exec's command: ``argv`` with ``env`` over the spec's environment (an
+    exec has no environment of its own; its user is the pod's)."""
+    return command_line(argv, {**dict(spec.env), **(env or {})}, cwd, size)
+
+
+def pod_manifest(spec: RoomSpec, placement: PodPlacement) -> dict[str, Any]:
+    """The pod of ``spec``: one hardened container, requests = limits (Guaranteed QoS,
+    which also means no swap)."""
+    resources = {"memory": str(spec.memory), "cpu": f"{spec.millicpus}m"}
+    identity = {"runAsUser": spec.uid, "runAsGroup": spec.gid, "runAsNonRoot": True}
+    seccomp = seccomp_profile(placement.seccomp)
+    volumes = {
+        "home": (SANDBOX_HOME, spec.home_size),
+        "tmp": ("/tmp", spec.tmp_size),
+        "shm": ("/dev/shm", spec.shm_size),  # else the runtime's 64 MiB, whatever the limit
+    }
+    pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "hostname": "room",
+        "hostname": spec.hostname,
         "terminationGracePeriodSeconds": 0,
-        "securityContext": {**identity, "seccompProfile": seccomp_profile(settings.seccomp)},
+        "securityContext": {**identity, "seccompProfile": seccomp},
         "containers": [
             {
                 "name": CONTAINER,
-                "image": settings.image,
+                "image": spec.image,
                 "imagePullPolicy": "IfNotPresent",
                 "command": INIT,
                 "workingDir": SANDBOX_HOME,
-                "env": [{"name": key, "value": value} for key, value in DEFAULT_ENV.items()],
+                "env": [{"name": key, "value": value} for key, value in spec.env],
                 "resources": {"limits": resources, "requests": dict(resources)},
                 "securityContext": {
                     **identity,
-                    "allowPrivilegeEscalation": False,
+                    "allowPrivilegeEscalation": not spec.no_new_privileges,
                     "privileged": False,
-                    "readOnlyRootFilesystem": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccompProfile": seccomp_profile(settings.seccomp),
+                    "readOnlyRootFilesystem": spec.read_only_root,
+                    "capabilities": {"drop": ["ALL"], "add": list(spec.capabilities)},
+                    "seccompProfile": seccomp,
                 },
                 "volumeMounts": [
-                    {"name": "home", "mountPath": SANDBOX_HOME},
-                    {"name": "tmp", "mountPath": "/tmp"},
+                    {"name": name, "mountPath": path} for name, (path, _) in volumes.items()
                 ],
             }
         ],
         "volumes": [
-            {"name": "home", "emptyDir": {"medium": "Memory", "sizeLimit": str(home)}},
-            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": str(tmp)}},
+            {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": str(size)}}
+            for name, (_, size) in volumes.items()
         ],
     }
-    if settings.runtime_class:
-        spec["runtimeClassName"] = settings.runtime_class
+    if placement.runtime_class:
+        pod["runtimeClassName"] = placement.runtime_class
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
-            "name": pod_name(room_id),
-            "namespace": settings.namespace,
+            "name": pod_name(spec.room_id),
+            "namespace": placement.namespace,
             "labels": {
                 LABEL_MANAGED: "1",
-                LABEL_INSTANCE: settings.instance,
-                LABEL_ROOM: room_label(room_id),
+                LABEL_INSTANCE: spec.instance,
+                LABEL_ROOM: room_label(spec.room_id),
             },
-            "annotations": {ANNOTATION_ROOM: room_id},
+            "annotations": {ANNOTATION_ROOM: spec.room_id},
         },
-        "spec": spec,
+        "spec": pod,
     }

@@ -41,6 +41,11 @@ INPUT_TIMEOUT: Final = 10.0
 MAX_CODE: Final = 1 * MiB
 MAX_NAME: Final = 40
 MAX_TOKEN: Final = 200
+# A member key: random, at least 128 bits (22 characters of base64url) and made by
+# the page; the server keeps only its hash (docs/protocol.md, "Member keys").
+MIN_MEMBER_KEY: Final = 22
+MAX_MEMBER_KEY: Final = 200
+MAX_REF: Final = 64  # a removed key's reference (a prefix of its hash)
 MAX_LANGUAGE: Final = 40
 MIN_COLS: Final = 10
 MAX_COLS: Final = 1000
@@ -94,6 +99,7 @@ class ErrorCode(StrEnum):
     BAD_MESSAGE = "bad_message"
     TOO_LARGE = "too_large"
     READ_ONLY = "read_only"
+    NOT_ALLOWED = "not_allowed"
     FAILED = "failed"
     STORAGE = "storage"
     BUSY = "busy"
@@ -109,7 +115,15 @@ ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
     ErrorCode.TOO_LARGE: (
         f"an input (binary) frame over {size_text(MAX_INPUT_FRAME)}; it is dropped"
     ),
-    ErrorCode.READ_ONLY: "a spectator tried to change the room (sent once for keystrokes)",
+    ErrorCode.READ_ONLY: (
+        "a member without write access (a spectator, a member made read-only, anyone but the "
+        "owners in a locked room) tried to change the room: keystrokes, Run, restart, language, "
+        "editor updates. Sent once for keystrokes and editor updates until write access changes"
+    ),
+    ErrorCode.NOT_ALLOWED: (
+        "a host control sent by someone who is not an owner, an action on an owner by a "
+        "co-owner, an unknown member, Run or a language switch the owners reserved for themselves"
+    ),
     ErrorCode.FAILED: "the action could not be done, e.g. an unknown language or no sandbox",
     ErrorCode.STORAGE: (
         "the server could not store the change, e.g. its disk is full; nothing was changed"
@@ -144,6 +158,7 @@ class CloseCode(IntEnum):
     TOO_SLOW = 1013
     BAD_JOIN = 4000
     FORBIDDEN = 4003
+    REMOVED = 4010
     NOT_FOUND = 4004
     AT_CAPACITY = 4029
     DOC_TOO_LARGE = 4413
@@ -257,6 +272,14 @@ CLOSE_CODES: Final[Mapping[CloseCode, Close]] = {
             "until the next `welcome` brings a new ticket",
         ),
     ),
+    CloseCode.REMOVED: Close(
+        "removed from the room",
+        room=CloseUse(
+            "an owner removed this member (their member key) from the room",
+            _A.STOP,
+            "say so: the key is refused until an owner lets it back",
+        ),
+    ),
     CloseCode.NOT_FOUND: Close(
         "room not found",
         room=CloseUse("room not found", _A.STOP, "say so"),
@@ -304,6 +327,9 @@ class Join(Message):
     name: Name
     cols: Cols = 80
     rows: Rows = 24
+    # The browser's member key (docs/protocol.md, "Member keys"); without one the
+    # server makes one for this connection only.
+    key: str | None = Field(default=None, min_length=MIN_MEMBER_KEY, max_length=MAX_MEMBER_KEY)
 
 
 class Resize(Message):
@@ -342,8 +368,57 @@ class Rename(Message):
     name: Name
 
 
+class Controls(Message):
+    """Owners: change the room's controls; the fields left out stay as they are."""
+
+    type: Literal["controls"]
+    locked: bool | None = None  # everyone but the owners is read-only
+    run_locked: bool | None = None  # only owners may Run
+    language_locked: bool | None = None  # only owners may switch the language
+
+
+MemberActionName = Literal["read_only", "write", "owner", "not_owner", "remove", "refuse"]
+
+
+class MemberAction(Message):
+    """Owners: act on one member (by their ``id``), for as long as their member key lasts.
+
+    ``read_only`` / ``write``: take or give back write access (in a locked room,
+    ``write`` grants it until the room is unlocked); ``owner`` / ``not_owner``:
+    make or unmake a co-owner; ``remove``: disconnect them and refuse their key;
+    ``refuse``: turn down their request for write access.
+    """
+
+    type: Literal["member"]
+    member: str = Field(min_length=1, max_length=MAX_REF)
+    action: MemberActionName
+
+
+class Readmit(Message):
+    """Owners: let a removed member key back in (by its ``ref`` from ``removed``)."""
+
+    type: Literal["readmit"]
+    ref: str = Field(min_length=1, max_length=MAX_REF)
+
+
+class RequestWrite(Message):
+    """A member without write access asks the owners for it."""
+
+    type: Literal["request_write"]
+
+
 ClientMessage = Annotated[
-    Join | Resize | SelectLanguage | Run | Restart | Rename, Field(discriminator="type")
+    Join
+    | Resize
+    | SelectLanguage
+    | Run
+    | Restart
+    | Rename
+    | Controls
+    | MemberAction
+    | Readmit
+    | RequestWrite,
+    Field(discriminator="type"),
 ]
 client_message_adapter: Final[TypeAdapter[ClientMessage]] = TypeAdapter(ClientMessage)
 
@@ -379,12 +454,37 @@ def _explain(error: ValidationError) -> str:
 
 
 class MemberInfo(TypedDict):
-    """A member of a room, as the others see them."""
+    """A member of a room, as the others see them.
+
+    ``co_owner``: an owner by an owner's grant rather than by the owner's link;
+    ``write``: may change the room now; ``requested``: asked for write access;
+    ``cols``/``rows``: their terminal's size (the smallest sets the shared one).
+    """
 
     id: str
     name: str
     role: MemberRole
     color: str
+    co_owner: bool
+    write: bool
+    requested: bool
+    cols: int
+    rows: int
+
+
+class RoomControls(TypedDict):
+    """What the owners reserved for themselves (see ``Controls``)."""
+
+    locked: bool
+    run_locked: bool
+    language_locked: bool
+
+
+class RemovedKey(TypedDict):
+    """A member key an owner removed: ``ref`` names it for ``readmit``; ``name`` as last seen."""
+
+    ref: str
+    name: str
 
 
 class LanguageInfo(TypedDict):
@@ -418,6 +518,7 @@ class RoomInfo(TypedDict):
     limits: LimitsInfo
     cols: int
     rows: int
+    controls: RoomControls
 
 
 class EditorInfo(TypedDict):
@@ -444,15 +545,55 @@ class Welcome(TypedDict):
     members: list[MemberInfo]
     editor: NotRequired[EditorInfo]
     links: NotRequired[Links]
+    removed: NotRequired[list[RemovedKey]]
+
+
+MemberEvent = Literal["joined", "left", "renamed", "changed", "removed", "requested"]
 
 
 class MembersChanged(TypedDict):
-    """The member list after a change, and what changed."""
+    """The member list after a change, and what changed (``changed``: role, write access,
+    size; ``requested``: the member asked for write access), and who did it (``by``)."""
 
     type: Literal["members"]
     members: list[MemberInfo]
-    event: Literal["joined", "left", "renamed"]
+    event: MemberEvent
     member: MemberInfo
+    by: NotRequired[str]
+
+
+class ControlsChanged(TypedDict):
+    """An owner changed the room's controls."""
+
+    type: Literal["controls"]
+    controls: RoomControls
+    by: str
+
+
+class RemovedList(TypedDict):
+    """The member keys removed from the room (owners only), after a change."""
+
+    type: Literal["removed"]
+    removed: list[RemovedKey]
+
+
+class Activity(TypedDict):
+    """A member ran the editor's code or restarted a REPL (``member`` is their id)."""
+
+    type: Literal["activity"]
+    what: Literal["run", "restart"]
+    language: str
+    member: str
+    by: str
+
+
+class Typist(TypedDict):
+    """Who typed into the terminal last (sent when it changes to another member)."""
+
+    type: Literal["typist"]
+    member: str
+    name: str
+    color: str
 
 
 class TerminalReset(TypedDict):
@@ -513,6 +654,10 @@ ServerMessage = Annotated[
     | TerminalReset
     | TerminalSize
     | LanguageChanged
+    | ControlsChanged
+    | RemovedList
+    | Activity
+    | Typist
     | Status
     | Notice
     | ErrorMessage,
@@ -521,16 +666,33 @@ ServerMessage = Annotated[
 server_message_adapter: Final[TypeAdapter[ServerMessage]] = TypeAdapter(ServerMessage)
 
 
-def member_view(member_id: str, name: str, role: MemberRole, color: str) -> MemberInfo:
-    return {"id": member_id, "name": name, "role": role, "color": color}
+def member_view(
+    member_id: str,
+    name: str,
+    role: MemberRole,
+    color: str,
+    *,
+    co_owner: bool = False,
+    write: bool | None = None,
+    requested: bool = False,
+    cols: int = 80,
+    rows: int = 24,
+) -> MemberInfo:
+    return {
+        "id": member_id, "name": name, "role": role, "color": color, "co_owner": co_owner,
+        "write": role is not MemberRole.SPECTATOR if write is None else write,
+        "requested": requested, "cols": cols, "rows": rows,
+    }  # fmt: skip
 
 
 def welcome(
     room: RoomInfo,
     you: MemberInfo,
     members: list[MemberInfo],
+    *,
     editor: EditorInfo | None = None,
     links: Links | None = None,
+    removed: list[RemovedKey] | None = None,
 ) -> Welcome:
     message: Welcome = {
         "type": "welcome",
@@ -543,13 +705,36 @@ def welcome(
         message["editor"] = editor
     if links is not None:
         message["links"] = links
+    if removed is not None:
+        message["removed"] = removed
     return message
 
 
 def members_changed(
-    members: list[MemberInfo], event: Literal["joined", "left", "renamed"], member: MemberInfo
+    members: list[MemberInfo], event: MemberEvent, member: MemberInfo, by: str | None = None
 ) -> MembersChanged:
-    return {"type": "members", "members": members, "event": event, "member": member}
+    message: MembersChanged = {
+        "type": "members", "members": members, "event": event, "member": member,
+    }  # fmt: skip
+    if by is not None:
+        message["by"] = by
+    return message
+
+
+def controls_changed(controls: RoomControls, by: str) -> ControlsChanged:
+    return {"type": "controls", "controls": controls, "by": by}
+
+
+def removed_list(removed: list[RemovedKey]) -> RemovedList:
+    return {"type": "removed", "removed": removed}
+
+
+def activity(what: Literal["run", "restart"], language: str, member_id: str, by: str) -> Activity:
+    return {"type": "activity", "what": what, "language": language, "member": member_id, "by": by}
+
+
+def typist(member_id: str, name: str, color: str) -> Typist:
+    return {"type": "typist", "member": member_id, "name": name, "color": color}
 
 
 def terminal_reset(language: str) -> TerminalReset:

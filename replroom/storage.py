@@ -63,6 +63,20 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 2 (0.1.0): whether a room had a sandbox when the server stopped.
     "ALTER TABLE rooms ADD COLUMN had_sandbox INTEGER NOT NULL DEFAULT 0",
+    # 3: what the owners decided about a member key (hashed), kept across reconnects.
+    """
+    CREATE TABLE IF NOT EXISTS member_keys (
+        room_id     TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+        key_hash    TEXT NOT NULL,
+        name        TEXT NOT NULL,
+        co_owner    INTEGER NOT NULL DEFAULT 0,
+        read_only   INTEGER NOT NULL DEFAULT 0,
+        granted     INTEGER NOT NULL DEFAULT 0,
+        removed     INTEGER NOT NULL DEFAULT 0,
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (room_id, key_hash)
+    );
+    """,
 )
 """The rooms database's schema, oldest first: ``PRAGMA user_version`` counts those applied.
 
@@ -178,6 +192,25 @@ def token_matches(token: str, stored_hash: str) -> bool:
 
 
 @dataclass
+class KeyState:
+    """What the owners decided about one member key; a key with none of it is not stored.
+
+    ``granted``: write access given in a locked room (until it is unlocked);
+    ``name``: the display name last seen with it, to show removed keys by.
+    """
+
+    name: str
+    co_owner: bool = False
+    read_only: bool = False
+    granted: bool = False
+    removed: bool = False
+
+    @property
+    def is_default(self) -> bool:
+        return not (self.co_owner or self.read_only or self.granted or self.removed)
+
+
+@dataclass
 class RoomRecord:
     id: str
     language: str
@@ -191,6 +224,8 @@ class RoomRecord:
     # The room had a sandbox when the server last stopped (or crashed): its
     # REPLs' state is gone, and the next members are told so.
     had_sandbox: bool = False
+    # By member key hash: the keys the owners decided something about.
+    keys: dict[str, KeyState] = field(default_factory=dict)
 
     def role_of(self, token: str) -> MemberRole | None:
         """Whose link this token is; None if none of the room's."""
@@ -259,7 +294,60 @@ class Store:
         values = dict(row)
         values["settings"] = json.loads(values["settings"])
         values["had_sandbox"] = bool(values["had_sandbox"])
+        cursor = await self.db.execute(
+            "SELECT key_hash, name, co_owner, read_only, granted, removed FROM member_keys"
+            " WHERE room_id = ?",
+            (room_id,),
+        )
+        values["keys"] = {
+            row["key_hash"]: KeyState(
+                name=row["name"],
+                co_owner=bool(row["co_owner"]),
+                read_only=bool(row["read_only"]),
+                granted=bool(row["granted"]),
+                removed=bool(row["removed"]),
+            )
+            for row in await cursor.fetchall()
+        }
         return RoomRecord(**values)
+
+    async def set_settings(self, room_id: str, settings: dict[str, Any]) -> None:
+        await self._write(
+            "change the room's controls",
+            "UPDATE rooms SET settings = ? WHERE id = ?",
+            (json.dumps(settings), room_id),
+        )
+
+    async def set_key(self, room_id: str, key_hash: str, state: KeyState) -> None:
+        """Store what the owners decided about a member key (a key with nothing is deleted)."""
+        if state.is_default:
+            await self._write(
+                "change a member's access",
+                "DELETE FROM member_keys WHERE room_id = ? AND key_hash = ?",
+                (room_id, key_hash),
+            )
+            return
+        await self._write(
+            "change a member's access",
+            "INSERT INTO member_keys (room_id, key_hash, name, co_owner, read_only, granted,"
+            " removed, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (room_id, key_hash) DO UPDATE SET name = excluded.name,"
+            " co_owner = excluded.co_owner, read_only = excluded.read_only,"
+            " granted = excluded.granted, removed = excluded.removed,"
+            " updated_at = excluded.updated_at",
+            (
+                room_id, key_hash, state.name, int(state.co_owner), int(state.read_only),
+                int(state.granted), int(state.removed), time.time(),
+            ),
+        )  # fmt: skip
+
+    async def clear_grants(self, room_id: str) -> None:
+        """Unlocking a room ends the write access granted while it was locked."""
+        await self._write(
+            "unlock the room",
+            "UPDATE member_keys SET granted = 0 WHERE room_id = ?",
+            (room_id,),
+        )
 
     async def set_language(self, room_id: str, language: str) -> None:
         await self._write(

@@ -147,6 +147,7 @@ class RoomClient:
         origin: str | None = None,
         read: bool = True,
         join: bool = True,
+        key: str | None = None,
     ) -> RoomClient:
         headers = {"Origin": origin} if origin else None
         ws = await websockets.connect(
@@ -155,8 +156,11 @@ class RoomClient:
         )  # fmt: skip
         client = cls(ws, read=read)
         if join:
-            await client.send({"type": "join", "v": PROTOCOL_VERSION, "token": token,
-                               "name": name, "cols": cols, "rows": rows})  # fmt: skip
+            message = {"type": "join", "v": PROTOCOL_VERSION, "token": token, "name": name,
+                       "cols": cols, "rows": rows}  # fmt: skip
+            if key is not None:
+                message["key"] = key  # the browser's member key (docs/protocol.md)
+            await client.send(message)
         return client
 
     async def _receive(self) -> None:

@@ -13,6 +13,7 @@ from replroom.protocol import MemberRole, ReplState
 from replroom.room.members import COLORS, Member, Members
 from replroom.room.supervisor import MAX_RESTARTS, IllegalTransition, Repl
 from replroom.room.terminal import Frame, Outbox, Pane
+from replroom.storage import KeyState, RoomRecord
 
 pytestmark = pytest.mark.fast
 
@@ -21,22 +22,28 @@ async def _nowhere(frame: Frame) -> None:
     pass
 
 
+RECORD = RoomRecord("room", "python", "", "", "")
+
+
 def member(
     members: Members,
     name: str,
     cols: int = 80,
     rows: int = 24,
     role: MemberRole = MemberRole.MEMBER,
+    record: RoomRecord = RECORD,
 ) -> Member:
     made = Member(
         room_id=members.room_id,
         id=name,
         name=name,
-        role=role,
+        link_role=role,
         color=members.free_color(),
         cols=cols,
         rows=rows,
         token_hash="",
+        key_hash=f"key of {name}",
+        record=record,
         outbox=Outbox(_nowhere, lambda: None),
         close=lambda code, reason: None,
     )
@@ -66,6 +73,28 @@ def test_spectators_cannot_write() -> None:
     members = Members("room")
     assert member(members, "o", role=MemberRole.OWNER).can_write
     assert not member(members, "s", role=MemberRole.SPECTATOR).can_write
+
+
+def test_write_access_follows_the_owners_decisions_and_the_lock() -> None:
+    record = RoomRecord("room", "python", "", "", "")
+    members = Members("room")
+    owner = member(members, "o", role=MemberRole.OWNER, record=record)
+    alice, bob = member(members, "a", record=record), member(members, "b", record=record)
+    watcher = member(members, "s", role=MemberRole.SPECTATOR, record=record)
+    record.keys[alice.key_hash] = KeyState("a", read_only=True)
+    assert owner.can_write and bob.can_write and not alice.can_write
+    record.settings["locked"] = True
+    assert owner.can_write and not bob.can_write
+    record.keys[bob.key_hash] = KeyState("b", granted=True)
+    assert bob.can_write
+    # A co-owner is an owner: writes in a locked room, and is listed as one.
+    record.keys[alice.key_hash] = KeyState("a", co_owner=True)
+    assert alice.can_write and alice.role is MemberRole.OWNER
+    assert alice.view()["co_owner"] and not owner.view()["co_owner"]
+    # Only holders of the invitation link can be co-owners.
+    record.keys[watcher.key_hash] = KeyState("s", co_owner=True, granted=True)
+    assert watcher.role is MemberRole.SPECTATOR and not watcher.can_write
+    assert KeyState("x").is_default and not KeyState("x", removed=True).is_default
 
 
 def test_a_member_leaves_once() -> None:

@@ -97,6 +97,39 @@ async def test_a_schema_1_database_gains_the_sandbox_column(tmp_path: Path) -> N
     assert user_version(db) == len(MIGRATIONS)
 
 
+async def test_rooms_of_release_0_1_0_gain_member_keys_and_controls(tmp_path: Path) -> None:
+    db = build(RELEASE_0_1_0 / "replroom.sql", tmp_path / "replroom.sqlite3")
+    store = await Store.open(db)
+    try:
+        record = await store.get_room(SECOND)
+        assert record is not None and record.keys == {}
+        await store.set_settings(SECOND, {**record.settings, "locked": True})
+        await store.set_key(SECOND, "hash-a", storage.KeyState("Ada", read_only=True))
+        await store.set_key(SECOND, "hash-b", storage.KeyState("Bob", removed=True))
+        await store.set_key(SECOND, "hash-c", storage.KeyState("Cy", granted=True))
+        await store.clear_grants(SECOND)
+    finally:
+        await store.close()
+    store = await Store.open(db)  # reopened: nothing lives only in memory
+    try:
+        again = await store.get_room(SECOND)
+        assert again is not None
+        assert again.settings == {"note": "kept", "locked": True}
+        assert again.keys == {
+            "hash-a": storage.KeyState("Ada", read_only=True),
+            "hash-b": storage.KeyState("Bob", removed=True),
+            "hash-c": storage.KeyState("Cy"),
+        }
+        await store.set_key(SECOND, "hash-a", storage.KeyState("Ada"))  # nothing left: deleted
+        assert set((await store.get_room(SECOND)).keys) == {"hash-b", "hash-c"}  # type: ignore[union-attr]
+        # A deleted room takes its keys with it.
+        assert await store.delete_inactive(float("inf")) == [FIRST, SECOND]
+        cursor = await store.db.execute("SELECT COUNT(*) FROM member_keys")
+        assert (await cursor.fetchone())[0] == 0  # type: ignore[index]
+    finally:
+        await store.close()
+
+
 async def test_migrated_databases_have_the_shape_of_new_ones(tmp_path: Path) -> None:
     new = tmp_path / "new.sqlite3"
     await (await Store.open(new)).close()

@@ -64,9 +64,10 @@ def test_the_messages_the_server_builds_match_their_types() -> None:
         },
         "cols": 80,
         "rows": 24,
+        "controls": {"locked": False, "run_locked": False, "language_locked": False},
     }
     messages = [
-        protocol.welcome(room, member, [member], {"path": "/yjs/r1", "ticket": "t"}),
+        protocol.welcome(room, member, [member], editor={"path": "/yjs/r1", "ticket": "t"}),
         protocol.members_changed([member], "joined", member),
         protocol.terminal_reset("python"),
         protocol.terminal_size(80, 24),
@@ -74,6 +75,11 @@ def test_the_messages_the_server_builds_match_their_types() -> None:
         protocol.status(protocol.SandboxState.READY, protocol.ReplState.RUNNING, "python"),
         protocol.notice("hello", "warning"),
         protocol.error(protocol.ErrorCode.BUSY, "wait"),
+        protocol.controls_changed(room["controls"], "Ada"),
+        protocol.removed_list([{"ref": "0123abcd", "name": "Eve"}]),
+        protocol.activity("run", "python", "m1", "Ada"),
+        protocol.typist("m1", "Ada", "#e06c75"),
+        protocol.members_changed([member], "changed", member, "Ada"),
     ]
     for message in messages:
         assert protocol.server_message_adapter.validate_python(message) == message

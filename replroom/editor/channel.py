@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import enum
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketState
@@ -57,9 +57,18 @@ class ChannelStateError(RuntimeError):
 class Channel:
     """An accepted Starlette WebSocket speaking y-websocket for one document."""
 
-    def __init__(self, websocket: WebSocket, doc_name: str, *, read_only: bool) -> None:
+    def __init__(
+        self,
+        websocket: WebSocket,
+        doc_name: str,
+        *,
+        read_only: bool | Callable[[], bool],
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self.doc_name = doc_name
-        self.read_only = read_only
+        # A callable is asked at each update: a member's write access changes while connected.
+        self._read_only = read_only
+        self._on_refused = on_refused
         self.awareness_ids: set[int] = set()
         """The awareness client ids this connection announced and has not withdrawn."""
         self._state = ChannelState.OPEN
@@ -70,6 +79,16 @@ class Channel:
         self._stopped = asyncio.Event()  # set when the state leaves OPEN
         self._receiving: asyncio.Future[Any] | None = None
         self._stop_waiter: asyncio.Future[Any] | None = None
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the client's document updates are dropped (it may still read and be seen)."""
+        return self._read_only() if callable(self._read_only) else self._read_only
+
+    def refused(self) -> None:
+        """A document update of this read-only client was dropped: tell whoever wants to know."""
+        if self._on_refused is not None:
+            self._on_refused()
 
     @property
     def state(self) -> ChannelState:

@@ -24,7 +24,13 @@ from pycrdt import (
 from replroom import protocol
 from replroom.editor.channel import Channel
 from replroom.editor.database import Database
-from replroom.editor.wire import EMPTY_UPDATE, MESSAGE_AWARENESS, MESSAGE_SYNC, Message
+from replroom.editor.wire import (
+    EMPTY_UPDATE,
+    MESSAGE_AWARENESS,
+    MESSAGE_SYNC,
+    SYNC_UPDATE,
+    Message,
+)
 from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
@@ -129,7 +135,11 @@ class Document:
             return  # auth or awareness queries: nothing a client may ask of this server
         if message.changes_document:
             if channel.read_only:
-                return  # a spectator's edit: dropped
+                # A sync step 2 carries the client's whole delete set, every connect:
+                # only a live update is an edit worth telling its author about.
+                if message.subtype == SYNC_UPDATE:
+                    channel.refused()
+                return  # an edit by someone without write access: dropped
             if not self._admit(message.payload):
                 limit = protocol.size_text(MAX_DOC_SIZE)
                 channel.refuse(CloseCode.DOC_TOO_LARGE, f"document too large (limit {limit})")

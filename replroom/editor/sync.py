@@ -56,11 +56,19 @@ class EditorSync:
         finally:
             await database.close()
 
-    async def serve(self, websocket: WebSocket, doc_name: str, *, read_only: bool) -> None:
+    async def serve(
+        self,
+        websocket: WebSocket,
+        doc_name: str,
+        *,
+        read_only: bool | Callable[[], bool],
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         """Run the y-websocket protocol on an accepted WebSocket until either side closes it.
 
         With ``read_only`` the client gets the document, its updates and awareness, and
-        may send sync step 1 and awareness; document updates it sends are dropped.
+        may send sync step 1 and awareness; document updates it sends are dropped (and
+        ``on_refused`` called). A callable ``read_only`` is asked at each update.
         If the caller cancels this, the WebSocket is left open for the caller to close.
         """
         if not (0 < len(doc_name) <= MAX_DOC_NAME and doc_name.isprintable()):
@@ -70,7 +78,7 @@ class EditorSync:
         if server is None or server.closing:
             await close_quietly(websocket, CloseCode.RESTARTING, "the editor is not running")
             return
-        channel = Channel(websocket, doc_name, read_only=read_only)
+        channel = Channel(websocket, doc_name, read_only=read_only, on_refused=on_refused)
         writer = asyncio.create_task(channel.run_writer(), name=f"editor-writer {doc_name}")
         try:
             await server.serve(channel)

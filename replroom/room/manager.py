@@ -24,6 +24,7 @@ from replroom.config import Settings, format_size
 from replroom.languages import LANGUAGES, get_language
 from replroom.pool import SandboxPool, Started
 from replroom.protocol import CloseCode, EditorInfo, Links, MemberRole
+from replroom.room.controls import REMOVED_REASON
 from replroom.room.members import Member
 from replroom.room.room import Room
 from replroom.room.supervisor import RETRY_FIRST, RETRY_MAX, AtCapacity, Backoff
@@ -167,14 +168,19 @@ class RoomManager:
         role = room.record.role_of(join.token)
         if role is None:
             raise Refused(CloseCode.FORBIDDEN, "invalid or revoked link")
+        # Without a key (an older client) the member's key is this connection's alone:
+        # what the owners decide about them lasts until they leave.
+        key_hash = hash_token(join.key or secrets.token_urlsafe(16))
+        if room.controls.is_removed(role, key_hash):
+            raise Refused(CloseCode.REMOVED, REMOVED_REASON)
         if len(room.members) >= self.settings.max_members:
             raise Refused(CloseCode.AT_CAPACITY, "the room is full")
         if room.sandbox is None and not self.may_start_sandbox():
             raise Refused(CloseCode.AT_CAPACITY, "server at capacity")
-        member = room.new_member(join, role, send, close)
+        member = room.new_member(join, role, key_hash, send, close)
         editor: EditorInfo = {"path": f"{EDITOR_PATH}/{room.id}", "ticket": self._ticket(member)}
         links: Links | None = None
-        if member.role is MemberRole.OWNER:
+        if member.link_role is MemberRole.OWNER:  # co-owners have no owner's token to derive from
             owned = links_of(join.token, room.record.link_generation)
             links = {"invite": owned["invite"], "spectator": owned["spectator"]}
         return Admission(room, member, editor, links)

@@ -1,10 +1,18 @@
 """The people in a room: roles, colours, and the rules that depend on all of them.
 
-A member is one open room WebSocket. Their role (``protocol.MemberRole``:
-owner, member, spectator) comes from the link they joined with and never
-changes while they are connected: rotating the links disconnects the holders
-of the old ones. The shared terminal is as small as
-the smallest member's window: tmux's rule, :meth:`Members.smallest_size`.
+A member is one open room WebSocket, and a member key: the browser's
+(``join``'s ``key``), or one made for this connection alone when a client
+sends none. Their link says what they may be at most (``link_role``: owner,
+member, spectator; rotating the links disconnects the holders of the old
+ones); what the owners decided about their key (a
+:class:`~replroom.storage.KeyState`: co-owner, read-only, write granted in a
+locked room, removed) and the room's controls (``locked``) say what they are
+now: :attr:`Member.role` and :attr:`Member.can_write` are asked at each
+action, so a change applies at once, to every connection with that key, and
+again after a reconnect or a server restart.
+
+The shared terminal is as small as the smallest member's window: tmux's
+rule, :meth:`Members.smallest_size`.
 """
 
 from __future__ import annotations
@@ -13,11 +21,11 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 from replroom import protocol
-from replroom.protocol import MemberInfo, MemberRole, NoticeLevel
+from replroom.protocol import MemberEvent, MemberInfo, MemberRole, NoticeLevel
 from replroom.room.terminal import Outbox
+from replroom.storage import KeyState, RoomRecord
 
 log = logging.getLogger(__name__)
 
@@ -29,22 +37,55 @@ class Member:
     room_id: str
     id: str
     name: str
-    role: MemberRole
+    link_role: MemberRole  # what their link makes them
     color: str
     cols: int
     rows: int
     token_hash: str
+    key_hash: str  # their member key's
+    record: RoomRecord  # the room's controls and what the owners decided about keys
     outbox: Outbox
     close: Callable[[int, str], None]  # ends the member's connection with this close code
-    warned_read_only: bool = False
+    # Where they were told that their input was dropped ("terminal", "editor"): once each
+    # until their write access changes.
+    warned_read_only: set[str] = field(default_factory=set)
+    requested: bool = False  # asked the owners for write access
     on_leave: list[Callable[[], None]] = field(default_factory=list)
 
     @property
+    def key(self) -> KeyState | None:
+        return self.record.keys.get(self.key_hash)
+
+    @property
+    def co_owner(self) -> bool:
+        """An owner by an owner's grant (only holders of the invitation link can be)."""
+        key = self.key
+        return self.link_role is MemberRole.MEMBER and key is not None and key.co_owner
+
+    @property
+    def role(self) -> MemberRole:
+        return MemberRole.OWNER if self.co_owner else self.link_role
+
+    @property
     def can_write(self) -> bool:
-        return self.role is not MemberRole.SPECTATOR
+        """Owners always; spectators never; members unless made read-only or the room is
+        locked (then only with write access granted)."""
+        if self.role is MemberRole.OWNER:
+            return True
+        if self.role is MemberRole.SPECTATOR:
+            return False
+        key = self.key
+        if key is not None and key.read_only:
+            return False
+        if self.record.settings.get("locked"):
+            return key is not None and key.granted
+        return True
 
     def view(self) -> MemberInfo:
-        return protocol.member_view(self.id, self.name, self.role, self.color)
+        return protocol.member_view(
+            self.id, self.name, self.role, self.color, co_owner=self.co_owner,
+            write=self.can_write, requested=self.requested, cols=self.cols, rows=self.rows,
+        )  # fmt: skip
 
 
 class Members:
@@ -96,9 +137,19 @@ class Members:
         log.info("room %s: %s", self.room_id, text)
         self.broadcast(protocol.notice(text, level))
 
-    def announce(self, event: Literal["joined", "left", "renamed"], member: Member) -> None:
-        """Tell everyone who is here now, and what changed (joined, left, renamed)."""
-        self.broadcast(protocol.members_changed(self.views(), event, member.view()))
+    def announce(
+        self, event: MemberEvent, member: Member | MemberInfo, by: str | None = None
+    ) -> None:
+        """Tell everyone who is here now, what changed (joined, left, …) and who did it."""
+        view = member.view() if isinstance(member, Member) else member
+        self.broadcast(protocol.members_changed(self.views(), event, view, by))
+
+    def with_key(self, key_hash: str) -> list[Member]:
+        """The connections of one member key (a browser may have the room open twice)."""
+        return [member for member in self._by_id.values() if member.key_hash == key_hash]
+
+    def owners(self) -> list[Member]:
+        return [member for member in self._by_id.values() if member.role is MemberRole.OWNER]
 
     def disconnect(self, token_hashes: set[str], code: int, reason: str) -> None:
         """Close the connections of the members who joined with one of these links."""

@@ -3,9 +3,12 @@
 A :class:`Room` exists in memory while it has members or a sandbox; its
 durable state (links, language) is a :class:`~replroom.storage.RoomRecord`.
 It composes :class:`~replroom.room.members.Members`,
-:class:`~replroom.room.terminal.SharedTerminal` and
-:class:`~replroom.room.supervisor.Supervisor`, and does what needs all of
-them: joining and leaving, keystrokes, switching language, Run.
+:class:`~replroom.room.terminal.SharedTerminal`,
+:class:`~replroom.room.supervisor.Supervisor` and the owners'
+:class:`~replroom.room.controls.HostControls`, and does what needs all of
+them: joining and leaving, keystrokes, switching language, Run. Each action
+asks the controls first (a read-only member's keystrokes, Run or switch is
+refused here, whatever their page shows).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import Callable
-from typing import Protocol, cast
+from typing import Literal, Protocol, cast
 
 from replroom import protocol
 from replroom.config import Limits
@@ -29,6 +32,7 @@ from replroom.protocol import (
     NoticeLevel,
     RoomInfo,
 )
+from replroom.room.controls import HostControls, read_only_reason
 from replroom.room.members import Member, Members
 from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
 from replroom.room.tasks import Background
@@ -73,7 +77,9 @@ class Room:
         # Sandbox failures in the background were told to the members (and logged).
         self.tasks = Background(record.id, told=(SandboxError, AtCapacity))
         self.supervisor = Supervisor(host, record, self.members, self.terminal, self.tasks)
+        self.controls = HostControls(record, self.members, host.store)
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._typist: str | None = None  # the id of who typed into the terminal last
 
     @property
     def language(self) -> str:
@@ -99,6 +105,7 @@ class Room:
             "limits": _limits_info(self.limits),
             "cols": self.terminal.cols,
             "rows": self.terminal.rows,
+            "controls": self.controls.controls(),
         }
 
     def notice(self, text: str, level: NoticeLevel = "info") -> None:
@@ -107,18 +114,25 @@ class Room:
     # -- members ---------------------------------------------------------------
 
     def new_member(
-        self, join: protocol.Join, role: MemberRole, send: Sender, close: Callable[[int, str], None]
+        self,
+        join: protocol.Join,
+        role: MemberRole,
+        key_hash: str,
+        send: Sender,
+        close: Callable[[int, str], None],
     ) -> Member:
         """A member for this room, not yet in it: :meth:`join` adds them."""
         return Member(
             room_id=self.id,
             id=secrets.token_urlsafe(6),
             name=join.name,
-            role=role,
+            link_role=role,
             color=self.members.free_color(),
             cols=join.cols,
             rows=join.rows,
             token_hash=hash_token(join.token),
+            key_hash=key_hash,
+            record=self.record,
             outbox=self.terminal.make_outbox(send),
             close=close,
         )
@@ -132,9 +146,12 @@ class Room:
             self._idle_timer = None
         self.members.add(member)
         self.host.members_changed()
-        member.outbox.send_json(
-            protocol.welcome(self.describe(), member.view(), self.members.views(), editor, links)
-        )
+        removed = self.controls.removed() if member.role is MemberRole.OWNER else None
+        welcome = protocol.welcome(
+            self.describe(), member.view(), self.members.views(),
+            editor=editor, links=links, removed=removed,
+        )  # fmt: skip
+        member.outbox.send_json(welcome)
         self.members.announce("joined", member)
         await self._fit_terminal()
         self.terminal.redraw([member.outbox])
@@ -169,8 +186,11 @@ class Room:
         self.members.announce("renamed", member)
 
     async def resize(self, member: Member, cols: int, rows: int) -> None:
+        if (member.cols, member.rows) == (cols, rows):
+            return
         member.cols, member.rows = cols, rows
         await self._fit_terminal()
+        self.members.announce("changed", member)  # the list shows each member's size
 
     async def _fit_terminal(self) -> None:
         """Apply tmux's size rule (:meth:`Members.smallest_size`).
@@ -193,19 +213,35 @@ class Room:
     async def input(self, member: Member, data: bytes) -> None:
         """Keystrokes for the room's REPL; raises ReplBusy if it does not take them."""
         if not member.can_write:
-            if not member.warned_read_only:
-                member.warned_read_only = True
-                member.outbox.send_json(
-                    protocol.error(ErrorCode.READ_ONLY, "spectators can watch but not type")
-                )
+            self.refuse_edit(member, "terminal")
             return
         repl = await self.supervisor.repl_for_input(self.language, data)
         if repl is None or repl.process is None:
             return
         self.terminal.typed(repl.pane, data)
+        self._typed_by(member)
         await _type(repl.process, data)
 
+    def refuse_edit(self, member: Member, where: Literal["terminal", "editor"]) -> None:
+        """Keystrokes or an editor update of a member without write access were dropped:
+        say why, once per place until their access changes (a flood of errors helps nobody)."""
+        if where not in member.warned_read_only:
+            member.warned_read_only.add(where)
+            what = "your keystrokes" if where == "terminal" else "your edit"
+            reason = read_only_reason(member)
+            member.outbox.send_json(
+                protocol.error(ErrorCode.READ_ONLY, f"{reason}: {what} went nowhere")
+            )
+
+    def _typed_by(self, member: Member) -> None:
+        """Announce who types into the terminal, when it is someone else than before."""
+        if self._typist == member.id:
+            return
+        self._typist = member.id
+        self.members.broadcast(protocol.typist(member.id, member.name, member.color))
+
     async def switch_language(self, member: Member, language_name: str) -> None:
+        self.controls.check_language(member)
         language = get_language(language_name)
         if language.name == self.language:
             return
@@ -225,6 +261,7 @@ class Room:
 
     async def run_code(self, member: Member, code: str, language_name: str | None) -> None:
         """Write ``code`` into the sandbox and type the line that loads it into the live REPL."""
+        self.controls.check_run(member)
         language = get_language(language_name or self.language)
         if language.name != self.language:
             await self.switch_language(member, language.name)
@@ -239,11 +276,19 @@ class Room:
         await sandbox.put_file(path, code.encode())
         if repl.process is None:  # it ended meanwhile
             raise SandboxError(f"{language.title} is not running")
+        self._typed_by(member)
+        self.members.broadcast(protocol.activity("run", language.name, member.id, member.name))
         # Ctrl-U first: whatever a member had half-typed must not prefix the line.
         await _type(repl.process, b"\x15" + language.load_line(path).encode() + b"\r")
 
-    async def restart_repl(self, language_name: str | None = None) -> None:
-        await self.supervisor.restart_repl(language_name or self.language)
+    async def restart_repl(self, member: Member | None = None) -> None:
+        """Restart the room's current REPL (``member``: who asked, checked and named)."""
+        if member is not None:
+            self.controls.check_write(member)
+            self.members.broadcast(
+                protocol.activity("restart", self.language, member.id, member.name)
+            )
+        await self.supervisor.restart_repl(self.language)
 
     async def close(self) -> None:
         if self._idle_timer:

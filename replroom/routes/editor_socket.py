@@ -52,7 +52,16 @@ async def _serve_editor(websocket: WebSocket, member: Member, doc_name: str) -> 
 
     member.on_leave.append(on_leave)
     editor = editor_of(websocket)
-    serving = asyncio.create_task(editor.serve(websocket, doc_name, read_only=not member.can_write))
+    room = manager_of(websocket).rooms.get(member.room_id)
+    # Asked at each update: an owner may lock the room or make the member read-only.
+    serving = asyncio.create_task(
+        editor.serve(
+            websocket,
+            doc_name,
+            read_only=lambda: not member.can_write,
+            on_refused=(lambda: room.refuse_edit(member, "editor")) if room is not None else None,
+        )
+    )
     try:
         await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
     finally:

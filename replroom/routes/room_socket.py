@@ -20,6 +20,7 @@ from replroom import metrics, protocol
 from replroom.languages import UnknownLanguage
 from replroom.protocol import MAX_PENDING_INPUT, CloseCode, ErrorCode
 from replroom.room import AtCapacity, Member, Refused, ReplBusy, Room, RoomManager
+from replroom.room.controls import Refusal
 from replroom.room.room import BUSY
 from replroom.room.terminal import Frame
 from replroom.routes.common import (
@@ -32,6 +33,7 @@ from replroom.routes.common import (
     send_now,
 )
 from replroom.sandbox import SandboxError
+from replroom.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +226,10 @@ async def _handle(room: Room, member: Member, message: Message) -> None:
         return
     try:
         await _dispatch(room, member, parsed)
+    except Refusal as refusal:
+        _reply_error(member, refusal.code, str(refusal))
+    except StorageError as error:
+        _reply_error(member, ErrorCode.STORAGE, f"nothing was changed: {error}")
     except (UnknownLanguage, SandboxError, AtCapacity) as error:
         _reply_error(member, ErrorCode.FAILED, str(error) or "server at capacity")
 
@@ -235,14 +241,20 @@ async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage)
         await room.resize(member, message.cols, message.rows)
     elif isinstance(message, protocol.Rename):
         room.rename(member, message.name)
-    elif not member.can_write:
-        _reply_error(member, ErrorCode.READ_ONLY, "spectators can watch but not change the room")
     elif isinstance(message, protocol.SelectLanguage):
         await room.switch_language(member, message.language)
     elif isinstance(message, protocol.Run):
         await room.run_code(member, message.code, message.language)
     elif isinstance(message, protocol.Restart):
-        await room.restart_repl()
+        await room.restart_repl(member)
+    elif isinstance(message, protocol.Controls):
+        await room.controls.set_controls(member, message)
+    elif isinstance(message, protocol.MemberAction):
+        await room.controls.act(member, message)
+    elif isinstance(message, protocol.Readmit):
+        await room.controls.readmit(member, message.ref)
+    elif isinstance(message, protocol.RequestWrite):
+        room.controls.request_write(member)
 
 
 def _reply_error(member: Member, code: ErrorCode, message: str) -> None:

@@ -30,6 +30,7 @@ export const CloseCode = {
   TOO_SLOW: 1013,
   BAD_JOIN: 4000,
   FORBIDDEN: 4003,
+  REMOVED: 4010,
   NOT_FOUND: 4004,
   AT_CAPACITY: 4029,
   DOC_TOO_LARGE: 4413,
@@ -72,18 +73,33 @@ export const CLOSE_CODES: Readonly<Record<number, CloseInfo | undefined>> = {
   [CloseCode.TOO_SLOW]: { meaning: "too far behind", room: null, editor: "reconnect" },
   [CloseCode.BAD_JOIN]: { meaning: "protocol error", room: "stop", editor: null },
   [CloseCode.FORBIDDEN]: { meaning: "invalid or revoked link", room: "stop", editor: "stop" },
+  [CloseCode.REMOVED]: { meaning: "removed from the room", room: "stop", editor: null },
   [CloseCode.NOT_FOUND]: { meaning: "room not found", room: "stop", editor: "stop" },
   [CloseCode.AT_CAPACITY]: { meaning: "server at capacity", room: "later", editor: null },
   [CloseCode.DOC_TOO_LARGE]: { meaning: "the document is too large", room: null, editor: "stop" },
 };
 
-export type ClientMessage = Join | Resize | SelectLanguage | Run | Restart | Rename;
+export type ClientMessage =
+  | Join
+  | Resize
+  | SelectLanguage
+  | Run
+  | Restart
+  | Rename
+  | Controls
+  | MemberAction
+  | Readmit
+  | RequestWrite;
 export type ServerMessage =
   | Welcome
   | MembersChanged
   | TerminalReset
   | TerminalSize
   | LanguageChanged
+  | ControlsChanged
+  | RemovedList
+  | Activity
+  | Typist
   | Status
   | Notice
   | ErrorMessage;
@@ -94,7 +110,14 @@ export type ReplState = "stopped" | "starting" | "running" | "exited";
  * The `code` of an `error` message: why a member's message was refused or failed.
  */
 export type ErrorCode =
-  "bad_message" | "too_large" | "read_only" | "failed" | "storage" | "busy" | "internal";
+  | "bad_message"
+  | "too_large"
+  | "read_only"
+  | "not_allowed"
+  | "failed"
+  | "storage"
+  | "busy"
+  | "internal";
 
 /**
  * The room socket's text messages: what a client sends, what it gets.
@@ -113,6 +136,7 @@ export interface Join {
   name: string;
   cols?: number;
   rows?: number;
+  key?: string | null;
 }
 /**
  * The member's terminal size changed.
@@ -151,6 +175,41 @@ export interface Rename {
   name: string;
 }
 /**
+ * Owners: change the room's controls; the fields left out stay as they are.
+ */
+export interface Controls {
+  type: "controls";
+  locked?: boolean | null;
+  run_locked?: boolean | null;
+  language_locked?: boolean | null;
+}
+/**
+ * Owners: act on one member (by their `id`), for as long as their member key lasts.
+ *
+ * `read_only` / `write`: take or give back write access (in a locked room,
+ * `write` grants it until the room is unlocked); `owner` / `not_owner`:
+ * make or unmake a co-owner; `remove`: disconnect them and refuse their key;
+ * `refuse`: turn down their request for write access.
+ */
+export interface MemberAction {
+  type: "member";
+  member: string;
+  action: "read_only" | "write" | "owner" | "not_owner" | "remove" | "refuse";
+}
+/**
+ * Owners: let a removed member key back in (by its `ref` from `removed`).
+ */
+export interface Readmit {
+  type: "readmit";
+  ref: string;
+}
+/**
+ * A member without write access asks the owners for it.
+ */
+export interface RequestWrite {
+  type: "request_write";
+}
+/**
  * The answer to a valid join.
  */
 export interface Welcome {
@@ -161,6 +220,7 @@ export interface Welcome {
   members: MemberInfo[];
   editor?: EditorInfo;
   links?: Links;
+  removed?: RemovedKey[];
 }
 /**
  * A room: its language, members, state, limits and terminal size.
@@ -175,6 +235,7 @@ export interface RoomInfo {
   limits: LimitsInfo;
   cols: number;
   rows: number;
+  controls: RoomControls;
 }
 /**
  * What a web client needs to offer a language.
@@ -188,12 +249,21 @@ export interface LanguageInfo {
 }
 /**
  * A member of a room, as the others see them.
+ *
+ * `co_owner`: an owner by an owner's grant rather than by the owner's link;
+ * `write`: may change the room now; `requested`: asked for write access;
+ * `cols`/`rows`: their terminal's size (the smallest sets the shared one).
  */
 export interface MemberInfo {
   id: string;
   name: string;
   role: MemberRole;
   color: string;
+  co_owner: boolean;
+  write: boolean;
+  requested: boolean;
+  cols: number;
+  rows: number;
 }
 /**
  * A room sandbox's limits: bytes, cores, processes and threads, bytes.
@@ -203,6 +273,14 @@ export interface LimitsInfo {
   cpus: number;
   pids: number;
   disk: number;
+}
+/**
+ * What the owners reserved for themselves (see `Controls`).
+ */
+export interface RoomControls {
+  locked: boolean;
+  run_locked: boolean;
+  language_locked: boolean;
 }
 /**
  * Where this member's editor documents are synced: `{path}/{language}?ticket=…`.
@@ -219,13 +297,22 @@ export interface Links {
   spectator: string;
 }
 /**
- * The member list after a change, and what changed.
+ * A member key an owner removed: `ref` names it for `readmit`; `name` as last seen.
+ */
+export interface RemovedKey {
+  ref: string;
+  name: string;
+}
+/**
+ * The member list after a change, and what changed (`changed`: role, write access,
+ * size; `requested`: the member asked for write access), and who did it (`by`).
  */
 export interface MembersChanged {
   type: "members";
   members: MemberInfo[];
-  event: "joined" | "left" | "renamed";
+  event: "joined" | "left" | "renamed" | "changed" | "removed" | "requested";
   member: MemberInfo;
+  by?: string;
 }
 /**
  * The binary frames that follow replace the terminal's screen (a switch or a resync).
@@ -250,6 +337,40 @@ export interface LanguageChanged {
   type: "language";
   language: string;
   by: string;
+}
+/**
+ * An owner changed the room's controls.
+ */
+export interface ControlsChanged {
+  type: "controls";
+  controls: RoomControls;
+  by: string;
+}
+/**
+ * The member keys removed from the room (owners only), after a change.
+ */
+export interface RemovedList {
+  type: "removed";
+  removed: RemovedKey[];
+}
+/**
+ * A member ran the editor's code or restarted a REPL (`member` is their id).
+ */
+export interface Activity {
+  type: "activity";
+  what: "run" | "restart";
+  language: string;
+  member: string;
+  by: string;
+}
+/**
+ * Who typed into the terminal last (sent when it changes to another member).
+ */
+export interface Typist {
+  type: "typist";
+  member: string;
+  name: string;
+  color: string;
 }
 /**
  * The room's state.

@@ -12,7 +12,7 @@ field back out of both renderings and fails for a field without a check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from replroom.config import Limits
@@ -53,7 +53,9 @@ class RoomSpec:
     gid: int
     hostname: str
     env: tuple[tuple[str, str], ...]  # every process's environment before its own
-    seccomp: str  # the policy's JSON profile (sandbox/seccomp.py), the content itself
+    # The policy's JSON profile (sandbox/seccomp.py), the content itself
+    # (about 15 KB: left out of the repr).
+    seccomp: str = field(repr=False)
     read_only_root: Literal[True] = True
     network: Literal[False] = False
     capabilities: tuple[()] = ()  # kept: none

@@ -245,7 +245,9 @@ async def test_editor_is_shared_with_named_cursors_and_own_undo(
     # Bob sees Alice's cursor with her name; the member list says she is editing.
     label = bob.page.locator("#editor .cm-ySelectionInfo")
     await expect(label).to_have_text("Alice")
-    await expect(bob.page.locator("#members .member", has_text="Alice")).to_contain_text("editing")
+    await expect(bob.page.locator("#members .member", has_text="Alice")).to_contain_text(
+        "in the editor"
+    )
     await bob.click_editor_end()
     await bob.page.keyboard.press("Enter")
     await bob.page.keyboard.type("answer = 42")
@@ -569,6 +571,11 @@ REFUSALS = {
     4029: ("server at capacity", "server at capacity (code 4029). Reconnecting in", "offline"),
     4004: ("room not found", "Room not found (code 4004)", "disconnected"),
     4003: ("invalid or revoked link", "invalid or was revoked (code 4003", "disconnected"),
+    4010: (
+        "an owner removed you from this room",
+        "An owner removed you from this room (code 4010)",
+        "disconnected",
+    ),
 }
 # Every other close code the docs give the room socket (docs/protocol.md, "Close codes"):
 # closed without a reason, the page says what the code means, and stops or retries.
@@ -662,9 +669,10 @@ INTERNAL_ERROR = "internal error: FileNotFoundError: '/run/replroom/replroom'"
 def mock_welcome(room_id: str, name: str) -> dict[str, object]:
     python = {"name": "python", "title": "Python 3", "extension": "py",
               "editor_mode": "python", "filename": "main.py"}  # fmt: skip
-    you = {"id": "m1", "name": name, "role": "member", "color": "#e06c75"}
+    you = protocol.member_view("m1", name, protocol.MemberRole.MEMBER, "#e06c75")
+    controls = {"locked": False, "run_locked": False, "language_locked": False}
     room = {"id": room_id, "language": "python", "languages": [python],
-            "sandbox": "ready", "repl": "running"}  # fmt: skip
+            "sandbox": "ready", "repl": "running", "controls": controls}  # fmt: skip
     return {"type": "welcome", "v": 1, "room": room, "you": you, "members": [you]}
 
 

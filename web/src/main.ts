@@ -9,6 +9,7 @@ import {
   MAX_CODE,
   MAX_EDITOR_MESSAGE,
   type MemberInfo,
+  type RoomControls,
   type ServerMessage,
   type Welcome,
 } from "./protocol";
@@ -23,6 +24,7 @@ import {
   defaultName,
   forgetToken,
   linkFor,
+  memberKey,
   readSession,
   rememberToken,
   storedName,
@@ -34,8 +36,10 @@ import {
   byId,
   copyText,
   dismissToast,
+  type HostAction,
   hideBanner,
   MemberList,
+  RemovedKeys,
   showBanner,
   showConnection,
   showReplStatus,
@@ -51,7 +55,13 @@ class RoomPage {
   /** Where this member's editor documents are synced while the room connection is open. */
   private editorEndpoint: { path: string; ticket: string } | null = null;
   private readonly connection: RoomConnection;
-  private readonly members = new MemberList(byId("members"));
+  private readonly members = new MemberList(byId("members"), (id, action) =>
+    this.memberAction(id, action),
+  );
+  private readonly removedList = new RemovedKeys(byId("removed"), (ref) =>
+    this.connection.send({ type: "readmit", ref }),
+  );
+  private controls: RoomControls = { locked: false, run_locked: false, language_locked: false };
   private readonly languageSelect = byId<HTMLSelectElement>("language");
 
   private name: string;
@@ -86,10 +96,10 @@ class RoomPage {
     this.connection = new RoomConnection(url, {
       join: () => {
         this.joinedSize = this.terminal.size;
-        return { token: this.token, name: this.name, ...this.joinedSize };
+        return { token: this.token, name: this.name, key: memberKey(), ...this.joinedSize };
       },
       adopt: (join) => {
-        if (join.token !== this.token) return false;
+        if (join.token !== this.token || join.key !== memberKey()) return false;
         this.name = join.name;
         this.joinedSize = { cols: join.cols, rows: join.rows };
         return true;
@@ -182,7 +192,44 @@ class RoomPage {
   }
 
   private get canWrite(): boolean {
-    return this.you !== null && this.you.role !== "spectator";
+    return this.you !== null && this.you.write;
+  }
+
+  private get isOwner(): boolean {
+    return this.you?.role === "owner";
+  }
+
+  /** The holder of the owner's link (a co-owner has no links to rotate). */
+  private get isLinkOwner(): boolean {
+    return this.isOwner && !this.you?.co_owner;
+  }
+
+  /**
+   * Bring the page in line with what this member may do now (their write
+   * access, the room's controls, the connection): the server enforces all of
+   * it, this only spares people buttons that would be refused.
+   */
+  private applyAccess(): void {
+    const online = this.link.kind === "connected";
+    const write = this.canWrite;
+    const owner = this.isOwner;
+    document.body.classList.toggle("read-only", !write);
+    document.body.classList.toggle("host", owner);
+    this.terminal.setReadOnly(!write);
+    const runAllowed = write && (owner || !this.controls.run_locked);
+    const languageAllowed = write && (owner || !this.controls.language_locked);
+    byId<HTMLButtonElement>("run").disabled = !online || !runAllowed;
+    byId<HTMLButtonElement>("restart").disabled = !online || !write;
+    byId<HTMLButtonElement>("upload").disabled = !write;
+    this.languageSelect.disabled = !online || !languageAllowed;
+    const asking = byId<HTMLButtonElement>("request-write");
+    asking.hidden = !this.you || this.you.role !== "member" || write;
+    asking.disabled = this.you?.requested === true;
+    asking.textContent = this.you?.requested ? "Write access asked for…" : "Ask for write access";
+    byId("host-controls").hidden = !owner;
+    byId("locked-note").hidden = !this.controls.locked;
+    this.members.setHost(owner, this.isLinkOwner);
+    this.syncEditor();
   }
 
   // -- from the server --------------------------------------------------------
@@ -217,20 +264,25 @@ class RoomPage {
       ...message.room.languages.map((l) => new Option(l.title, l.name)),
     );
     const readOnly = !this.canWrite;
-    document.body.classList.toggle("read-only", readOnly);
-    this.terminal.setReadOnly(readOnly);
-    for (const id of ["run", "restart", "upload"]) byId<HTMLButtonElement>(id).disabled = readOnly;
-    this.languageSelect.disabled = readOnly;
+    this.controls = message.room.controls;
+    this.showControls();
+    this.removedList.set(message.removed ?? []);
+    this.warnedReadOnly = false;
 
     this.showLinks(message);
     this.members.set(message.members, message.you.id);
+    this.applyAccess();
     const { cols, rows } = message.room;
     this.terminal.setSharedSize(cols && rows ? { cols, rows } : null);
     this.editorEndpoint = message.editor ?? null;
     this.switchTo(message.room.language);
     showReplStatus(message.room.sandbox, message.room.repl, this.title(message.room.language));
     if (readOnly && this.welcomed === 1) {
-      toast("You are watching this room: you can see everything but not type or edit.", "info");
+      const why =
+        message.you.role === "spectator"
+          ? "You are watching this room: you can see everything but not type or edit."
+          : "You are read-only in this room for now: an owner decides who writes.";
+      toast(why, "info");
     }
     if (!this.nameWasStored && this.welcomed === 1) {
       askName(this.name, (name) => this.rename(name));
@@ -255,7 +307,7 @@ class RoomPage {
   private message(message: ServerMessage): void {
     switch (message.type) {
       case "members":
-        this.membersChanged(message.members, message.event, message.member);
+        this.membersChanged(message.members, message.event, message.member, message.by);
         break;
       case "terminal":
         if (message.reset) this.terminal.reset();
@@ -277,9 +329,28 @@ class RoomPage {
       case "notice":
         toast(message.text, message.level);
         break;
+      case "controls":
+        this.controlsChanged(message.controls, message.by);
+        break;
+      case "removed":
+        this.removedList.set(message.removed);
+        break;
+      case "typist":
+        this.showTypist(message.name, message.color);
+        this.members.active(message.member, "typing");
+        break;
+      case "activity":
+        if (message.member !== this.you?.id) {
+          const what =
+            message.what === "run"
+              ? `ran the editor's code in ${this.title(message.language)}`
+              : `restarted the ${this.title(message.language)} REPL`;
+          toast(`${message.by} ${what}`, "info", 3000, "activity");
+        }
+        break;
       case "error":
         if (message.code === "read_only") {
-          if (!this.warnedReadOnly) toast("Spectators can watch but not type or edit.", "warning");
+          if (!this.warnedReadOnly) toast(message.message, "warning", 6000, "read-only");
           this.warnedReadOnly = true;
         } else {
           toast(message.message, "error");
@@ -291,21 +362,84 @@ class RoomPage {
     }
   }
 
-  private membersChanged(list: MemberInfo[], event: string, member: MemberInfo): void {
+  private membersChanged(
+    list: MemberInfo[],
+    event: string,
+    member: MemberInfo,
+    by: string | undefined,
+  ): void {
     const you = this.you;
     if (you) {
       const me = list.find((m) => m.id === you.id);
-      if (me && me.name !== you.name) {
+      if (me) {
+        if (me.write !== you.write || me.role !== you.role) this.accessChanged(you, me, by);
         this.you = me;
         this.name = me.name;
-        this.syncEditor();
       }
-      if (member.id !== you.id && event !== "renamed") {
+      if (member.id !== you.id && (event === "joined" || event === "left")) {
         const role = member.role === "spectator" ? " (watching)" : "";
         toast(`${member.name}${role} ${event === "joined" ? "joined" : "left"}`, "info", 2500);
+      } else if (event === "removed" && member.id !== you.id) {
+        toast(`${by ?? "An owner"} removed ${member.name} from the room`, "info", 4000);
+      } else if (event === "requested" && this.isOwner) {
+        toast(`${member.name} asks for write access (see the member list)`, "info", 8000);
       }
     }
     this.members.set(list, you?.id ?? "");
+    this.applyAccess();
+  }
+
+  /** What an owner's decision changed for this member, in words. */
+  private accessChanged(before: MemberInfo, now: MemberInfo, by: string | undefined): void {
+    this.warnedReadOnly = false;
+    const who = by ?? "An owner";
+    if (now.role === "owner" && before.role !== "owner") {
+      toast(`${who} made you a co-owner of this room`, "success", 5000, "access");
+    } else if (before.role === "owner" && now.role !== "owner") {
+      toast(`${who} made you a member again (no longer a co-owner)`, "info", 5000, "access");
+    } else if (now.write) {
+      toast(`${who} gave you write access`, "success", 5000, "access");
+    } else if (!this.controls.locked || before.role === "owner") {
+      toast(`${who} made you read-only`, "warning", 5000, "access");
+    }
+  }
+
+  /** The host controls' boxes as the server has them (not on every change of the page:
+   *  a box just clicked keeps its new state until the server's answer). */
+  private showControls(): void {
+    byId<HTMLInputElement>("lock-room").checked = this.controls.locked;
+    byId<HTMLInputElement>("lock-run").checked = this.controls.run_locked;
+    byId<HTMLInputElement>("lock-language").checked = this.controls.language_locked;
+  }
+
+  private controlsChanged(controls: RoomControls, by: string): void {
+    const before = this.controls;
+    this.controls = controls;
+    this.showControls();
+    if (by !== this.you?.name) {
+      if (controls.locked !== before.locked) {
+        const text = controls.locked
+          ? `${by} locked the room: only its owners can type, edit and run`
+          : `${by} unlocked the room`;
+        toast(text, "info", 5000, "controls");
+      } else if (controls.run_locked !== before.run_locked) {
+        toast(`${by} ${controls.run_locked ? "kept Run to the owners" : "let everyone Run"}`);
+      } else if (controls.language_locked !== before.language_locked) {
+        const what = controls.language_locked
+          ? "kept the language switch to the owners"
+          : "let everyone switch the language";
+        toast(`${by} ${what}`);
+      }
+    }
+    this.applyAccess();
+  }
+
+  private showTypist(name: string, color: string): void {
+    const badge = byId("typist");
+    badge.hidden = false;
+    badge.style.setProperty("--typist", color);
+    byId("typist-name").textContent = name;
+    badge.title = `${name} typed into the terminal last`;
   }
 
   private connectionState(state: ConnectionState): void {
@@ -313,10 +447,7 @@ class RoomPage {
     showConnection(state);
     const online = state.kind === "connected";
     document.body.classList.toggle("offline", !online);
-    for (const id of ["run", "restart"]) {
-      byId<HTMLButtonElement>(id).disabled = !online || !this.canWrite;
-    }
-    this.languageSelect.disabled = !online || !this.canWrite;
+    this.applyAccess();
     window.clearInterval(this.countdown);
     if (state.kind === "waiting" || state.kind === "stopped") {
       // A handshake that failed says less than the close before it (say, "the
@@ -365,6 +496,14 @@ class RoomPage {
         "error",
         { label: "Open a new room", run: () => location.assign("/") },
       );
+    } else if (closed.code === CloseCode.REMOVED) {
+      showBanner(
+        join(
+          "An owner removed you from this room (code 4010). Only an owner can let you back in.",
+          lost,
+        ),
+        "error",
+      );
     } else if (closed.code === CloseCode.FORBIDDEN) {
       forgetToken(this.roomId);
       this.links = {};
@@ -386,13 +525,17 @@ class RoomPage {
   // -- to the server ----------------------------------------------------------
 
   private input(data: string | Uint8Array): void {
-    if (this.you?.role === "spectator") return;
+    if (!this.canWrite) return;
     if (this.connection.sendInput(data)) this.editor?.noteTerminalTyping();
     else this.showOutage(); // it counts the keystrokes not sent
   }
 
   private run(): void {
     if (!this.canWrite) return;
+    if (this.controls.run_locked && !this.isOwner) {
+      toast("The owners keep Run to themselves in this room.", "info", 3000);
+      return;
+    }
     const code = this.editor?.text() ?? "";
     if (!code.trim()) {
       toast("The editor is empty: nothing to run.", "info", 3000);
@@ -448,12 +591,13 @@ class RoomPage {
 
   private showLinks(message: Welcome): void {
     const role = message.you.role;
-    if (role === "owner" && message.links) this.links = { ...message.links };
-    else if (role === "member") this.links = { invite: this.token };
+    // A co-owner is an owner by an owner's grant: their own link is the invitation.
+    if (message.links) this.links = { ...message.links };
+    else if (role === "member" || message.you.co_owner) this.links = { invite: this.token };
     else if (role === "spectator") this.links = { spectator: this.token };
     byId("copy-invite").hidden = !this.links.invite;
     byId("copy-spectator").hidden = !this.links.spectator;
-    byId("rotate").hidden = role !== "owner";
+    byId("rotate").hidden = !message.links;
   }
 
   private async copyLink(kind: "invite" | "spectator"): Promise<void> {
@@ -465,11 +609,33 @@ class RoomPage {
     else toast(`${what}: ${link}`, "info", 20_000);
   }
 
-  private async rotate(): Promise<void> {
-    const sure = window.confirm(
-      "Make new invite and spectator links? Everyone who joined with the old links is " +
-        "disconnected and needs a new link.",
-    );
+  /** An owner's action on a member from the member list. */
+  private memberAction(memberId: string, action: HostAction): void {
+    const member = this.members.find(memberId);
+    if (!member) return;
+    if (action === "remove" || action === "remove-rotate") {
+      const also =
+        action === "remove-rotate"
+          ? " The links are rotated too: everyone else needs the new links to come back."
+          : "";
+      const sure = window.confirm(
+        `Remove ${member.name} from the room? This browser of theirs stays out until an ` +
+          `owner lets it back in.${also}`,
+      );
+      if (!sure) return;
+    }
+    const sent = action === "remove-rotate" ? "remove" : action;
+    this.connection.send({ type: "member", member: memberId, action: sent });
+    if (action === "remove-rotate") void this.rotate(false);
+  }
+
+  private async rotate(ask = true): Promise<void> {
+    const sure =
+      !ask ||
+      window.confirm(
+        "Make new invite and spectator links? Everyone who joined with the old links is " +
+          "disconnected and needs a new link.",
+      );
     if (!sure) return;
     try {
       const response = await fetch(`/api/rooms/${encodeURIComponent(this.roomId)}/rotate`, {
@@ -538,6 +704,22 @@ class RoomPage {
     byId("copy-invite").addEventListener("click", () => void this.copyLink("invite"));
     byId("copy-spectator").addEventListener("click", () => void this.copyLink("spectator"));
     byId("rotate").addEventListener("click", () => void this.rotate());
+    const control = (id: string, field: "locked" | "run_locked" | "language_locked") => {
+      const box = byId<HTMLInputElement>(id);
+      box.addEventListener("change", () => {
+        if (!this.connection.send({ type: "controls", [field]: box.checked })) {
+          box.checked = this.controls[field];
+        }
+      });
+    };
+    control("lock-room", "locked");
+    control("lock-run", "run_locked");
+    control("lock-language", "language_locked");
+    byId("request-write").addEventListener("click", () => {
+      if (this.connection.send({ type: "request_write" })) {
+        toast("Asked the owners for write access.", "info", 3000);
+      }
+    });
     byId("rename").addEventListener("click", () => askName(this.name, (n) => this.rename(n)));
     document.addEventListener("keydown", (event) => {
       if (!event.defaultPrevented && (event.ctrlKey || event.metaKey) && event.key === "Enter") {

@@ -47,6 +47,8 @@ export interface JoinFields {
   name: string;
   cols: number;
   rows: number;
+  /** The browser's member key (session.ts). */
+  key: string;
 }
 
 export interface RoomHandlers {

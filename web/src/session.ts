@@ -2,6 +2,8 @@
 // they are remembered (localStorage, one key per room for the token).
 
 const NAME_KEY = "replroom:name";
+/** The member key's place; index.html's early join reads (and makes) it too. */
+const MEMBER_KEY = "replroom:key";
 const tokenKey = (roomId: string) => `replroom:token:${roomId}`;
 
 export interface Session {
@@ -42,6 +44,31 @@ export function storedName(): string | null {
 
 export function storeName(name: string): void {
   save(NAME_KEY, name);
+}
+
+let memberKeyCache: string | null = null;
+
+/**
+ * This browser's member key: 16 random bytes (base64url), made once and kept in
+ * localStorage, so that what the owners decide about this member (read-only,
+ * co-owner, removed) holds across reconnects and reloads. Without storage it
+ * lasts as long as the page.
+ */
+export function memberKey(): string {
+  if (memberKeyCache) return memberKeyCache;
+  const stored = load(MEMBER_KEY);
+  if (stored && /^[A-Za-z0-9_-]{22,200}$/.test(stored)) {
+    memberKeyCache = stored;
+    return stored;
+  }
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  const made = btoa(String.fromCharCode(...bytes))
+    .replace(/\+/g, "-")
+    .replace(/\//g, "_")
+    .replace(/=+$/, "");
+  save(MEMBER_KEY, made);
+  memberKeyCache = made;
+  return made;
 }
 
 export function defaultName(): string {

@@ -1,7 +1,7 @@
 // The page around the terminal and the editor: toolbar state, people,
 // status, banners and toasts. Text from users is only ever set as text.
 
-import type { MemberInfo, ReplState, SandboxState } from "./protocol";
+import type { MemberAction, MemberInfo, RemovedKey, ReplState, SandboxState } from "./protocol";
 import type { ConnectionState } from "./room-connection";
 
 export function byId<T extends HTMLElement = HTMLElement>(id: string): T {
@@ -108,18 +108,42 @@ export function showReplStatus(sandbox: SandboxState, repl: ReplState, title: st
 // -- people -------------------------------------------------------------------
 
 const ACTIVITY_MS = 3000;
+const ACTIVITY_TEXT: Record<string, string> = {
+  typing: "typing in the terminal…",
+  editing: "in the editor…",
+};
+
+/** What an owner can do to a member from the list ("remove-rotate": remove, then new links). */
+export type HostAction = MemberAction["action"] | "remove-rotate";
 
 export class MemberList {
   private members: MemberInfo[] = [];
   private you = "";
+  private host = false;
+  private linkOwner = false;
   private readonly activity = new Map<string, { what: string; until: number }>();
   private timer: number | undefined;
 
-  constructor(private readonly list: HTMLElement) {}
+  constructor(
+    private readonly list: HTMLElement,
+    private readonly act: (memberId: string, action: HostAction) => void,
+  ) {}
 
   set(members: MemberInfo[], you: string): void {
     this.members = members;
     this.you = you;
+    this.render();
+  }
+
+  find(memberId: string): MemberInfo | undefined {
+    return this.members.find((member) => member.id === memberId);
+  }
+
+  /** Whether this page's member has the host controls (and the owner's link). */
+  setHost(host: boolean, linkOwner: boolean): void {
+    if (host === this.host && linkOwner === this.linkOwner) return;
+    this.host = host;
+    this.linkOwner = linkOwner;
     this.render();
   }
 
@@ -133,26 +157,98 @@ export class MemberList {
 
   private render(): void {
     const now = Date.now();
+    // tmux's rule: the smallest window sets the shared terminal's size.
+    const smallestCols = Math.min(...this.members.map((m) => m.cols));
+    const smallestRows = Math.min(...this.members.map((m) => m.rows));
     const items = this.members.map((member) => {
       const item = make("li", "member");
       item.dataset.memberId = member.id;
       item.dataset.role = member.role;
+      item.dataset.write = String(member.write);
       const dot = make("span", "dot");
       dot.style.backgroundColor = member.color;
       const name = make("span", "name", member.name);
       name.style.color = member.color;
       item.append(dot, name);
       if (member.id === this.you) item.append(make("span", "badge you", "you"));
-      if (member.role === "owner") item.append(make("span", "badge", "owner"));
+      if (member.role === "owner") {
+        item.append(make("span", "badge owner", member.co_owner ? "co-owner" : "owner"));
+      }
       if (member.role === "spectator") item.append(make("span", "badge spectator", "watching"));
+      if (member.role === "member" && !member.write) {
+        item.append(make("span", "badge read-only", "read-only"));
+      }
+      if (member.requested) item.append(make("span", "badge requested", "asks to write"));
+      const smallest = member.cols === smallestCols || member.rows === smallestRows;
+      const size = make("span", smallest ? "size smallest" : "size", `${member.cols}×${member.rows}`);
+      size.title = smallest
+        ? "the smallest terminal in the room: it sets the shared size"
+        : "this member's terminal size";
+      item.append(size);
       const activity = this.activity.get(member.id);
       if (activity && activity.until > now) {
-        item.append(make("span", `activity ${activity.what}`, `${activity.what}…`));
+        const text = ACTIVITY_TEXT[activity.what] ?? `${activity.what}…`;
+        item.append(make("span", `activity ${activity.what}`, text));
       }
-      item.title = `${member.name} (${member.role === "spectator" ? "spectator" : member.role})`;
+      const access = member.write ? "can write" : "read-only";
+      item.title = `${member.name}: ${member.co_owner ? "co-owner" : member.role}, ${access}`;
+      if (this.host && member.id !== this.you) item.append(this.actions(member));
       return item;
     });
     this.list.replaceChildren(...items);
+  }
+
+  /** The owner's buttons for one member (the server checks each anyway). */
+  private actions(member: MemberInfo): HTMLElement {
+    const box = make("span", "member-actions");
+    const button = (action: HostAction, label: string, title: string) => {
+      const made = make("button", "mini", label);
+      made.dataset.action = action;
+      made.title = title;
+      made.addEventListener("click", () => this.act(member.id, action));
+      box.append(made);
+    };
+    const ownerLink = member.role === "owner" && !member.co_owner;
+    if (ownerLink || (member.co_owner && !this.linkOwner)) return box;
+    if (member.requested) {
+      button("write", "Grant", "give them write access (until the room is unlocked)");
+      button("refuse", "Refuse", "turn their request down");
+    } else if (member.role === "member") {
+      if (member.write) button("read_only", "Read-only", "take their write access away");
+      else button("write", "Give write", "give them write access");
+    }
+    if (member.co_owner) button("not_owner", "Unmake co-owner", "make them a member again");
+    else if (member.role === "member") {
+      button("owner", "Make co-owner", "give them the host controls");
+    }
+    button("remove", "Remove", "disconnect them; their browser stays out until let back in");
+    if (this.linkOwner) {
+      button("remove-rotate", "Remove + new links", "remove them and rotate the links");
+    }
+    return box;
+  }
+}
+
+/** The member keys removed from the room (owners only), each with a way back. */
+export class RemovedKeys {
+  constructor(
+    private readonly list: HTMLElement,
+    private readonly readmit: (ref: string) => void,
+  ) {}
+
+  set(removed: RemovedKey[]): void {
+    const items = removed.map((entry) => {
+      const item = make("li", "removed-member");
+      item.dataset.ref = entry.ref;
+      item.append(make("span", "name", entry.name));
+      const back = make("button", "mini", "Let back in");
+      back.addEventListener("click", () => this.readmit(entry.ref));
+      item.append(back);
+      return item;
+    });
+    this.list.replaceChildren(...items);
+    const box = this.list.parentElement;
+    if (box) box.hidden = removed.length === 0;
   }
 }
 

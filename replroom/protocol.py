@@ -46,6 +46,10 @@ MAX_TOKEN: Final = 200
 MIN_MEMBER_KEY: Final = 22
 MAX_MEMBER_KEY: Final = 200
 MAX_REF: Final = 64  # a removed key's reference (a prefix of its hash)
+MAX_CHAT: Final = 2000  # characters of one chat message
+CHAT_HISTORY: Final = 500  # chat messages kept per room, and sent to newcomers
+CHAT_RATE: Final = 5  # chat messages a member key may send …
+CHAT_WINDOW: Final = 10.0  # … in this many seconds
 MAX_LANGUAGE: Final = 40
 MIN_COLS: Final = 10
 MAX_COLS: Final = 1000
@@ -100,6 +104,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     READ_ONLY = "read_only"
     NOT_ALLOWED = "not_allowed"
+    RATE_LIMITED = "rate_limited"
     FAILED = "failed"
     STORAGE = "storage"
     BUSY = "busy"
@@ -122,7 +127,12 @@ ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
     ),
     ErrorCode.NOT_ALLOWED: (
         "a host control sent by someone who is not an owner, an action on an owner by a "
-        "co-owner, an unknown member, Run or a language switch the owners reserved for themselves"
+        "co-owner, an unknown member, Run or a language switch the owners reserved for themselves, "
+        "a spectator's chat message when the owners do not let spectators write"
+    ),
+    ErrorCode.RATE_LIMITED: (
+        f"more than {CHAT_RATE} chat messages in {CHAT_WINDOW:g} s from one member: the message "
+        "was not sent"
     ),
     ErrorCode.FAILED: "the action could not be done, e.g. an unknown language or no sandbox",
     ErrorCode.STORAGE: (
@@ -375,6 +385,7 @@ class Controls(Message):
     locked: bool | None = None  # everyone but the owners is read-only
     run_locked: bool | None = None  # only owners may Run
     language_locked: bool | None = None  # only owners may switch the language
+    spectator_chat: bool | None = None  # spectators may write in the chat
 
 
 MemberActionName = Literal["read_only", "write", "owner", "not_owner", "remove", "refuse"]
@@ -407,6 +418,13 @@ class RequestWrite(Message):
     type: Literal["request_write"]
 
 
+class ChatSend(Message):
+    """A chat message: plain text (never HTML), at most ``MAX_CHAT`` characters."""
+
+    type: Literal["chat"]
+    text: str = Field(min_length=1, max_length=MAX_CHAT)
+
+
 ClientMessage = Annotated[
     Join
     | Resize
@@ -417,7 +435,8 @@ ClientMessage = Annotated[
     | Controls
     | MemberAction
     | Readmit
-    | RequestWrite,
+    | RequestWrite
+    | ChatSend,
     Field(discriminator="type"),
 ]
 client_message_adapter: Final[TypeAdapter[ClientMessage]] = TypeAdapter(ClientMessage)
@@ -478,6 +497,18 @@ class RoomControls(TypedDict):
     locked: bool
     run_locked: bool
     language_locked: bool
+    spectator_chat: bool
+
+
+class ChatEntry(TypedDict):
+    """One chat message: ``id`` counts up per room; ``at`` in seconds since the epoch."""
+
+    id: int
+    member: str
+    name: str
+    color: str
+    text: str
+    at: float
 
 
 class RemovedKey(TypedDict):
@@ -546,6 +577,7 @@ class Welcome(TypedDict):
     editor: NotRequired[EditorInfo]
     links: NotRequired[Links]
     removed: NotRequired[list[RemovedKey]]
+    chat: NotRequired[list[ChatEntry]]
 
 
 MemberEvent = Literal["joined", "left", "renamed", "changed", "removed", "requested"]
@@ -585,6 +617,13 @@ class Activity(TypedDict):
     language: str
     member: str
     by: str
+
+
+class ChatPosted(TypedDict):
+    """A member wrote in the chat."""
+
+    type: Literal["chat"]
+    message: ChatEntry
 
 
 class Typist(TypedDict):
@@ -657,6 +696,7 @@ ServerMessage = Annotated[
     | ControlsChanged
     | RemovedList
     | Activity
+    | ChatPosted
     | Typist
     | Status
     | Notice
@@ -693,6 +733,7 @@ def welcome(
     editor: EditorInfo | None = None,
     links: Links | None = None,
     removed: list[RemovedKey] | None = None,
+    chat: list[ChatEntry] | None = None,
 ) -> Welcome:
     message: Welcome = {
         "type": "welcome",
@@ -707,6 +748,8 @@ def welcome(
         message["links"] = links
     if removed is not None:
         message["removed"] = removed
+    if chat is not None:
+        message["chat"] = chat
     return message
 
 
@@ -731,6 +774,10 @@ def removed_list(removed: list[RemovedKey]) -> RemovedList:
 
 def activity(what: Literal["run", "restart"], language: str, member_id: str, by: str) -> Activity:
     return {"type": "activity", "what": what, "language": language, "member": member_id, "by": by}
+
+
+def chat_posted(entry: ChatEntry) -> ChatPosted:
+    return {"type": "chat", "message": entry}
 
 
 def typist(member_id: str, name: str, color: str) -> Typist:

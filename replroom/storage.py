@@ -38,7 +38,7 @@ from typing import Any
 
 import aiosqlite
 
-from replroom.protocol import MemberRole
+from replroom.protocol import ChatEntry, MemberRole
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         removed     INTEGER NOT NULL DEFAULT 0,
         updated_at  REAL NOT NULL,
         PRIMARY KEY (room_id, key_hash)
+    );
+    """,
+    # 4: the room's chat, its last messages (CHAT_HISTORY).
+    """
+    CREATE TABLE IF NOT EXISTS chat_messages (
+        room_id  TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+        seq      INTEGER NOT NULL,
+        member   TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        color    TEXT NOT NULL,
+        text     TEXT NOT NULL,
+        at       REAL NOT NULL,
+        PRIMARY KEY (room_id, seq)
     );
     """,
 )
@@ -263,15 +276,19 @@ class Store:
             await self.db.execute(sql, parameters)
             await self.db.commit()
         except sqlite3.Error as error:
-            # SQLite may keep the failed transaction open (SQLITE_FULL does):
-            # a later commit must not carry this write with it. (ValueError:
-            # aiosqlite's connection is already closed, nothing is left open.)
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await self.db.rollback()
-            full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
-            log.error("cannot %s: the database refused the write: %s", doing, error)
-            reason = "the server's disk is full" if full else "the server cannot save it"
-            raise StorageError(f"{reason} ({error})", full=full) from None
+            raise await self._failed(doing, error) from None
+
+    async def _failed(self, doing: str, error: sqlite3.Error) -> StorageError:
+        """Roll a failed write back whole, log it, and say why for people."""
+        # SQLite may keep the failed transaction open (SQLITE_FULL does):
+        # a later commit must not carry this write with it. (ValueError:
+        # aiosqlite's connection is already closed, nothing is left open.)
+        with contextlib.suppress(sqlite3.Error, ValueError):
+            await self.db.rollback()
+        full = getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        log.error("cannot %s: the database refused the write: %s", doing, error)
+        reason = "the server's disk is full" if full else "the server cannot save it"
+        return StorageError(f"{reason} ({error})", full=full)
 
     async def create_room(self, room: RoomRecord) -> None:
         await self._write(
@@ -340,6 +357,37 @@ class Store:
                 int(state.granted), int(state.removed), time.time(),
             ),
         )  # fmt: skip
+
+    async def chat_history(self, room_id: str, limit: int) -> list[ChatEntry]:
+        """The room's last ``limit`` chat messages, oldest first."""
+        cursor = await self.db.execute(
+            "SELECT seq, member, name, color, text, at FROM chat_messages WHERE room_id = ?"
+            " ORDER BY seq DESC LIMIT ?",
+            (room_id, limit),
+        )
+        rows = await cursor.fetchall()
+        return [
+            {"id": row["seq"], "member": row["member"], "name": row["name"],
+             "color": row["color"], "text": row["text"], "at": row["at"]}
+            for row in reversed(list(rows))
+        ]  # fmt: skip
+
+    async def add_chat(self, room_id: str, entry: ChatEntry, keep: int) -> None:
+        """Store a chat message, and forget the room's older than its last ``keep``."""
+        try:
+            await self.db.execute(
+                "INSERT INTO chat_messages (room_id, seq, member, name, color, text, at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (room_id, entry["id"], entry["member"], entry["name"], entry["color"],
+                 entry["text"], entry["at"]),
+            )  # fmt: skip
+            await self.db.execute(
+                "DELETE FROM chat_messages WHERE room_id = ? AND seq <= ?",
+                (room_id, entry["id"] - keep),
+            )
+            await self.db.commit()
+        except sqlite3.Error as error:
+            raise await self._failed("store a chat message", error) from None
 
     async def clear_grants(self, room_id: str) -> None:
         """Unlocking a room ends the write access granted while it was locked."""

@@ -343,7 +343,7 @@ async def test_decisions_outlive_a_server_restart(
         welcome = await bob.wait_message("welcome")
         assert welcome["you"]["write"] is False
         assert welcome["room"]["controls"] == {
-            "locked": False, "run_locked": True, "language_locked": False,
+            "locked": False, "run_locked": True, "language_locked": False, "spectator_chat": False,
         }  # fmt: skip
         carol = await join(server, room, opened, "carol", key=carol_key)
         assert (await carol.wait_message("welcome"))["you"]["role"] == "owner"

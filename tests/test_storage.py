@@ -14,7 +14,7 @@ import pytest
 
 from replroom import storage
 from replroom.editor import EditorSync
-from replroom.protocol import MemberRole
+from replroom.protocol import ChatEntry, MemberRole
 from replroom.storage import MIGRATIONS, SchemaTooNew, Store, connect, derive_token, migrate
 
 pytestmark = pytest.mark.fast
@@ -125,6 +125,26 @@ async def test_rooms_of_release_0_1_0_gain_member_keys_and_controls(tmp_path: Pa
         # A deleted room takes its keys with it.
         assert await store.delete_inactive(float("inf")) == [FIRST, SECOND]
         cursor = await store.db.execute("SELECT COUNT(*) FROM member_keys")
+        assert (await cursor.fetchone())[0] == 0  # type: ignore[index]
+    finally:
+        await store.close()
+
+
+async def test_a_rooms_chat_keeps_its_last_messages(tmp_path: Path) -> None:
+    db = build(RELEASE_0_1_0 / "replroom.sql", tmp_path / "replroom.sqlite3")
+    store = await Store.open(db)
+    try:
+        for n in range(1, 8):
+            entry: ChatEntry = {"id": n, "member": "m", "name": "Ada", "color": "#fff",
+                                "text": f"<b>{n}</b>", "at": 1000.0 + n}  # fmt: skip
+            await store.add_chat(FIRST, entry, keep=3)
+        assert [e["text"] for e in await store.chat_history(FIRST, 500)] == [
+            "<b>5</b>", "<b>6</b>", "<b>7</b>",
+        ]  # fmt: skip
+        assert [e["id"] for e in await store.chat_history(FIRST, 2)] == [6, 7]
+        assert await store.chat_history(SECOND, 500) == []
+        await store.delete_inactive(float("inf"))
+        cursor = await store.db.execute("SELECT COUNT(*) FROM chat_messages")
         assert (await cursor.fetchone())[0] == 0  # type: ignore[index]
     finally:
         await store.close()

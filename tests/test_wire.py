@@ -64,7 +64,12 @@ def test_the_messages_the_server_builds_match_their_types() -> None:
         },
         "cols": 80,
         "rows": 24,
-        "controls": {"locked": False, "run_locked": False, "language_locked": False},
+        "controls": {
+            "locked": False,
+            "run_locked": False,
+            "language_locked": False,
+            "spectator_chat": False,
+        },
     }
     messages = [
         protocol.welcome(room, member, [member], editor={"path": "/yjs/r1", "ticket": "t"}),
@@ -79,6 +84,9 @@ def test_the_messages_the_server_builds_match_their_types() -> None:
         protocol.removed_list([{"ref": "0123abcd", "name": "Eve"}]),
         protocol.activity("run", "python", "m1", "Ada"),
         protocol.typist("m1", "Ada", "#e06c75"),
+        protocol.chat_posted(
+            {"id": 1, "member": "m1", "name": "Ada", "color": "#e06c75", "text": "hi", "at": 1.5}
+        ),
         protocol.members_changed([member], "changed", member, "Ada"),
     ]
     for message in messages:

@@ -26,7 +26,7 @@ from replroom.room.members import Member, Members
 from replroom.storage import KeyState, RoomRecord, StorageError, Store
 
 REF_LENGTH = 16  # hex digits of a key's hash that name it to owners (64 bits)
-CONTROL_NAMES = ("locked", "run_locked", "language_locked")
+CONTROL_NAMES = ("locked", "run_locked", "language_locked", "spectator_chat")
 REMOVED_REASON = "an owner removed you from this room"
 
 
@@ -70,6 +70,7 @@ class HostControls:
             "locked": bool(settings.get("locked")),
             "run_locked": bool(settings.get("run_locked")),
             "language_locked": bool(settings.get("language_locked")),
+            "spectator_chat": bool(settings.get("spectator_chat")),
         }
 
     def removed(self) -> list[RemovedKey]:

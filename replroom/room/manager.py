@@ -150,7 +150,8 @@ class RoomManager:
             record = await self.store.get_room(room_id)
             if record is None:
                 return None
-            room = self.rooms[room_id] = Room(self, record)
+            chat = await self.store.chat_history(room_id, protocol.CHAT_HISTORY)
+            room = self.rooms[room_id] = Room(self, record, chat)
             metrics.ROOMS_ACTIVE.set(len(self.rooms))
             return room
 

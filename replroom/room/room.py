@@ -32,6 +32,7 @@ from replroom.protocol import (
     NoticeLevel,
     RoomInfo,
 )
+from replroom.room.chat import Chat
 from replroom.room.controls import HostControls, read_only_reason
 from replroom.room.members import Member, Members
 from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
@@ -66,7 +67,9 @@ class RoomHost(SandboxHost, Protocol):
 
 
 class Room:
-    def __init__(self, host: RoomHost, record: RoomRecord) -> None:
+    def __init__(
+        self, host: RoomHost, record: RoomRecord, chat: list[protocol.ChatEntry] | None = None
+    ) -> None:
         self.host = host
         self.record = record
         self.id = record.id
@@ -78,6 +81,7 @@ class Room:
         self.tasks = Background(record.id, told=(SandboxError, AtCapacity))
         self.supervisor = Supervisor(host, record, self.members, self.terminal, self.tasks)
         self.controls = HostControls(record, self.members, host.store)
+        self.chat = Chat(record, self.members, host.store, chat or [])
         self._idle_timer: asyncio.TimerHandle | None = None
         self._typist: str | None = None  # the id of who typed into the terminal last
 
@@ -149,7 +153,7 @@ class Room:
         removed = self.controls.removed() if member.role is MemberRole.OWNER else None
         welcome = protocol.welcome(
             self.describe(), member.view(), self.members.views(),
-            editor=editor, links=links, removed=removed,
+            editor=editor, links=links, removed=removed, chat=list(self.chat.history),
         )  # fmt: skip
         member.outbox.send_json(welcome)
         self.members.announce("joined", member)

@@ -255,6 +255,8 @@ async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage)
         await room.controls.readmit(member, message.ref)
     elif isinstance(message, protocol.RequestWrite):
         room.controls.request_write(member)
+    elif isinstance(message, protocol.ChatSend):
+        await room.chat.post(member, message.text)
 
 
 def _reply_error(member: Member, code: ErrorCode, message: str) -> None:

@@ -89,7 +89,8 @@ export type ClientMessage =
   | Controls
   | MemberAction
   | Readmit
-  | RequestWrite;
+  | RequestWrite
+  | ChatSend;
 export type ServerMessage =
   | Welcome
   | MembersChanged
@@ -99,6 +100,7 @@ export type ServerMessage =
   | ControlsChanged
   | RemovedList
   | Activity
+  | ChatPosted
   | Typist
   | Status
   | Notice
@@ -114,6 +116,7 @@ export type ErrorCode =
   | "too_large"
   | "read_only"
   | "not_allowed"
+  | "rate_limited"
   | "failed"
   | "storage"
   | "busy"
@@ -182,6 +185,7 @@ export interface Controls {
   locked?: boolean | null;
   run_locked?: boolean | null;
   language_locked?: boolean | null;
+  spectator_chat?: boolean | null;
 }
 /**
  * Owners: act on one member (by their `id`), for as long as their member key lasts.
@@ -210,6 +214,13 @@ export interface RequestWrite {
   type: "request_write";
 }
 /**
+ * A chat message: plain text (never HTML), at most `MAX_CHAT` characters.
+ */
+export interface ChatSend {
+  type: "chat";
+  text: string;
+}
+/**
  * The answer to a valid join.
  */
 export interface Welcome {
@@ -221,6 +232,7 @@ export interface Welcome {
   editor?: EditorInfo;
   links?: Links;
   removed?: RemovedKey[];
+  chat?: ChatEntry[];
 }
 /**
  * A room: its language, members, state, limits and terminal size.
@@ -281,6 +293,7 @@ export interface RoomControls {
   locked: boolean;
   run_locked: boolean;
   language_locked: boolean;
+  spectator_chat: boolean;
 }
 /**
  * Where this member's editor documents are synced: `{path}/{language}?ticket=…`.
@@ -302,6 +315,17 @@ export interface Links {
 export interface RemovedKey {
   ref: string;
   name: string;
+}
+/**
+ * One chat message: `id` counts up per room; `at` in seconds since the epoch.
+ */
+export interface ChatEntry {
+  id: number;
+  member: string;
+  name: string;
+  color: string;
+  text: string;
+  at: number;
 }
 /**
  * The member list after a change, and what changed (`changed`: role, write access,
@@ -362,6 +386,13 @@ export interface Activity {
   language: string;
   member: string;
   by: string;
+}
+/**
+ * A member wrote in the chat.
+ */
+export interface ChatPosted {
+  type: "chat";
+  message: ChatEntry;
 }
 /**
  * Who typed into the terminal last (sent when it changes to another member).

@@ -136,3 +136,61 @@ async def test_remove_bars_the_browser_until_let_back_in(people: People, server:
     page = await fresh.new_page()
     await page.goto(link(server, room, "invite"))
     await expect(page.locator("#banner")).to_contain_text("code 4003")
+
+
+async def send_chat(page: RoomPage, text: str) -> None:
+    await page.page.fill("#chat-input", text)
+    await page.page.press("#chat-input", "Enter")
+
+
+async def test_chat_is_text_with_links_and_code_for_the_editor(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    owner = await people.join(room, "owner", "Olga")
+    member = await people.join(room, "invite", "Max")
+    watcher = await people.join(room, "spectator", "Watcher")
+    await member.wait_screen(">>> ")
+    await member.wait_synced()
+    await owner.page.click("#chat-toggle")
+    await expect(owner.page.locator("#chat")).to_be_visible()
+    text = (
+        '<img src=x onerror="window.pwned = 1"> see https://example.org/a?b=1, '
+        "not javascript:alert(1) nor data:text/html,hi\n"
+        "```python\nprint('from' + ' chat')\n```"
+    )
+    await send_chat(owner, text)
+    # Closed panels count what came.
+    for page in (member, watcher):
+        await expect(page.page.locator("#chat-unread")).to_have_text("1")
+    await member.page.click("#chat-toggle")
+    await expect(member.page.locator("#chat-unread")).to_be_hidden()
+    body = member.page.locator("#chat-messages .chat-body").first
+    await expect(body).to_contain_text("<img src=x onerror=")
+    assert await body.locator("img").count() == 0
+    assert await member.page.evaluate("window.pwned") is None
+    links = body.locator("a")
+    await expect(links).to_have_count(1)
+    await expect(links).to_have_attribute("href", "https://example.org/a?b=1")
+    await expect(body.locator(".chat-code pre")).to_have_text("print('from' + ' chat')")
+    await member.screenshot("chat")
+    await body.locator(".chat-code button").click()
+    await member.wait_editor_contains("print('from' + ' chat')")
+    await member.page.click("#run")
+    await owner.wait_screen("from chat")
+
+    # Spectators read; they write once the owners let them.
+    await watcher.page.click("#chat-toggle")
+    await expect(watcher.page.locator("#chat-input")).to_be_disabled()
+    await expect(watcher.page.locator(".chat-code button")).to_be_disabled()
+    await owner.page.check("#chat-spectators")
+    await expect(watcher.page.locator("#chat-input")).to_be_enabled()
+    await send_chat(watcher, "thanks from the gallery")
+    await expect(owner.page.locator("#chat-messages")).to_contain_text("thanks from the gallery")
+
+    # Too many too fast: the server refuses the sixth, and the page says so.
+    for n in range(6):
+        await send_chat(member, f"quick {n}")
+    await member.wait_toast("at most 5 chat messages in 10 s")
+    await expect(owner.page.locator("#chat-messages")).to_contain_text("quick 4")
+    assert "quick 5" not in await owner.page.locator("#chat-messages").inner_text()

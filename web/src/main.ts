@@ -1,6 +1,7 @@
 // The room page: wires the room connection to the terminal, the editor and the page.
 
 import "./style.css";
+import { ChatPanel } from "./chat";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
 import {
   CLOSE_CODES,
@@ -61,7 +62,16 @@ class RoomPage {
   private readonly removedList = new RemovedKeys(byId("removed"), (ref) =>
     this.connection.send({ type: "readmit", ref }),
   );
-  private controls: RoomControls = { locked: false, run_locked: false, language_locked: false };
+  private controls: RoomControls = {
+    locked: false,
+    run_locked: false,
+    language_locked: false,
+    spectator_chat: false,
+  };
+  private readonly chat = new ChatPanel({
+    send: (text) => this.connection.send({ type: "chat", text }),
+    toEditor: (code) => this.codeToEditor(code),
+  });
   private readonly languageSelect = byId<HTMLSelectElement>("language");
 
   private name: string;
@@ -72,6 +82,8 @@ class RoomPage {
   private links: { invite?: string; spectator?: string } = {};
   private welcomed = 0;
   private warnedReadOnly = false;
+  /** The member whose removal, once the server confirms it, rotates the links. */
+  private rotateAfterRemoving: string | null = null;
   private joinedSize: Size | null = null;
   private editorRequested = false;
   private editorScheduled = false;
@@ -227,6 +239,13 @@ class RoomPage {
     asking.disabled = this.you?.requested === true;
     asking.textContent = this.you?.requested ? "Write access asked for…" : "Ask for write access";
     byId("host-controls").hidden = !owner;
+    const mayChat =
+      this.you !== null && (this.you.role !== "spectator" || this.controls.spectator_chat);
+    this.chat.setAccess(
+      online && mayChat,
+      write,
+      online ? "Spectators read the chat; the owners have not let them write" : "Not connected",
+    );
     byId("locked-note").hidden = !this.controls.locked;
     this.members.setHost(owner, this.isLinkOwner);
     this.syncEditor();
@@ -267,6 +286,7 @@ class RoomPage {
     this.controls = message.room.controls;
     this.showControls();
     this.removedList.set(message.removed ?? []);
+    this.chat.reset(message.chat ?? []);
     this.warnedReadOnly = false;
 
     this.showLinks(message);
@@ -335,6 +355,9 @@ class RoomPage {
       case "removed":
         this.removedList.set(message.removed);
         break;
+      case "chat":
+        this.chat.add(message.message, message.message.member === this.you?.id);
+        break;
       case "typist":
         this.showTypist(message.name, message.color);
         this.members.active(message.member, "typing");
@@ -379,7 +402,12 @@ class RoomPage {
       if (member.id !== you.id && (event === "joined" || event === "left")) {
         const role = member.role === "spectator" ? " (watching)" : "";
         toast(`${member.name}${role} ${event === "joined" ? "joined" : "left"}`, "info", 2500);
-      } else if (event === "removed" && member.id !== you.id) {
+      }
+      if (event === "removed" && member.id === this.rotateAfterRemoving) {
+        this.rotateAfterRemoving = null;
+        void this.rotate(false);
+      }
+      if (event === "removed" && member.id !== you.id) {
         toast(`${by ?? "An owner"} removed ${member.name} from the room`, "info", 4000);
       } else if (event === "requested" && this.isOwner) {
         toast(`${member.name} asks for write access (see the member list)`, "info", 8000);
@@ -410,6 +438,17 @@ class RoomPage {
     byId<HTMLInputElement>("lock-room").checked = this.controls.locked;
     byId<HTMLInputElement>("lock-run").checked = this.controls.run_locked;
     byId<HTMLInputElement>("lock-language").checked = this.controls.language_locked;
+    byId<HTMLInputElement>("chat-spectators").checked = this.controls.spectator_chat;
+  }
+
+  /** A chat code block's "Copy to editor": it replaces the editor's text (one undo step). */
+  private codeToEditor(code: string): void {
+    if (!this.canWrite || !this.editor) {
+      toast("You cannot edit now: the code was not copied.", "warning", 3000);
+      return;
+    }
+    this.editor.replace(code);
+    toast("Copied into the editor (Ctrl-Z takes it back)", "success", 3000);
   }
 
   private controlsChanged(controls: RoomControls, by: string): void {
@@ -424,6 +463,9 @@ class RoomPage {
         toast(text, "info", 5000, "controls");
       } else if (controls.run_locked !== before.run_locked) {
         toast(`${by} ${controls.run_locked ? "kept Run to the owners" : "let everyone Run"}`);
+      } else if (controls.spectator_chat !== before.spectator_chat) {
+        const what = controls.spectator_chat ? "let spectators chat" : "made the chat members-only";
+        toast(`${by} ${what}`);
       } else if (controls.language_locked !== before.language_locked) {
         const what = controls.language_locked
           ? "kept the language switch to the owners"
@@ -625,8 +667,10 @@ class RoomPage {
       if (!sure) return;
     }
     const sent = action === "remove-rotate" ? "remove" : action;
-    this.connection.send({ type: "member", member: memberId, action: sent });
-    if (action === "remove-rotate") void this.rotate(false);
+    if (!this.connection.send({ type: "member", member: memberId, action: sent })) return;
+    // The links are rotated once the server says the member is removed: rotating
+    // first would disconnect them as a link holder, and the removal would miss them.
+    if (action === "remove-rotate") this.rotateAfterRemoving = memberId;
   }
 
   private async rotate(ask = true): Promise<void> {
@@ -704,7 +748,7 @@ class RoomPage {
     byId("copy-invite").addEventListener("click", () => void this.copyLink("invite"));
     byId("copy-spectator").addEventListener("click", () => void this.copyLink("spectator"));
     byId("rotate").addEventListener("click", () => void this.rotate());
-    const control = (id: string, field: "locked" | "run_locked" | "language_locked") => {
+    const control = (id: string, field: keyof RoomControls) => {
       const box = byId<HTMLInputElement>(id);
       box.addEventListener("change", () => {
         if (!this.connection.send({ type: "controls", [field]: box.checked })) {
@@ -715,6 +759,7 @@ class RoomPage {
     control("lock-room", "locked");
     control("lock-run", "run_locked");
     control("lock-language", "language_locked");
+    control("chat-spectators", "spectator_chat");
     byId("request-write").addEventListener("click", () => {
       if (this.connection.send({ type: "request_write" })) {
         toast("Asked the owners for write access.", "info", 3000);

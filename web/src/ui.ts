@@ -180,7 +180,8 @@ export class MemberList {
       }
       if (member.requested) item.append(make("span", "badge requested", "asks to write"));
       const smallest = member.cols === smallestCols || member.rows === smallestRows;
-      const size = make("span", smallest ? "size smallest" : "size", `${member.cols}×${member.rows}`);
+      const sizeText = `${member.cols}×${member.rows}`;
+      const size = make("span", smallest ? "size smallest" : "size", sizeText);
       size.title = smallest
         ? "the smallest terminal in the room: it sets the shared size"
         : "this member's terminal size";

@@ -208,6 +208,10 @@ class RoomClient:
                 f" messages={self.messages[-10:]}"
             ) from None
 
+    async def wait_until(self, check: Any, what: str, timeout: float = TIMEOUT) -> Any:
+        """Wait until ``check()`` returns something true (that is returned) as messages come."""
+        return await self._until(check, what, timeout)
+
     async def wait_output(self, needle: bytes | str, *, after: int = 0,
                           timeout: float = TIMEOUT) -> int:  # fmt: skip
         """Wait for ``needle`` in the screen output past ``after``; return its end offset."""

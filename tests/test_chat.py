@@ -70,7 +70,7 @@ async def test_chat_is_plain_text_for_everyone_and_kept_for_newcomers(
     await say(alice, "  \n ")
     await alice.wait_message("error", code="bad_message", after=before)
     await say(alice, "x" * protocol.MAX_CHAT)  # the limit itself is fine
-    await bob._until(lambda: len(chats(bob)) == 2, "the long message", 30)
+    await bob.wait_until(lambda: len(chats(bob)) == 2, "the long message", 30)
 
 
 async def test_chat_rate_limit_is_per_member_key(
@@ -82,13 +82,15 @@ async def test_chat_rate_limit_is_per_member_key(
     bob = await join(server, room, opened, "bob", key=new_key())
     for n in range(protocol.CHAT_RATE):
         await say(first_tab if n % 2 else second_tab, f"message {n}")
-    await bob._until(lambda: len(chats(bob)) == protocol.CHAT_RATE, "five messages", 30)
+    await bob.wait_until(lambda: len(chats(bob)) == protocol.CHAT_RATE, "five messages", 30)
     before = len(first_tab.messages)
     await say(first_tab, "one too many")
     refused = await first_tab.wait_message("error", code="rate_limited", after=before)
     assert "at most 5 chat messages in 10 s" in refused["message"]
     await say(bob, "bob is not limited")
-    await first_tab._until(lambda: "bob is not limited" in chats(first_tab), "bob's message", 30)
+    await first_tab.wait_until(
+        lambda: "bob is not limited" in chats(first_tab), "bob's message", 30
+    )
     assert "one too many" not in chats(bob)
 
 
@@ -98,7 +100,9 @@ async def test_spectators_read_and_write_only_when_the_owners_allow(
     owner = await join(server, room, opened, "owner", token="owner", key=new_key())
     watcher = await join(server, room, opened, "watcher", token="spectator", key=new_key())
     await say(owner, "welcome, watcher")
-    await watcher._until(lambda: chats(watcher) == ["welcome, watcher"], "the owner's message", 30)
+    await watcher.wait_until(
+        lambda: chats(watcher) == ["welcome, watcher"], "the owner's message", 30
+    )
     before = len(watcher.messages)
     await say(watcher, "may I?")
     await watcher.wait_message("error", code="not_allowed", after=before)
@@ -106,14 +110,14 @@ async def test_spectators_read_and_write_only_when_the_owners_allow(
     changed = await watcher.wait_message("controls")
     assert changed["controls"]["spectator_chat"] is True
     await say(watcher, "thanks")
-    await owner._until(lambda: "thanks" in chats(owner), "the spectator's message", 30)
+    await owner.wait_until(lambda: "thanks" in chats(owner), "the spectator's message", 30)
     assert "may I?" not in chats(owner)
     # Writing in the chat is not writing in the room: a locked room's members still talk.
     bob = await join(server, room, opened, "bob", key=new_key())
     await owner.send({"type": "controls", "locked": True})
     await bob.wait_message("controls")
     await say(bob, "locked, still talking")
-    await owner._until(lambda: "locked, still talking" in chats(owner), "bob's message", 30)
+    await owner.wait_until(lambda: "locked, still talking" in chats(owner), "bob's message", 30)
 
 
 async def test_chat_outlives_a_server_restart(
@@ -126,7 +130,7 @@ async def test_chat_outlives_a_server_restart(
         alice = await join(server, room, opened, "alice", key=new_key())
         for text in ("before the restart", "```\nprint('code')\n```"):
             await say(alice, text)
-        await alice._until(lambda: len(chats(alice)) == 2, "both messages", 30)
+        await alice.wait_until(lambda: len(chats(alice)) == 2, "both messages", 30)
         await server.stop_async()
         await alice.wait_closed()
         server.start()

@@ -87,7 +87,7 @@ async def until_member(client: RoomClient, name: str, **fields: Any) -> dict[str
             return member
         return None
 
-    return await client._until(check, f"{name} with {fields}", 30)  # type: ignore[no-any-return]
+    return await client.wait_until(check, f"{name} with {fields}", 30)  # type: ignore[no-any-return]
 
 
 def member_id(client: RoomClient, name: str) -> str:
@@ -293,6 +293,10 @@ async def test_the_terminal_names_who_typed_last(
     await bob.type("3\r")
     second = await alice.wait_message("typist", name="bob")
     await alice.wait_output("123\r\n")
+    # A terminal's answer to a query (every member's terminal answers) is nobody typing.
+    await alice.type(b"\x1b[5;1R")
+    await alice.send({"type": "rename", "name": "alice"})  # handled after it, in order
+    await bob.wait_message("members", event="renamed")
     typists = [m["name"] for m in alice.messages if m["type"] == "typist"]
     assert typists == ["alice", "bob"] and second["member"] == member_id(alice, "bob")
     # Each member's terminal size is in the list.

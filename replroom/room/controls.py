@@ -23,7 +23,7 @@ import json
 from replroom import protocol
 from replroom.protocol import CloseCode, ErrorCode, MemberRole, RemovedKey, RoomControls
 from replroom.room.members import Member, Members
-from replroom.storage import KeyState, RoomRecord, StorageError, Store
+from replroom.storage import KeyState, RoomRecord, Store
 
 REF_LENGTH = 16  # hex digits of a key's hash that name it to owners (64 bits)
 CONTROL_NAMES = ("locked", "run_locked", "language_locked", "spectator_chat")
@@ -212,5 +212,3 @@ class HostControls:
         for owner in self.members.owners():
             owner.outbox.send_text(text)
 
-
-__all__ = ["HostControls", "Refusal", "StorageError", "read_only_reason"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import secrets
 from collections.abc import Callable
 from typing import Literal, Protocol, cast
@@ -43,6 +44,10 @@ from replroom.storage import RoomRecord, StorageError, Store, hash_token
 
 RUN_DIR = "/tmp/replroom-run"
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
+# What a member's terminal sends by itself, in answer to the REPL's queries (cursor
+# position, device attributes) or on focus changes: every member's terminal answers,
+# so it says nothing about who is typing.
+TERMINAL_ANSWERS = re.compile(rb"(?:\x1b\[\d+;\d+R|\x1b\[[?>]?[\d;]*c|\x1b\[[IO])+")
 BUSY = "the REPL is not reading its input (Ctrl-S stops it; restart it if it is stuck): dropped"
 
 
@@ -223,7 +228,8 @@ class Room:
         if repl is None or repl.process is None:
             return
         self.terminal.typed(repl.pane, data)
-        self._typed_by(member)
+        if not TERMINAL_ANSWERS.fullmatch(data):
+            self._typed_by(member)
         await _type(repl.process, data)
 
     def refuse_edit(self, member: Member, where: Literal["terminal", "editor"]) -> None:

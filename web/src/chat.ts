@@ -143,14 +143,14 @@ export class ChatPanel {
   reset(history: ChatEntry[]): void {
     this.list.replaceChildren();
     this.seen.clear();
-    for (const entry of history) this.append(entry, false);
+    for (const entry of history) this.append(entry);
     this.list.scrollTop = this.list.scrollHeight;
   }
 
   add(entry: ChatEntry, mine: boolean): void {
     if (this.seen.has(entry.id)) return;
     const atBottom = this.list.scrollHeight - this.list.scrollTop - this.list.clientHeight < 40;
-    this.append(entry, true);
+    this.append(entry);
     if (!this.open && !mine) {
       this.unread += 1;
       this.showUnread();
@@ -158,7 +158,7 @@ export class ChatPanel {
     if (atBottom || mine) this.list.scrollTop = this.list.scrollHeight;
   }
 
-  private append(entry: ChatEntry, _live: boolean): void {
+  private append(entry: ChatEntry): void {
     this.seen.add(entry.id);
     const item = make("li", "chat-message");
     item.dataset.id = String(entry.id);

@@ -55,6 +55,9 @@ WAIT = 10.0  # generous bound on any single wait; tests finish far sooner
 
 
 LEAVE: dict[str, asyncio.Event] = {}
+# /switch/{name}: whether its clients are read-only now, and how many updates were refused.
+READ_ONLY: dict[str, bool] = {}
+REFUSED: dict[str, int] = {}
 
 
 def make_app(editor: EditorSync) -> Starlette:
@@ -77,9 +80,22 @@ def make_app(editor: EditorSync) -> Starlette:
                 await task
         await websocket.close(4003, "the member left the room")
 
+    async def yjs_switched(websocket: WebSocket) -> None:
+        # As the app does: write access asked at each update (an owner may lock the room).
+        await websocket.accept()
+        name = websocket.path_params["name"]
+
+        def refused() -> None:
+            REFUSED[name] = REFUSED.get(name, 0) + 1
+
+        await editor.serve(
+            websocket, name, read_only=lambda: READ_ONLY.get(name, False), on_refused=refused
+        )
+
     return Starlette(
         routes=[
             WebSocketRoute("/yjs/{name:path}", yjs),
+            WebSocketRoute("/switch/{name:path}", yjs_switched),
             WebSocketRoute("/leave/{name:path}", yjs_until_leave),
         ]
     )
@@ -376,6 +392,27 @@ async def test_read_only_client_cannot_change_the_document(url: str, editor: Edi
         await viewer.close()
         await writer.wait_for(lambda: viewer.doc.client_id not in writer.awareness.states)
     assert await editor.text(f"{ROOM}/python") == "shared!"
+
+
+async def test_write_access_is_asked_at_each_update(url: str, editor: EditorSync) -> None:
+    name = f"{ROOM}/ruby"
+    switched = url.removesuffix("/yjs") + f"/switch/{name}"
+    async with clients(switched, switched, f"{url}/{name}") as (member, idle, other):
+        await member.insert(0, "one")
+        await other.wait_text("one")
+        await idle.wait_text("one")
+        READ_ONLY[name] = True  # locked, on the same connections
+        await member.insert(3, " two")
+        await member.send_awareness({"user": {"name": "member"}, "cursor": None})
+        await other.wait_for(lambda: member.doc.client_id in other.awareness.states)
+        assert str(other.text) == "one" and await editor.text(name) == "one"
+        assert REFUSED[name] == 1  # a live update, told; the syncs at connect were not
+        READ_ONLY[name] = False
+        # (The member's own later updates build on the dropped one: the page keeps a
+        # read-only member's editor read-only, so that it has none.)
+        await idle.insert(3, " three")
+        await other.wait_text("one three")
+    assert REFUSED[name] == 1
 
 
 async def test_content_survives_restart(tmp_path: Path) -> None:

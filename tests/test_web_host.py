@@ -5,10 +5,11 @@ in tests/test_host_controls.py; here the pages must show and follow them."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
-from playwright.async_api import expect
+from playwright.async_api import WebSocketRoute, expect
 
 from tests.client import Server
 from tests.test_web import People, browser, link, people, server
@@ -194,3 +195,60 @@ async def test_chat_is_text_with_links_and_code_for_the_editor(
     await member.wait_toast("at most 5 chat messages in 10 s")
     await expect(owner.page.locator("#chat-messages")).to_contain_text("quick 4")
     assert "quick 5" not in await owner.page.locator("#chat-messages").inner_text()
+
+
+async def test_an_edit_made_while_the_lock_was_on_its_way_is_taken_back(
+    people: People, server: Server
+) -> None:
+    """The race a lock has: a member edits before their page hears of it. The server
+    drops the edit; the page, told so, reloads its documents from the server's copy
+    (else its later edits would wait on the server for the dropped one)."""
+    room = await server.create_room()
+    owner = await people.join(room, "owner", "Olga")
+    await owner.wait_synced()
+    context = await people.context("Max")
+    page = await context.new_page()
+    late = {"hold": False}
+
+    def route(ws: WebSocketRoute) -> None:
+        # The member's room socket, passed through, except that while "hold" is on
+        # the news of the lock (controls, members) do not reach the page.
+        upstream = ws.connect_to_server()
+        ws.on_message(upstream.send)
+
+        def down(message: str | bytes) -> None:
+            held = (
+                isinstance(message, str)
+                and late["hold"]
+                and ('"type": "controls"' in message or '"type": "members"' in message)
+            )
+            if not held:
+                ws.send(message)
+
+        upstream.on_message(down)
+
+    await page.route_web_socket(re.compile(r"/ws/rooms/"), route)
+    await page.goto(link(server, room, "invite"))
+    member = RoomPage(page)
+    await member.wait_connected()
+    await member.wait_synced()
+    await member.click_editor_end()
+    await member.page.keyboard.type("kept = 1")
+    await owner.wait_editor_contains("kept = 1")
+    late["hold"] = True
+    await owner.page.check("#lock-room")
+    await expect(member_item(owner, "Max")).to_contain_text("read-only")
+    await member.page.keyboard.type(" # dropped")
+    await member.wait_toast("the room is locked")
+    await member.wait_editor("(doc) => doc === 'kept = 1'")
+    assert await owner.editor_text() == "kept = 1"
+    late["hold"] = False
+    await owner.page.uncheck("#lock-room")
+    await expect(member.page.locator("#editor .cm-content")).to_have_attribute(
+        "contenteditable", "true"
+    )
+    await member.click_editor_end()
+    await member.page.keyboard.type(" + 1")
+    await owner.wait_editor_contains("kept = 1 + 1")
+    assert "dropped" not in await owner.editor_text()
+    assert not [t for t in await member.toasts_shown() if "stopped syncing" in t]

@@ -149,6 +149,7 @@ export class SharedEditor {
   readonly view: EditorView;
   private readonly docs = new Map<string, LanguageDoc>();
   private current: LanguageDoc | null = null;
+  private shown: LanguageInfo | null = null;
   private endpoint: { serverUrl: string; ticket: string } | null = null;
   private user: EditorUser | null = null;
   private readOnly = false;
@@ -199,6 +200,7 @@ export class SharedEditor {
       this.applyUser(entry);
     }
     this.current = entry;
+    this.shown = language;
     this.view.setState(
       EditorState.create({
         doc: entry.text.toString(),
@@ -213,6 +215,24 @@ export class SharedEditor {
     );
     this.view.dom.dataset.language = language.name;
     this.syncChanged(entry);
+  }
+
+  /**
+   * Throw the local documents away and load them again from the server. After
+   * the server dropped an edit of this member (they had lost write access), the
+   * local Y.Doc holds what nobody else has, and every later edit of theirs would
+   * wait on the server for the dropped one: starting again from the server's
+   * copy is the only consistent state.
+   */
+  resync(): void {
+    const language = this.shown;
+    for (const entry of this.docs.values()) {
+      entry.provider.destroy();
+      entry.doc.destroy();
+    }
+    this.docs.clear();
+    this.current = null;
+    if (language) this.show(language);
   }
 
   setUser(user: EditorUser): void {

@@ -375,6 +375,9 @@ class RoomPage {
         if (message.code === "read_only") {
           if (!this.warnedReadOnly) toast(message.message, "warning", 6000, "read-only");
           this.warnedReadOnly = true;
+          // An edit may have been dropped (sent before this page knew): the editor's
+          // documents start again from the server's copy.
+          this.editor?.resync();
         } else {
           toast(message.message, "error");
           if (message.code === "failed") this.languageSelect.value = this.language;

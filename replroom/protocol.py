@@ -132,7 +132,7 @@ ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
     ),
     ErrorCode.RATE_LIMITED: (
         f"more than {CHAT_RATE} chat messages in {CHAT_WINDOW:g} s from one member: the message "
-        "was not sent"
+        "was not sent; or a request for write access within 10 s of the last one"
     ),
     ErrorCode.FAILED: "the action could not be done, e.g. an unknown language or no sandbox",
     ErrorCode.STORAGE: (

@@ -177,6 +177,9 @@ async def test_lock_leaves_only_the_owners_writing_and_a_request_can_be_granted(
     await until_member(owner, "bob", requested=True)
     await act(owner, "bob", "refuse")
     await until_member(bob, "bob", requested=False, write=False)
+    before = len(bob.messages)
+    await bob.send({"type": "request_write"})  # at once again: the owners are not flooded
+    await bob.wait_message("error", code="rate_limited", after=before)
 
     # Unlocking ends the grants: locked again, alice is read-only again.
     await owner.send({"type": "controls", "locked": False})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 from replroom import protocol
 from replroom.protocol import CloseCode, ErrorCode, MemberRole, RemovedKey, RoomControls
@@ -28,6 +29,7 @@ from replroom.storage import KeyState, RoomRecord, Store
 REF_LENGTH = 16  # hex digits of a key's hash that name it to owners (64 bits)
 CONTROL_NAMES = ("locked", "run_locked", "language_locked", "spectator_chat")
 REMOVED_REASON = "an owner removed you from this room"
+REQUEST_PAUSE = 10.0  # seconds before a member key may ask for write access again
 
 
 class Refusal(Exception):
@@ -61,6 +63,7 @@ class HostControls:
         self.record = record
         self.members = members
         self.store = store
+        self._asked: dict[str, float] = {}  # by key hash: when it last asked for write access
 
     # -- what the room's pages show ------------------------------------------------
 
@@ -187,6 +190,14 @@ class HostControls:
             raise not_allowed("spectators cannot ask for write access: ask for the invitation link")
         if member.requested:
             return
+        now = time.monotonic()
+        since = now - self._asked.get(member.key_hash, -REQUEST_PAUSE)
+        if since < REQUEST_PAUSE:  # a refused member must not flood the owners with requests
+            raise Refusal(
+                ErrorCode.RATE_LIMITED,
+                f"you asked {since:.0f} s ago: ask again in {REQUEST_PAUSE - since:.0f} s",
+            )
+        self._asked[member.key_hash] = now
         member.requested = True
         self.members.announce("requested", member)
 
@@ -211,4 +222,3 @@ class HostControls:
         text = json.dumps(protocol.removed_list(self.removed()))
         for owner in self.members.owners():
             owner.outbox.send_text(text)
-

@@ -272,8 +272,13 @@ class Store:
 
     async def _write(self, doing: str, sql: str, parameters: tuple[Any, ...]) -> None:
         """One statement in its own transaction: committed, or rolled back and raised."""
+        await self._write_all(doing, [(sql, parameters)])
+
+    async def _write_all(self, doing: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Statements in one transaction: all committed, or all rolled back and raised."""
         try:
-            await self.db.execute(sql, parameters)
+            for sql, parameters in statements:
+                await self.db.execute(sql, parameters)
             await self.db.commit()
         except sqlite3.Error as error:
             raise await self._failed(doing, error) from None
@@ -328,12 +333,17 @@ class Store:
         }
         return RoomRecord(**values)
 
-    async def set_settings(self, room_id: str, settings: dict[str, Any]) -> None:
-        await self._write(
-            "change the room's controls",
-            "UPDATE rooms SET settings = ? WHERE id = ?",
-            (json.dumps(settings), room_id),
-        )
+    async def set_settings(
+        self, room_id: str, settings: dict[str, Any], *, clear_grants: bool = False
+    ) -> None:
+        """Store the room's settings; ``clear_grants``: and end the write access granted in
+        the locked room (unlocking it), in the same transaction."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("UPDATE rooms SET settings = ? WHERE id = ?", (json.dumps(settings), room_id))
+        ]
+        if clear_grants:
+            statements.append(("UPDATE member_keys SET granted = 0 WHERE room_id = ?", (room_id,)))
+        await self._write_all("change the room's controls", statements)
 
     async def set_key(self, room_id: str, key_hash: str, state: KeyState) -> None:
         """Store what the owners decided about a member key (a key with nothing is deleted)."""
@@ -374,27 +384,15 @@ class Store:
 
     async def add_chat(self, room_id: str, entry: ChatEntry, keep: int) -> None:
         """Store a chat message, and forget the room's older than its last ``keep``."""
-        try:
-            await self.db.execute(
-                "INSERT INTO chat_messages (room_id, seq, member, name, color, text, at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (room_id, entry["id"], entry["member"], entry["name"], entry["color"],
-                 entry["text"], entry["at"]),
-            )  # fmt: skip
-            await self.db.execute(
-                "DELETE FROM chat_messages WHERE room_id = ? AND seq <= ?",
-                (room_id, entry["id"] - keep),
-            )
-            await self.db.commit()
-        except sqlite3.Error as error:
-            raise await self._failed("store a chat message", error) from None
-
-    async def clear_grants(self, room_id: str) -> None:
-        """Unlocking a room ends the write access granted while it was locked."""
-        await self._write(
-            "unlock the room",
-            "UPDATE member_keys SET granted = 0 WHERE room_id = ?",
-            (room_id,),
+        row = (room_id, entry["id"], entry["member"], entry["name"], entry["color"],
+               entry["text"], entry["at"])  # fmt: skip
+        insert = (
+            "INSERT INTO chat_messages (room_id, seq, member, name, color, text, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        )
+        forget = "DELETE FROM chat_messages WHERE room_id = ? AND seq <= ?"
+        await self._write_all(
+            "store a chat message", [(insert, row), (forget, (room_id, entry["id"] - keep))]
         )
 
     async def set_language(self, room_id: str, language: str) -> None:

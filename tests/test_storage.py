@@ -103,11 +103,10 @@ async def test_rooms_of_release_0_1_0_gain_member_keys_and_controls(tmp_path: Pa
     try:
         record = await store.get_room(SECOND)
         assert record is not None and record.keys == {}
-        await store.set_settings(SECOND, {**record.settings, "locked": True})
         await store.set_key(SECOND, "hash-a", storage.KeyState("Ada", read_only=True))
         await store.set_key(SECOND, "hash-b", storage.KeyState("Bob", removed=True))
         await store.set_key(SECOND, "hash-c", storage.KeyState("Cy", granted=True))
-        await store.clear_grants(SECOND)
+        await store.set_settings(SECOND, {**record.settings, "locked": True}, clear_grants=True)
     finally:
         await store.close()
     store = await Store.open(db)  # reopened: nothing lives only in memory

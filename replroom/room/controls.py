@@ -115,9 +115,9 @@ class HostControls:
             return
         settings = {**self.record.settings, **wanted}
         unlocking = bool(self.record.settings.get("locked")) and not settings.get("locked")
-        await self.store.set_settings(self.record.id, settings)
-        if unlocking:  # the grants were for the locked room
-            await self.store.clear_grants(self.record.id)
+        # Unlocking ends the grants, which were for the locked room: one write for both.
+        await self.store.set_settings(self.record.id, settings, clear_grants=unlocking)
+        if unlocking:
             for key_hash, key in list(self.record.keys.items()):
                 self._put(key_hash, dataclasses.replace(key, granted=False))
             for member in self.members:
@@ -191,7 +191,8 @@ class HostControls:
         if member.requested:
             return
         now = time.monotonic()
-        since = now - self._asked.get(member.key_hash, -REQUEST_PAUSE)
+        asked = self._asked.get(member.key_hash)
+        since = REQUEST_PAUSE if asked is None else now - asked
         if since < REQUEST_PAUSE:  # a refused member must not flood the owners with requests
             raise Refusal(
                 ErrorCode.RATE_LIMITED,

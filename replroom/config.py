@@ -232,6 +232,13 @@ class Settings(BaseSettings):
         description="terminal output bytes a room may send per second; "
         "a faster REPL is slowed down",
     )
+    screen_scrollback: int = Field(
+        1000,
+        ge=0,
+        le=100_000,
+        description="lines of scrollback the server keeps of each REPL's screen, which a late "
+        "joiner or a reconnecting member gets above the screen",
+    )
     health_interval: float = Field(2.0, gt=0, description="seconds between sandbox health checks")
     pool_size: int | None = Field(
         None,

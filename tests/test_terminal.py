@@ -1,4 +1,4 @@
-"""The shared terminal's parts on their own: replay, outbox, rate limit, flood skipping.
+"""The shared terminal's parts on their own: outbox, rate limit, flood skipping, prompt.
 
 No root, no sandbox, no server: ``make test-fast`` runs these. The rooms tests
 (test_rooms.py) show the same parts at work behind a real server.
@@ -17,53 +17,13 @@ from replroom.room.terminal import (
     HARD_LIMIT,
     HIGH_WATER,
     LOW_WATER,
-    SGR_RESET,
     Frame,
     Outbox,
     Pane,
     RateLimit,
-    Replay,
 )
 
 pytestmark = pytest.mark.fast
-
-
-# -- replay ---------------------------------------------------------------------------
-
-
-def test_replay_keeps_the_latest_output_within_its_limit() -> None:
-    replay = Replay(limit=100)
-    for i in range(50):
-        replay.append(f"line {i:02d}\r\n".encode())  # 9 bytes each
-    snapshot = replay.snapshot()
-    assert snapshot.startswith(SGR_RESET)
-    body = snapshot.removeprefix(SGR_RESET)
-    assert body.endswith(b"line 49\r\n")
-    assert len(body) <= 100
-    assert b"line 38" not in body  # older lines went
-
-
-def test_replay_snapshot_starts_at_a_line_never_inside_a_sequence() -> None:
-    replay = Replay(limit=16)
-    replay.append(b"\x1b[31mred text that runs long\x1b[0m\nnext\n" + "é".encode() * 3)
-    body = replay.snapshot().removeprefix(SGR_RESET)
-    assert body == b"next\n" + "é".encode() * 3
-
-
-def test_replay_of_one_long_line_without_newline_is_empty_rather_than_cut() -> None:
-    replay = Replay(limit=8)
-    replay.append(b"x" * 40)
-    assert replay.snapshot() == b""
-
-
-def test_replay_tail_and_clear() -> None:
-    replay = Replay()
-    replay.append(b"Python 3\r\n")
-    replay.append(b">>> ")
-    assert replay.tail(4) == b">>> "
-    assert replay.tail() == b"Python 3\r\n>>> "
-    replay.clear()
-    assert replay.snapshot() == b"" and replay.tail() == b""
 
 
 # -- outbox ---------------------------------------------------------------------------
@@ -257,9 +217,9 @@ def test_ctrl_c_in_a_flood_drops_output_until_the_prompt() -> None:
     assert not pane.skipping
 
 
-def test_pane_notices_its_prompt() -> None:
+async def test_pane_notices_its_prompt() -> None:
     pane = Pane(get_language("python"))
-    pane.record(b"Python 3.11\r\n")
+    pane.record(b"Python 3.11\r\n", (80, 24))
     assert not pane.prompt_shown.is_set()
-    pane.record(b">>> ")
+    pane.record(b">>> ", (80, 24))
     assert pane.prompt_shown.is_set()

@@ -80,7 +80,10 @@ class Room:
         self.id = record.id
         self.members = Members(record.id)
         self.terminal = SharedTerminal(
-            host.settings.output_rate, lambda: record.language, self.members.outboxes
+            host.settings.output_rate,
+            lambda: record.language,
+            self.members.outboxes,
+            scrollback=host.settings.screen_scrollback,
         )
         # Sandbox failures in the background were told to the members (and logged).
         self.tasks = Background(record.id, told=(SandboxError, AtCapacity))

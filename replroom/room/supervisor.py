@@ -502,7 +502,7 @@ class Supervisor:
             if repl.state in (ReplState.RUNNING, ReplState.EXITED):
                 repl.move_to(ReplState.STOPPED)
             repl.restarts.clear()
-            repl.pane.replay.clear()
+            repl.pane.clear()
             self.terminal.redraw()
             await self._start_repl(repl)
 

@@ -1,16 +1,18 @@
 """The shared terminal: every member sees the same screen, as in tmux.
 
-Each REPL has a :class:`Pane` (tmux's word): its output so far, bounded by a
-:class:`Replay` that brings a late joiner's screen up to date, whether its
-prompt has shown, and the dropping of a flood's output after Ctrl-C. The
-:class:`SharedTerminal` shows one pane, the room's language, to every member.
+Each REPL has a :class:`Pane` (tmux's word): its exact :class:`Screen`
+(replroom.room.screen), which rebuilds the terminal of a late joiner, a
+reconnecting member, a member that fell behind and everyone at a language
+switch; whether its prompt has shown; and the dropping of a flood's output
+after Ctrl-C. The :class:`SharedTerminal` shows one pane, the room's
+language, to every member.
 
 Output goes to every member's :class:`Outbox`; each outbox has its own sender
 task, so a slow member never delays the others, and sends at once, without
 waking that task, what the member's connection takes at once. An outbox holds at most
 ``HARD_LIMIT`` bytes of terminal output: past that its queued output is
 dropped and, once the member catches up, the screen is rebuilt from the
-replay. The terminal stops reading the shown REPL's pty while every member is
+pane's screen. The terminal stops reading the shown REPL's pty while every member is
 above ``HIGH_WATER`` (flow control), which throttles the REPL itself, and
 never relays more than the room's output rate (:class:`RateLimit`).
 """
@@ -25,62 +27,21 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from replroom import metrics, protocol
 from replroom.languages import Language
+from replroom.room.screen import Frame as ScreenFrame
+from replroom.room.screen import Screen
 from replroom.sandbox import Process
 
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 HARD_LIMIT = 1024 * 1024
-REPLAY_LIMIT = 256 * 1024
 FRAME_LIMIT = 64 * 1024  # queued output is sent in frames of up to this size
-SGR_RESET = b"\x1b[0m"
+PROMPT_TAIL = 512  # the latest output looked at for a REPL's prompt
+DEFAULT_SCROLLBACK = 1000
 SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
 SKIP_TAIL = 4096
 
-Frame = str | bytes
+Frame = ScreenFrame  # what goes to a member: a JSON message (str) or terminal output
 Sender = Callable[[Frame], Awaitable[None]]
-
-
-class Replay:
-    """The most recent output of a terminal, to bring a new viewer's screen up to date."""
-
-    def __init__(self, limit: int = REPLAY_LIMIT) -> None:
-        self.limit = limit
-        self._chunks: deque[bytes] = deque()
-        self._size = 0
-
-    def append(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._size += len(data)
-        while self._size - len(self._chunks[0]) >= self.limit:
-            self._size -= len(self._chunks.popleft())
-
-    def tail(self, size: int = 512) -> bytes:
-        """The last ``size`` bytes or so (whole chunks), to look for a prompt."""
-        parts: list[bytes] = []
-        length = 0
-        for chunk in reversed(self._chunks):
-            parts.append(chunk)
-            length += len(chunk)
-            if length >= size:
-                break
-        return b"".join(reversed(parts))[-size:]
-
-    def clear(self) -> None:
-        self._chunks.clear()
-        self._size = 0
-
-    def snapshot(self) -> bytes:
-        """Recent output that starts at the beginning of a line.
-
-        Starting after a newline means never starting inside an escape
-        sequence or a UTF-8 character, so the replay renders as it first did.
-        """
-        data = b"".join(self._chunks)
-        if len(data) > self.limit:
-            data = data[-self.limit :]
-            newline = data.find(b"\n")
-            data = data[newline + 1 :] if newline >= 0 else b""
-        return SGR_RESET + data if data else b""
 
 
 class RateLimit:
@@ -156,7 +117,7 @@ class Outbox:
         self._wakeup.set()
 
     def replace_screen(self, frames: list[Frame]) -> None:
-        """Drop queued output and send ``frames`` (a terminal reset and a replay) instead."""
+        """Drop queued output and send ``frames`` (a terminal reset and the screen) instead."""
         self._drop_output()
         self.resync = None
         for frame in frames:
@@ -229,9 +190,10 @@ class Outbox:
 class Pane:
     """One REPL's screen as the room keeps it, whether or not it is shown now."""
 
-    def __init__(self, language: Language) -> None:
+    def __init__(self, language: Language, screen: Screen | None = None) -> None:
         self.language = language
-        self.replay = Replay()
+        self.screen = screen or Screen(DEFAULT_SCROLLBACK, (80, 24))
+        self._recent = b""  # the latest output, until the prompt shows
         # Set once the REPL shows its prompt: input typed before that may be
         # thrown away by the REPL's line editor as it starts (irb does).
         self.prompt_shown = asyncio.Event()
@@ -239,11 +201,19 @@ class Pane:
         self._skip_tail = b""
         self._skipped = 0
 
-    def record(self, chunk: bytes) -> None:
-        """Keep output for the replay, and notice the REPL's prompt."""
-        self.replay.append(chunk)
-        if not self.prompt_shown.is_set() and self.language.ready(self.replay.tail()):
-            self.prompt_shown.set()
+    def record(self, chunk: bytes, size: tuple[int, int]) -> None:
+        """Keep output on the screen (of ``size``), and notice the REPL's prompt."""
+        self.screen.feed(chunk, size)
+        if not self.prompt_shown.is_set():
+            self._recent = (self._recent + chunk)[-PROMPT_TAIL:]
+            if self.language.ready(self._recent):
+                self.prompt_shown.set()
+                self._recent = b""
+
+    def clear(self) -> None:
+        """A blank screen (the REPL is restarted)."""
+        self.screen.clear()
+        self._recent = b""
 
     def start_skipping(self) -> None:
         self._skip_until = time.monotonic() + SKIP_SECONDS
@@ -281,9 +251,14 @@ class SharedTerminal:
     """
 
     def __init__(
-        self, rate: int, shown: Callable[[], str], outboxes: Callable[[], Iterable[Outbox]]
+        self,
+        rate: int,
+        shown: Callable[[], str],
+        outboxes: Callable[[], Iterable[Outbox]],
+        scrollback: int = DEFAULT_SCROLLBACK,
     ) -> None:
         self.panes: dict[str, Pane] = {}
+        self.scrollback = scrollback
         self.cols, self.rows = 80, 24
         self._shown = shown
         self._outboxes = outboxes
@@ -292,7 +267,11 @@ class SharedTerminal:
         self._output_allowed.set()
 
     def pane(self, language: Language) -> Pane:
-        return self.panes.setdefault(language.name, Pane(language))
+        pane = self.panes.get(language.name)
+        if pane is None:
+            screen = Screen(self.scrollback, (self.cols, self.rows))
+            pane = self.panes[language.name] = Pane(language, screen)
+        return pane
 
     def is_shown(self, pane: Pane) -> bool:
         return pane.language.name == self._shown()
@@ -301,26 +280,24 @@ class SharedTerminal:
         return Outbox(send, self.resume)
 
     def screen(self) -> list[Frame]:
-        """What rebuilds a member's screen: a terminal reset, then the shown pane's replay."""
+        """What rebuilds a member's screen: a terminal reset, then the shown pane's screen."""
         language = self._shown()
         frames: list[Frame] = [json.dumps(protocol.terminal_reset(language))]
         pane = self.panes.get(language)
         if pane:
-            snapshot = pane.replay.snapshot()
-            if snapshot:
-                frames.append(snapshot)
+            frames += pane.screen.frames((self.cols, self.rows))
         return frames
 
     def redraw(self, outboxes: Iterable[Outbox] | None = None) -> None:
-        """Rebuild the screen of ``outboxes`` (everyone's by default) from the replay."""
-        screen = self.screen()  # built once: the replay may be 256 KiB
+        """Rebuild the screen of ``outboxes`` (everyone's by default) from the shown pane's."""
+        screen = self.screen()  # built once for all of them
         for outbox in self._outboxes() if outboxes is None else outboxes:
             outbox.replace_screen(screen)
 
     def write(self, pane: Pane, text: str) -> None:
         """Put a note of ours (not the REPL's) on a pane, as if the REPL had printed it."""
         data = text.encode()
-        pane.replay.append(data)
+        pane.record(data, (self.cols, self.rows))
         if self.is_shown(pane):
             for outbox in self._outboxes():
                 outbox.send_output(data, self.screen)
@@ -357,7 +334,7 @@ class SharedTerminal:
                     continue
             else:
                 await self._rate.spend(len(chunk))
-            pane.record(chunk)
+            pane.record(chunk, (self.cols, self.rows))
             if self.is_shown(pane):
                 outboxes = list(self._outboxes())
                 for outbox in outboxes:

@@ -1,6 +1,7 @@
-"""Sandbox benchmark: start latency, REPL prompt latency, idle memory, destroy time.
+"""Sandbox benchmark: start latency, REPL prompt latency and memory per language, destroy time.
 
     .venv/bin/python bench/sandbox.py [--backends bwrap,docker-runc,docker-runsc] [--runs 20]
+                                      [--languages all|python,lua,...]
 
 Prints one table per backend. Docker backends need DOCKER_HOST (scripts/dockerd
 start prints it). Figures are measured here, never asserted.
@@ -18,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from figures import line
 
 from replroom.config import Limits, Settings, format_size
-from replroom.image import recipe_image
+from replroom.image import current_image, recipe_image
 from replroom.languages import LANGUAGES, Language
 from replroom.sandbox import Backend, Sandbox, make_backend
 
@@ -90,6 +91,17 @@ async def idle_memory(backend: Backend) -> tuple[int, int, int]:
         await sandbox.destroy()
 
 
+async def repl_memory(backend: Backend, language: Language) -> int:
+    """The sandbox's memory with ``language``'s REPL at its prompt (bytes)."""
+    sandbox = await backend.create(room(), LIMITS)
+    try:
+        await wait_for_prompt(sandbox, language)
+        await settle()
+        return (await sandbox.stats()).memory_bytes
+    finally:
+        await sandbox.destroy()
+
+
 async def settle() -> None:
     # Let the just-started processes finish faulting in their pages.
     await asyncio.sleep(0.5)
@@ -120,9 +132,12 @@ async def bench_backend(name: str, settings: Settings, runs: int) -> None:
             await one_true()
         print(f"create -> `true` ran       {describe(true_times)}")
         print(f"destroy                    {describe(destroy_times)}")
-        for language in LANGUAGES.values():
+        for language_name in settings.languages:
+            language = LANGUAGES[language_name]
             samples = await repeat(runs, lambda lang=language: create_then_prompt(backend, lang))
-            print(f"create -> {language.name:<6} prompt     {describe(samples)}")
+            memory = await repl_memory(backend, language)
+            print(f"create -> {language_name:<10} prompt {describe(samples)}; "
+                  f"at its prompt {format_size(memory)}")  # fmt: skip
         empty, with_process, with_repl = await idle_memory(backend)
         print(f"idle sandbox memory        {format_size(empty)} empty, "
               f"{format_size(with_process)} with one idle process")  # fmt: skip
@@ -135,8 +150,14 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="bwrap,docker-runc,docker-runsc")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument(
+        "--languages", default="all", help="comma-separated, or all (their packs must be built)"
+    )
     args = parser.parse_args()
-    base = Settings()
+    names = list(LANGUAGES) if args.languages == "all" else args.languages.split(",")
+    base = Settings(languages=tuple(names), default_language=names[0])
+    if current_image(base) is None:
+        raise SystemExit(f"not built: replroom image build --languages {','.join(names)}")
     print(f"limits: {LIMITS.describe()}; {os.cpu_count()} CPUs")
     for name in args.backends.split(","):
         if name == "bwrap":

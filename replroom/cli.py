@@ -72,7 +72,18 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from replroom.image import build_image  # noqa: PLC0415
     from replroom.server_image import build_server_image  # noqa: PLC0415
 
-    settings = _settings(args)
+    overrides: dict[str, object] = {}
+    if args.languages:
+        names = tuple(name.strip() for name in args.languages.split(",") if name.strip())
+        overrides["languages"] = names
+        # The image does not care which language rooms start in.
+        try:
+            default = Settings().default_language
+        except ValidationError:
+            default = ""
+        if names and default not in names:
+            overrides["default_language"] = names[0]
+    settings = _settings(args, **overrides)
     build = build_server_image if args.server else build_image
     try:
         image = build(settings, docker=args.docker, force=args.force)
@@ -82,6 +93,26 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     print(f"{'server' if args.server else 'room'} image {image.id}: {image.rootfs}")
     if args.docker:
         print(f"docker image: {image.docker_tag}")
+    return 0
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    from replroom.packs import list_images_and_packs  # noqa: PLC0415
+
+    for line in list_images_and_packs(_settings(args)):
+        print(line)
+    return 0
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    from replroom.image import prune_images  # noqa: PLC0415
+
+    try:
+        removed = prune_images(_settings(args))
+    except SandboxError as error:
+        print(f"replroom: error: {error}", file=sys.stderr)
+        return 1
+    print(f"removed {len(removed)} image(s) and pack(s)")
     return 0
 
 
@@ -367,7 +398,19 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--server", action="store_true", help="the server's own image instead (deploy/compose.yaml)"
     )
+    build.add_argument(
+        "--languages",
+        metavar="NAMES",
+        help="the languages whose packs to build, comma-separated (default: the `languages` "
+        "setting)",
+    )
     build.set_defaults(func=cmd_image_build)
+    listing = image.add_parser("list", help="the base images, language packs and room images here")
+    listing.set_defaults(func=cmd_image_list)
+    prune = image.add_parser(
+        "prune", help="remove the images and packs that the current settings do not use"
+    )
+    prune.set_defaults(func=cmd_image_prune)
 
     sandbox = commands.add_parser("sandbox", help="run things in a sandbox").add_subparsers(
         dest="sandbox_command", required=True, parser_class=_Parser

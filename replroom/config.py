@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
@@ -216,7 +217,13 @@ class Settings(BaseSettings):
         json_schema_extra=_shown_default("none"),
     )
     default_language: str = Field(
-        "python", description="language of a new room; one of `replroom/languages.py`"
+        "python", description="language of a new room; one of `languages`"
+    )
+    # NoDecode: the environment gives "python,lua", not JSON.
+    languages: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("python", "node", "ruby", "bash"),
+        description="the languages rooms offer, in the picker's order (comma-separated in the "
+        "environment); each one beyond the base image's is a language pack (docs/image.md)",
     )
     idle_timeout: float = Field(600, ge=0, description="seconds an empty room keeps its sandbox")
     room_retention: float = Field(30 * 86400, ge=0, description="seconds an unused room is kept")
@@ -276,14 +283,35 @@ class Settings(BaseSettings):
         kind = self.backend if self.backend != "docker" else f"docker with {self.docker_runtime}"
         return min(_POOL_SIZES[kind], self.max_sandboxes - 1)
 
-    @field_validator("default_language")
+    @field_validator("languages", mode="before")
     @classmethod
-    def _known_language(cls, name: str) -> str:
+    def _comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("languages")
+    @classmethod
+    def _known_languages(cls, names: tuple[str, ...]) -> tuple[str, ...]:
         from replroom.languages import LANGUAGES  # noqa: PLC0415 - languages imports nothing of ours
 
-        if name not in LANGUAGES:
-            raise ValueError(f"unknown language {name!r} (known: {', '.join(LANGUAGES)})")
-        return name
+        if not names:
+            raise ValueError("at least one language must be enabled")
+        for name in names:
+            if name not in LANGUAGES:
+                raise ValueError(f"unknown language {name!r} (known: {', '.join(LANGUAGES)})")
+        if len(set(names)) != len(names):
+            raise ValueError("a language is listed twice")
+        return names
+
+    @model_validator(mode="after")
+    def _default_language_enabled(self) -> Settings:
+        if self.default_language not in self.languages:
+            raise ValueError(
+                f"default_language {self.default_language!r} is not one of the enabled "
+                f"languages ({', '.join(self.languages)})"
+            )
+        return self
 
     @property
     def max_sandboxes(self) -> int:

@@ -71,9 +71,22 @@ class ImageError(SandboxError):
 
 
 @dataclass(frozen=True)
+class PackLayer:
+    """A language pack (``packs.py``) built for one base image: its files, ready to layer."""
+
+    id: str  # the hash of the base image's id, the pack's packages and its build steps
+    name: str
+    tree: Path
+
+
+@dataclass(frozen=True)
 class RoomImage:
+    """A room's root filesystem: the base image, or the base with language packs over it."""
+
     id: str  # the recipe's hash
     rootfs: Path
+    base: RoomImage | None = None  # with packs: the image they are layered on
+    layers: tuple[PackLayer, ...] = ()  # bottom first
 
     @property
     def docker_tag(self) -> str:
@@ -84,10 +97,14 @@ class RoomImage:
 
 
 def recipe() -> dict[str, Any]:
-    """What goes into the image; everything that changes its content is here."""
+    """What goes into the base image; everything that changes its content is here.
+
+    Languages with a pack of their own are not in it (``packs.py``).
+    """
     packages = set(BASE_PACKAGES)
     for language in LANGUAGES.values():
-        packages.update(language.packages)
+        if language.pack is None:
+            packages.update(language.packages)
     return {
         "suite": SUITE,
         "variant": VARIANT,
@@ -211,21 +228,40 @@ def _image_dir(settings: Settings, image_id: str) -> Path:
     return settings.image_dir / image_id
 
 
-def recipe_image(settings: Settings | None = None) -> RoomImage:
-    """The image the current recipe names, whether it is built on this host or not.
-
-    What the backends are given (``make_backend``): the docker backend needs
-    only its tag, which follows from the recipe.
-    """
+def base_image(settings: Settings | None = None) -> RoomImage:
+    """The base image the current recipe names, whether it is built on this host or not."""
     settings = settings or get_settings()
     image_id = recipe_id()
     return RoomImage(image_id, _image_dir(settings, image_id) / "rootfs")
 
 
+def recipe_image(settings: Settings | None = None) -> RoomImage:
+    """The room image of the current recipe and enabled languages, built or not.
+
+    What the backends are given (``make_backend``): the docker backend needs
+    only its tag, which follows from the recipe and the packs.
+    """
+    from replroom.packs import room_image  # noqa: PLC0415 - packs builds on this module
+
+    settings = settings or get_settings()
+    return room_image(base_image(settings), settings)
+
+
 def current_image(settings: Settings | None = None) -> RoomImage | None:
-    """The built image for the current recipe, or None if it has not been built."""
+    """The room image, built and (with packs) mounted; None if something is not built.
+
+    Raises :class:`ImageError` when the packs are built but cannot be mounted
+    (not root).
+    """
+    from replroom.packs import mount_room_image  # noqa: PLC0415 - packs builds on this module
+
+    settings = settings or get_settings()
     image = recipe_image(settings)
-    return image if image.rootfs.is_dir() else None
+    if image.base is None:
+        return image if image.rootfs.is_dir() else None
+    if not image.base.rootfs.is_dir() or not all(layer.tree.is_dir() for layer in image.layers):
+        return None
+    return mount_room_image(image, progress=lambda _message: None)
 
 
 def require_image(settings: Settings | None = None) -> RoomImage:
@@ -249,17 +285,22 @@ def list_images(settings: Settings | None = None) -> list[RoomImage]:
 
 
 def prune_images(settings: Settings | None = None, progress: Progress = print) -> list[str]:
-    """Remove every cached image except the current recipe's; return the removed ids.
+    """Remove every cached image and pack except the current ones; return the removed ids.
 
-    Rooms still running on a removed image lose their root filesystem: stop
-    them first.
+    Current: the base image of the recipe, the room image of the enabled
+    languages and its packs. Rooms still running on a removed image lose
+    their root filesystem: stop them first.
     """
+    from replroom.packs import prune_packs  # noqa: PLC0415 - packs builds on this module
+
     settings = settings or get_settings()
-    keep = recipe_id()
+    current = recipe_image(settings)
+    keep = {current.id, current.base.id if current.base else current.id}
     removed = []
     with _build_lock(settings, progress):
+        removed += prune_packs(settings, current, progress)
         for image in list_images(settings):
-            if image.id != keep:
+            if image.id not in keep:
                 _remove_tree(image.rootfs.parent)
                 removed.append(image.id)
                 progress(f"removed image {image.id}")
@@ -286,17 +327,19 @@ def build_image(
     rebuilds even when the image exists; rooms running on it should be
     restarted afterwards.
     """
+    from replroom.packs import build_packs  # noqa: PLC0415 - packs builds on this module
+
     settings = settings or get_settings()
-    image = current_image(settings)
-    if image is None or force:
+    base = base_image(settings)
+    if not base.rootfs.is_dir() or force:
         with _build_lock(settings, progress) as lock_fd:
-            image = current_image(settings)
-            if image is None or force:
-                image = _build(settings, progress, lock_fd=lock_fd)
+            if not base.rootfs.is_dir() or force:
+                base = _build(settings, progress, lock_fd=lock_fd)
             else:
-                progress(f"image {image.id} was just built by another process")
+                progress(f"image {base.id} was just built by another process")
     else:
-        progress(f"image {image.id} is up to date: {image.rootfs}")
+        progress(f"image {base.id} is up to date: {base.rootfs}")
+    image = build_packs(settings, base, progress)
     if docker:
         try:
             asyncio.get_running_loop()
@@ -333,8 +376,10 @@ def check_can_build(what: str) -> None:
 
 
 @contextlib.contextmanager
-def building_rootfs(directory: Path, progress: Progress = print) -> Iterator[Path]:
-    """A work directory that becomes ``directory/rootfs`` only once it is complete.
+def building_rootfs(
+    directory: Path, progress: Progress = print, *, name: str = "rootfs"
+) -> Iterator[Path]:
+    """A work directory that becomes ``directory/<name>`` only once it is complete.
 
     The caller fills the yielded path; on success it replaces any earlier
     ``rootfs`` (renamed aside first, so the place is never empty), on failure
@@ -342,15 +387,15 @@ def building_rootfs(directory: Path, progress: Progress = print) -> Iterator[Pat
     caller holds the build lock, so no build is using it.
     """
     directory.mkdir(parents=True, exist_ok=True)
-    for stale in directory.glob("rootfs.*"):
+    for stale in directory.glob(f"{name}.*"):
         progress(f"removing leftovers of an interrupted build: {stale}")
         _remove_tree(stale)
-    work = directory / f"rootfs.building-{os.getpid()}"
-    final = directory / "rootfs"
+    work = directory / f"{name}.building-{os.getpid()}"
+    final = directory / name
     try:
         yield work
         if final.exists():
-            old = directory / f"rootfs.old-{os.getpid()}"
+            old = directory / f"{name}.old-{os.getpid()}"
             final.rename(old)
             work.rename(final)
             _remove_tree(old)
@@ -471,6 +516,15 @@ def _post_install(rootfs: Path, image_id: str, spec: dict[str, Any]) -> None:
     _write(rootfs, "etc/resolv.conf", "")
     _write(rootfs, "etc/replroom-image", json.dumps({"id": image_id, **spec}, indent=2) + "\n")
 
+    _trim(rootfs)
+    # debootstrap's own working files (removed by itself on success).
+    _remove_tree(rootfs / "debootstrap")
+
+    _defer_rlcompleter_imports(rootfs)
+    _strip_setuid(rootfs)
+
+
+def _trim(rootfs: Path) -> None:
     # Rooms never install packages (no network), so apt's and dpkg's caches,
     # documentation and translations are dead weight. Copyright files stay.
     for directory in (
@@ -482,7 +536,8 @@ def _post_install(rootfs: Path, image_id: str, spec: dict[str, Any]) -> None:
         "usr/share/locale",
         "usr/share/lintian",
     ):
-        _empty_dir(rootfs / directory)
+        if (rootfs / directory).is_dir():
+            _empty_dir(rootfs / directory)
     doc = rootfs / "usr/share/doc"
     if doc.is_dir():
         for entry in doc.iterdir():
@@ -490,11 +545,9 @@ def _post_install(rootfs: Path, image_id: str, spec: dict[str, Any]) -> None:
                 for item in entry.iterdir():
                     if item.name != "copyright":
                         _remove_tree(item)
-    # debootstrap's own working files (removed by itself on success).
-    _remove_tree(rootfs / "debootstrap")
 
-    _defer_rlcompleter_imports(rootfs)
 
+def _strip_setuid(rootfs: Path) -> None:
     # Sandboxes set no-new-privileges, but a setuid binary that cannot gain
     # anything is still better off not being setuid at all.
     for path in _walk_files(rootfs):
@@ -628,6 +681,12 @@ async def import_to_docker(
     memory. Returns False when the tag already exists (nothing to do).
     ``docker_host`` defaults to ``DOCKER_HOST`` or the local socket.
     """
+    if image.base is not None:
+        from replroom.packs import build_docker_image  # noqa: PLC0415 - packs builds on this
+
+        await import_to_docker(image.base, docker_host, progress=progress)
+        async with aiodocker.Docker(url=docker_host) as client:
+            return await build_docker_image(image, client, progress=progress)
     async with aiodocker.Docker(url=docker_host) as client:
         try:
             await client.images.inspect(image.docker_tag)

@@ -8,6 +8,7 @@ REPL, and how to tell that the REPL waits for input.
 
 from __future__ import annotations
 
+import base64
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -36,6 +37,9 @@ class Language:
     load_format: str  # the load line, with "{path}" for the quoted path
     quote: Callable[[str], str]  # turns a path into a literal of the language
     repl_env: Mapping[str, str] = field(default_factory=_frozen, hash=False)
+    # The language pack that holds ``packages`` (replroom/packs.py), or None
+    # when they are in the base image every room starts from.
+    pack: str | None = None
 
     @property
     def filename(self) -> str:
@@ -121,6 +125,86 @@ def shell_word(text: str) -> str:
     return "$'" + "".join(out) + "'"
 
 
+def _escaped(text: str, specials: str, byte_escape: Callable[[int], str]) -> str:
+    """``text`` double-quoted: ``specials`` backslash-escaped, other non-plain bytes escaped."""
+    out = []
+    for char in text:
+        if char in specials:
+            out.append("\\" + char)
+        elif _is_plain(char):
+            out.append(char)
+        else:
+            out.extend(byte_escape(byte) for byte in char.encode("utf-8", "surrogateescape"))
+    return '"' + "".join(out) + '"'
+
+
+def lua_string(text: str) -> str:
+    """A Lua literal: three decimal digits per escaped byte, so no digit after one is taken in."""
+    return _escaped(text, '\\"', lambda byte: f"\\{byte:03d}")
+
+
+def php_string(text: str) -> str:
+    """A double-quoted PHP literal; ``$`` is escaped so that nothing interpolates."""
+    return _escaped(text, '\\"$', lambda byte: f"\\x{byte:02x}")
+
+
+def perl_string(text: str) -> str:
+    """A double-quoted Perl literal; ``$`` and ``@`` are escaped so that nothing interpolates."""
+    return _escaped(text, '\\"$@', lambda byte: f"\\x{byte:02x}")
+
+
+def r_string(text: str) -> str:
+    """A double-quoted R literal (its bytes, as the file system names them)."""
+    return _escaped(text, '\\"', lambda byte: f"\\x{byte:02x}")
+
+
+def elixir_string(text: str) -> str:
+    """An Elixir string; ``#`` is escaped so that nothing interpolates."""
+    _code_points(text, "elixir")
+    out = []
+    for char in text:
+        if char in '\\"#':
+            out.append("\\" + char)
+        elif _is_plain(char):
+            out.append(char)
+        else:
+            out.append(f"\\u{{{ord(char):x}}}")
+    return '"' + "".join(out) + '"'
+
+
+def sqlite_argument(text: str) -> str:
+    """A double-quoted argument of a sqlite3 dot-command (C escapes, octal bytes)."""
+    return _escaped(text, '\\"', lambda byte: f"\\{byte:03o}")
+
+
+def _code_points(text: str, language: str) -> None:
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        raise ValueError(f"{language} cannot name a path that is not UTF-8: {text!r}")
+
+
+def scheme_string(text: str) -> str:
+    """A Guile string literal; other characters as ``\\xHEX;`` code points."""
+    _code_points(text, "scheme")
+    out = []
+    for char in text:
+        if char in '\\"':
+            out.append("\\" + char)
+        elif _is_plain(char):
+            out.append(char)
+        else:
+            out.append(f"\\x{ord(char):x};")
+    return '"' + "".join(out) + '"'
+
+
+def lisp_string(text: str) -> str:
+    """A Common Lisp string form; with characters beyond printable ASCII, built from codes."""
+    _code_points(text, "common lisp")
+    if _is_plain(text):
+        return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    codes = " ".join(str(ord(char)) for char in text)
+    return f"(map 'string #'code-char '({codes}))"
+
+
 def node_load_path(text: str) -> str:
     # Node's .load takes the rest of the line, stripped, as the file name and
     # has no quoting at all: every other path is used as it is.
@@ -139,6 +223,21 @@ def _relative_as_path(quote: Callable[[str], str]) -> Callable[[str], str]:
 
 
 # ------------------------------------------------------------ the registry
+
+# php -a has no Ctrl-C of its own: SIGINT would end the REPL and its state.
+# This handler, run before the shell starts, turns it into an exception that
+# the shell reports and survives. (A data: URL, so that no file has to be
+# added to the pack; the room has no network, so the include setting it needs
+# opens nothing else.) The quotes keep the ";" from starting an INI comment.
+_PHP_INTERRUPT = 'auto_prepend_file="data://text/plain;base64,{}"'.format(
+    base64.b64encode(
+        b"<?php pcntl_async_signals(true);"
+        b' pcntl_signal(SIGINT, function () { throw new Exception("interrupted"); });'
+    ).decode()
+)
+# The debugger's own Ctrl-C only stops code it is stepping through, not what
+# is typed at its prompt: there, it becomes an error the prompt reports.
+_PERL_INTERRUPT = 'BEGIN { require "perl5db.pl"; $SIG{INT} = sub { die "interrupted\\n" } }'
 
 BASH_PS1 = r"room:\w\$ "
 
@@ -168,6 +267,7 @@ LANGUAGES: dict[str, Language] = {
             packages=("nodejs",),
             extension=".js",
             editor_mode="javascript",
+            pack="node",
             repl=("node",),
             run=("node", "{path}"),
             prompt=re.compile(rb"(?<![.>])> \Z"),
@@ -185,6 +285,7 @@ LANGUAGES: dict[str, Language] = {
             name="ruby",
             title="Ruby",
             packages=("ruby",),  # irb comes with it in bookworm
+            pack="ruby",
             extension=".rb",
             editor_mode="ruby",
             # irb's default editor (Reline) asks the terminal for the cursor
@@ -216,6 +317,122 @@ LANGUAGES: dict[str, Language] = {
             load_format="source {path}",
             quote=_relative_as_path(shell_word),
             repl_env=_frozen({"PS1": BASH_PS1}),
+        ),
+        Language(
+            name="lua",
+            title="Lua 5.4",
+            packages=("lua5.4",),
+            pack="lua",
+            extension=".lua",
+            editor_mode="lua",
+            repl=("lua5.4",),
+            run=("lua5.4", "{path}"),
+            prompt=re.compile(rb"(?<![>])> \Z"),
+            # Globals and functions stay defined; the file's locals do not.
+            load_format="dofile({path})",
+            quote=lua_string,
+        ),
+        Language(
+            name="php",
+            title="PHP",
+            packages=("php8.2-cli", "php8.2-readline"),
+            pack="php",
+            extension=".php",
+            editor_mode="php",
+            repl=("php", "-d", "allow_url_include=1", "-d", _PHP_INTERRUPT, "-a"),
+            run=("php", "{path}"),
+            prompt=re.compile(rb"php > \Z"),
+            load_format="include {path};",
+            quote=php_string,
+        ),
+        Language(
+            name="perl",
+            title="Perl",
+            packages=("perl", "libterm-readline-gnu-perl"),
+            pack="perl",
+            extension=".pl",
+            editor_mode="perl",
+            # Perl has no REPL of its own; its debugger on an empty program
+            # is the usual one (history and editing through GNU readline).
+            repl=("perl", "-de0"),
+            run=("perl", "{path}"),
+            prompt=re.compile(rb"DB<+\d+>+ \Z"),
+            load_format="do {path}; print $@ if $@;",
+            quote=perl_string,
+            # No underlined prompt: the debugger's "ornaments".
+            repl_env=_frozen({"PERL_RL": "Gnu o=0", "PERL5DB": _PERL_INTERRUPT}),
+        ),
+        Language(
+            name="sqlite",
+            title="SQLite",
+            packages=("sqlite3",),
+            pack="sqlite",
+            extension=".sql",
+            editor_mode="sql",
+            repl=("sqlite3",),
+            run=("sh", "-c", 'exec sqlite3 -bail :memory: < "$1"', "sqlite3", "{path}"),
+            prompt=re.compile(rb"sqlite> \Z"),
+            load_format=".read {path}",
+            quote=sqlite_argument,
+        ),
+        Language(
+            name="scheme",
+            title="Scheme (Guile)",
+            packages=("guile-3.0",),
+            pack="scheme",
+            extension=".scm",
+            editor_mode="scheme",
+            repl=("guile",),
+            run=("guile", "{path}"),
+            # " [1]" after an error or Ctrl-C: the debugger's level.
+            prompt=re.compile(rb"scheme@\([^)\r\n]*\)(?: \[\d+\])?> \Z"),
+            load_format="(load {path})",
+            quote=scheme_string,
+            # Compiling each loaded file would write to ~/.cache and print notes.
+            repl_env=_frozen({"GUILE_AUTO_COMPILE": "0"}),
+        ),
+        Language(
+            name="commonlisp",
+            title="Common Lisp (SBCL)",
+            packages=("sbcl",),
+            pack="commonlisp",
+            extension=".lisp",
+            editor_mode="commonlisp",
+            repl=("sbcl", "--noinform"),
+            run=("sbcl", "--script", "{path}"),
+            # "0] " after an error or Ctrl-C: the debugger's level.
+            prompt=re.compile(rb"(?:\A|\n)(?:\*|\d+\]) \Z"),
+            load_format="(load {path})",
+            quote=lisp_string,
+        ),
+        Language(
+            name="elixir",
+            title="Elixir",
+            packages=("elixir",),
+            pack="elixir",
+            extension=".exs",
+            editor_mode="elixir",
+            # +Bc: Ctrl-C interrupts the running evaluation (the shell and its
+            # variables stay) instead of opening the emulator's BREAK menu.
+            repl=("iex", "--erl", "+Bc"),
+            run=("elixir", "{path}"),
+            prompt=re.compile(rb"iex\(\d+\)> \Z"),
+            # The file's modules and its variables stay defined.
+            load_format="import_file({path})",
+            quote=elixir_string,
+        ),
+        Language(
+            name="r",
+            title="R",
+            packages=("r-base-core",),
+            pack="r",
+            extension=".R",
+            editor_mode="r",
+            repl=("R", "--no-save", "--no-restore", "--quiet"),
+            run=("Rscript", "{path}"),
+            prompt=re.compile(rb"(?:\A|\n)> \Z"),
+            load_format="source({path})",
+            quote=r_string,
         ),
     )
 }

@@ -140,7 +140,9 @@ def test_recipe_id_is_stable() -> None:
 @pytest.mark.fast
 def test_recipe_id_changes_with_the_recipe() -> None:
     spec = recipe()
-    assert {"python3", "nodejs", "ruby", "bash", "util-linux"} <= set(spec["packages"])
+    assert {"python3", "bash", "util-linux", "less"} <= set(spec["packages"])
+    # Languages with a pack of their own are not in the base image.
+    assert not {"nodejs", "ruby", "lua5.4"} & set(spec["packages"])
     with_extra = {**spec, "packages": sorted([*spec["packages"], "gawk"])}
     assert recipe_id(with_extra) != recipe_id(spec)
     next_post_install = {**spec, "post_install": spec["post_install"] + 1}
@@ -158,7 +160,8 @@ def test_missing_image_says_how_to_build_it(tmp_path: Path) -> None:
 
 @pytest.mark.fast
 def test_prune_keeps_the_current_image(tmp_path: Path) -> None:
-    settings = Settings(image_dir=tmp_path / "images")
+    # Only the base image's languages: the room image is the base itself.
+    settings = Settings(image_dir=tmp_path / "images", languages=("python", "bash"))
     for image_id in ("0123456789ab", recipe_id()):
         (settings.image_dir / image_id / "rootfs" / "etc").mkdir(parents=True)
     (settings.image_dir / "unfinished" / "rootfs.building-1").mkdir(parents=True)
@@ -190,8 +193,12 @@ def built() -> tuple[RoomImage, list[str]]:
 def test_build_makes_a_complete_image(built: tuple[RoomImage, list[str]]) -> None:
     image, messages = built
     assert image == current_image()
-    assert image.id == recipe_id()
+    # The default languages include some with packs: the room image is the
+    # base with those packs layered over it.
+    assert image.base is not None and image.base.id == recipe_id()
+    assert [layer.name for layer in image.layers] == ["node", "ruby"]
     assert image.rootfs.name == "rootfs" and image.rootfs.parent.name == image.id
+    assert not list(image.base.rootfs.parent.glob("rootfs.*")), "leftovers of a build"
     assert image.docker_tag == f"replroom-room:{image.id}"
     # Either it was just built (debootstrap's stages were reported) or it was cached.
     assert any("I: Base system installed successfully" in m for m in messages) or any(

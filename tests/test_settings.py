@@ -17,8 +17,20 @@ def test_the_image_dir_does_not_follow_the_data_dir() -> None:
 
 
 def test_an_unknown_default_language_is_refused() -> None:
-    with pytest.raises(ValidationError, match="unknown language 'cobol'"):
+    with pytest.raises(ValidationError, match="default_language 'cobol' is not one of the enabled"):
         Settings(default_language="cobol")
+
+
+def test_languages_come_comma_separated_and_must_be_known(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REPLROOM_LANGUAGES", "python, lua,sqlite")
+    assert Settings().languages == ("python", "lua", "sqlite")
+    with pytest.raises(ValidationError, match="unknown language 'cobol'"):
+        Settings(languages=("python", "cobol"))
+    with pytest.raises(ValidationError, match="default_language 'python' is not one of"):
+        Settings(languages=("lua",))
+    assert Settings(languages=("lua",), default_language="lua").languages == ("lua",)
 
 
 @pytest.mark.parametrize(("budget", "pool", "accepted"), [("512m", 2, False), ("1g", 2, True)])

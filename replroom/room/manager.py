@@ -21,7 +21,7 @@ from typing import Any
 
 from replroom import metrics, protocol
 from replroom.config import Settings, format_size
-from replroom.languages import LANGUAGES, get_language
+from replroom.languages import get_language
 from replroom.pool import SandboxPool, Started
 from replroom.protocol import CloseCode, EditorInfo, Links, MemberRole
 from replroom.room.controls import REMOVED_REASON
@@ -203,7 +203,7 @@ class RoomManager:
     def editor_member(self, ticket: str, room_id: str, language: str) -> Member | None:
         """Who holds this editor ticket, if it is valid for this room's document."""
         member = self._tickets.get(ticket)
-        if member is None or member.room_id != room_id or language not in LANGUAGES:
+        if member is None or member.room_id != room_id or language not in self.settings.languages:
             return None
         return member
 

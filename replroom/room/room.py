@@ -22,7 +22,7 @@ from typing import Literal, Protocol, cast
 
 from replroom import protocol
 from replroom.config import Limits
-from replroom.languages import LANGUAGES, get_language
+from replroom.languages import Language, UnknownLanguage, get_language
 from replroom.protocol import (
     EditorInfo,
     ErrorCode,
@@ -76,6 +76,9 @@ class Room:
         self, host: RoomHost, record: RoomRecord, chat: list[protocol.ChatEntry] | None = None
     ) -> None:
         self.host = host
+        if record.language not in host.settings.languages:
+            # The operator has since disabled the room's language.
+            record.language = host.settings.default_language
         self.record = record
         self.id = record.id
         self.members = Members(record.id)
@@ -110,7 +113,10 @@ class Room:
             "id": self.id,
             "language": self.language,
             # Language.describe() gives exactly LanguageInfo's keys (a plain dict).
-            "languages": [cast(LanguageInfo, lang.describe()) for lang in LANGUAGES.values()],
+            "languages": [
+                cast(LanguageInfo, get_language(name).describe())
+                for name in self.host.settings.languages
+            ],
             "members": self.members.views(),
             "sandbox": self.supervisor.sandboxes.state,
             "repl": self.supervisor.repl_state(self.language),
@@ -253,9 +259,17 @@ class Room:
         self._typist = member.id
         self.members.broadcast(protocol.typist(member.id, member.name, member.color))
 
+    def _enabled_language(self, name: str) -> Language:
+        if name not in self.host.settings.languages:
+            raise UnknownLanguage(
+                f"unknown language {name!r} (this server offers: "
+                f"{', '.join(self.host.settings.languages)})"
+            )
+        return get_language(name)
+
     async def switch_language(self, member: Member, language_name: str) -> None:
         self.controls.check_language(member)
-        language = get_language(language_name)
+        language = self._enabled_language(language_name)
         if language.name == self.language:
             return
         try:
@@ -275,7 +289,7 @@ class Room:
     async def run_code(self, member: Member, code: str, language_name: str | None) -> None:
         """Write ``code`` into the sandbox and type the line that loads it into the live REPL."""
         self.controls.check_run(member)
-        language = get_language(language_name or self.language)
+        language = self._enabled_language(language_name or self.language)
         if language.name != self.language:
             await self.switch_language(member, language.name)
         repl = await self.supervisor.ensure_repl(language.name)

@@ -1,0 +1,134 @@
+"""Language packs: built once per base image, layered read-only, offered only when enabled."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import aiodocker
+import pytest
+
+from replroom.config import Settings
+from replroom.image import RoomImage, base_image, build_image, current_image, recipe_image
+from replroom.packs import all_packs, is_mounted, list_images_and_packs, packs_for
+from tests.client import RoomClient, Server
+
+SMALL = Settings(languages=("python", "lua", "sqlite", "bash"))
+
+
+@pytest.mark.fast
+def test_packs_follow_the_enabled_languages() -> None:
+    assert [pack.name for pack in packs_for(("python", "bash"))] == []
+    assert [pack.name for pack in packs_for(("sqlite", "python", "lua"))] == ["lua", "sqlite"]
+    assert {pack.name for pack in all_packs()} >= {"node", "ruby", "lua", "r", "elixir"}
+    # The room image's id names the base and the packs: another set, another image.
+    assert recipe_image(SMALL).id != recipe_image(Settings()).id
+    assert recipe_image(Settings(languages=("python", "bash"))) == base_image()
+
+
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("debootstrap") is None,
+    reason="building packs needs root (a chroot and an overlay mount) and debootstrap",
+)
+
+
+@pytest.fixture(scope="module")
+def small() -> tuple[RoomImage, list[str]]:
+    messages: list[str] = []
+    return build_image(SMALL, progress=messages.append), messages
+
+
+@needs_root
+def test_a_room_image_is_the_base_with_its_packs_read_only(
+    small: tuple[RoomImage, list[str]],
+) -> None:
+    image = small[0]
+    assert image.base == base_image() and [layer.name for layer in image.layers] == [
+        "lua",
+        "sqlite",
+    ]
+    assert current_image(SMALL) == image and is_mounted(image)
+    assert os.statvfs(image.rootfs).f_flag & os.ST_RDONLY
+    for program in ("lua5.4", "sqlite3", "python3", "bash"):
+        assert (image.rootfs / "usr/bin" / program).exists(), program
+    assert not (image.base.rootfs / "usr/bin/lua5.4").exists(), "the base stays as it was"
+    # Each pack holds only what its packages add to the base.
+    lua = image.layers[0].tree
+    assert (lua / "usr/bin/lua5.4").exists() and not (lua / "usr/bin/python3").exists()
+    assert not (lua / "var/lib/dpkg").exists(), "a pack carries no package manager state"
+
+
+@needs_root
+def test_packs_hold_no_whiteouts_and_nothing_setuid(small: tuple[RoomImage, list[str]]) -> None:
+    for layer in small[0].layers:
+        found = subprocess.run(
+            ["find", str(layer.tree), "(", "-type", "c", "-o", "-perm", "/6000", ")"],
+            capture_output=True, text=True, check=True,
+        ).stdout  # fmt: skip
+        assert found == "", found
+
+
+@needs_root
+def test_a_second_build_reuses_the_packs(small: tuple[RoomImage, list[str]]) -> None:
+    image = small[0]
+    before = [layer.tree.stat().st_ino for layer in image.layers]
+    messages: list[str] = []
+    assert build_image(SMALL, progress=messages.append) == image
+    assert not any("pack lua" in message for message in messages), messages
+    assert [layer.tree.stat().st_ino for layer in image.layers] == before
+
+
+@needs_root
+def test_image_list_names_the_packs(small: tuple[RoomImage, list[str]]) -> None:
+    listing = "\n".join(list_images_and_packs(SMALL))
+    for layer in small[0].layers:
+        assert f"{layer.id}" in listing
+    assert f"{small[0].id}  mounted  (current)" in listing
+    assert f"{small[0].base.id}" in listing  # type: ignore[union-attr]
+
+
+@needs_root
+@pytest.mark.docker
+@pytest.mark.skipif(not os.environ.get("DOCKER_HOST"), reason="no Docker Engine (DOCKER_HOST)")
+async def test_docker_gets_one_layer_per_pack(small: tuple[RoomImage, list[str]]) -> None:
+    from replroom.image import import_to_docker
+
+    image = small[0]
+    await import_to_docker(image)
+    assert image.base is not None
+    async with aiodocker.Docker() as docker:
+        base = await docker.images.inspect(image.base.docker_tag)
+        room = await docker.images.inspect(image.docker_tag)
+    layers = room["RootFS"]["Layers"]
+    # The base's layer, then one per pack, then the linker cache of the set.
+    assert layers[: len(base["RootFS"]["Layers"])] == base["RootFS"]["Layers"]
+    assert len(layers) == len(base["RootFS"]["Layers"]) + len(image.layers) + 1
+    assert room["Config"]["Labels"]["org.replroom.image"] == image.id
+    assert room["Config"]["User"] == "1000:1000"
+
+
+@needs_root
+async def test_a_server_offers_only_the_enabled_languages(
+    small: tuple[RoomImage, list[str]], tmp_path: Path, runtime_dir: Path
+) -> None:
+    env = {"REPLROOM_BACKEND": "bwrap", "REPLROOM_LANGUAGES": ",".join(SMALL.languages)}
+    server = Server(tmp_path, runtime_dir, env=env)
+    server.start()
+    try:
+        room = await server.create_room()
+        client = await RoomClient.connect(server, room["id"], room["invite_token"])
+        try:
+            welcome = await client.wait_message("welcome")
+            offered = [language["name"] for language in welcome["room"]["languages"]]
+            assert offered == list(SMALL.languages)
+            await client.send({"type": "language", "language": "ruby"})
+            error = await client.wait_message("error")
+            assert "unknown language 'ruby'" in error["message"], error
+            await client.send({"type": "language", "language": "lua"})
+            await client.wait_output("Lua 5.4")
+        finally:
+            await client.close()
+    finally:
+        server.stop()

@@ -29,6 +29,7 @@ import logging
 import shutil
 import struct
 import time
+import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,11 +41,14 @@ log = logging.getLogger(__name__)
 SIDECAR = Path(__file__).resolve().parents[2] / "web" / "screen" / "sidecar.cjs"
 FOLD_BYTES = 64 * 1024  # raw output kept before it is folded into the serialized screen
 QUIET_SECONDS = 2.0  # a REPL quiet this long has its output folded (what an idle REPL keeps)
-RAW_LIMIT = 1024 * 1024  # raw output kept while folding fails, before degrading
+RAW_LIMIT = 4 * 1024 * 1024  # raw output kept while folds fail or lag (the sidecar starting)
 DEGRADED_KEEP = 256 * 1024  # what a degraded screen keeps (the old replay's size)
 IDLE_EXIT = 30.0  # the sidecar exits after this long without a request
 RETRY_SECONDS = 1.0  # after the sidecar failed, requests fail at once for this long
 SGR_RESET = b"\x1b[0m"
+# A small young generation: the sidecar makes short-lived terminals, and its RSS is the
+# largest part of the screens' memory (2 MiB semi-spaces instead of 16 MiB).
+NODE_OPTIONS = ("--max-semi-space-size=2",)
 
 Size = tuple[int, int]
 Segment = bytes | Size  # terminal output, or a resize to (cols, rows)
@@ -76,7 +80,8 @@ class Emulator:
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
         node = shutil.which("node")
-        self._command = list(command) if command else ([node, str(SIDECAR)] if node else [])
+        default = [node, *NODE_OPTIONS, str(SIDECAR)] if node else []
+        self._command = list(command) if command else default
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._pending: dict[int, asyncio.Future[bytes]] = {}
@@ -234,7 +239,7 @@ class Screen:
     def __init__(self, scrollback: int, size: Size, emulator: Emulator | None = None) -> None:
         self.scrollback = scrollback
         self._emulator = emulator
-        self.serialized = b""  # the serialized screen, on a terminal of _serialized_size
+        self._compressed = b""  # the serialized screen (zlib), on a terminal of _serialized_size
         self._serialized_size = size
         self._raw: list[Segment] = []  # output and resizes since, in order
         self.raw_bytes = 0
@@ -245,6 +250,22 @@ class Screen:
         self._quiet: asyncio.TimerHandle | None = None
         self._retry_at = 0.0  # after a failed fold, none before then
         self.degraded = False  # lost what came before its latest output (see _degrade)
+
+    @property
+    def serialized(self) -> bytes:
+        """The escape sequences that rebuild the screen as it was at the last fold."""
+        return zlib.decompress(self._compressed) if self._compressed else b""
+
+    @serialized.setter
+    def serialized(self, data: bytes) -> None:
+        # Kept compressed: escape sequences and scrollback text shrink 5-10x, and
+        # the screen is read only to rebuild a member's terminal or fold.
+        self._compressed = zlib.compress(data, 1) if data else b""
+
+    @property
+    def held_bytes(self) -> int:
+        """What the server holds for this screen (serialized screen and raw output)."""
+        return len(self._compressed) + self.raw_bytes
 
     @property
     def emulator(self) -> Emulator:
@@ -276,8 +297,9 @@ class Screen:
         frames: list[Frame] = []
         if self._serialized_size != size:
             frames.append(json.dumps(protocol.terminal_size(*self._serialized_size)))
-        if self.serialized:
-            frames.append(self.serialized)
+        serialized = self.serialized
+        if serialized:
+            frames.append(serialized)
         output: list[bytes] = []
         for segment in self._raw:
             if isinstance(segment, bytes):
@@ -348,8 +370,9 @@ class Screen:
         generation = self._generation
         count = len(self._raw)
         taken = self._raw[:count]
-        first = 1 if self.serialized else 0  # where the raw segments start in the request
-        segments: list[Segment] = [self.serialized, *taken] if self.serialized else taken
+        base = self.serialized
+        first = 1 if base else 0  # where the raw segments start in the request
+        segments: list[Segment] = [base, *taken] if base else taken
         try:
             index, offset, serialized = await self.emulator.serialize(
                 self._serialized_size, self.scrollback, segments

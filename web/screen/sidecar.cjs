@@ -235,16 +235,29 @@ function frame(id, status, payload) {
   return Buffer.concat([head, payload]);
 }
 
-let pending = Buffer.alloc(0);
+// What came in and is not a whole request yet: kept as chunks, joined once a
+// request is complete (joining at every read would copy a big request many times).
+let chunks = [];
+let buffered = 0;
+let needed = 4; // bytes of the next length prefix or request
 let chain = Promise.resolve();
 
 process.stdin.on("data", (data) => {
-  pending = pending.length ? Buffer.concat([pending, data]) : data;
-  while (pending.length >= 4) {
-    const length = pending.readUInt32LE(0);
-    if (pending.length < 4 + length) break;
-    const body = pending.subarray(4, 4 + length);
-    pending = pending.subarray(4 + length);
+  chunks.push(data);
+  buffered += data.length;
+  while (buffered >= needed) {
+    const all = chunks.length === 1 ? chunks[0] : Buffer.concat(chunks, buffered);
+    const length = all.readUInt32LE(0);
+    if (all.length < 4 + length) {
+      chunks = [all];
+      needed = 4 + length;
+      break;
+    }
+    const body = all.subarray(4, 4 + length);
+    const rest = all.subarray(4 + length);
+    chunks = rest.length ? [rest] : [];
+    buffered = rest.length;
+    needed = 4;
     chain = chain.then(() => handle(body));
   }
 });

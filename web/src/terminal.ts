@@ -2,7 +2,7 @@
 
 import { FitAddon } from "@xterm/addon-fit";
 import { WebLinksAddon } from "@xterm/addon-web-links";
-import { Terminal } from "@xterm/xterm";
+import { type IBufferCell, Terminal } from "@xterm/xterm";
 import "@xterm/xterm/css/xterm.css";
 
 const MIN_COLS = 10;
@@ -55,6 +55,7 @@ export interface TerminalEvents {
 
 export class TerminalView {
   readonly term: Terminal;
+  private title = "";
   private readonly fit = new FitAddon();
   private mine: Size = { cols: 80, rows: 24 };
   private shared: Size | null = null;
@@ -85,6 +86,11 @@ export class TerminalView {
       for (let i = 0; i < data.length; i++) bytes[i] = data.charCodeAt(i) & 0xff;
       this.events.input(bytes);
     });
+    this.term.onTitleChange((title) => {
+      this.title = title;
+    });
+    // For the tests that compare members' screens cell by cell (no effect on the page).
+    (window as unknown as { replroomScreen: () => ScreenDump }).replroomScreen = () => this.dump();
     const observer = new ResizeObserver(() => this.scheduleFit());
     observer.observe(container);
     window.addEventListener("resize", () => this.scheduleFit());
@@ -144,10 +150,51 @@ export class TerminalView {
     this.term.options.cursorBlink = !readOnly;
   }
 
-  /** The room's terminal size (the smallest member's): draw exactly that, as tmux does. */
+  /**
+   * The room's terminal size (the smallest member's): draw exactly that, as tmux does.
+   * Applied after the output received before it is parsed, as the server's
+   * screen emulator applies it (a resize reflows what is already there).
+   */
   setSharedSize(size: Size | null): void {
-    this.shared = size;
-    this.apply();
+    this.term.write("", () => {
+      this.shared = size;
+      this.apply();
+    });
+  }
+
+  /**
+   * Every cell of both buffers with its attributes, the cursor, the modes and
+   * the title: the same as the server's screen sidecar dumps (web/screen/sidecar.cjs).
+   */
+  dump(): ScreenDump {
+    const core = (this.term as any)._core;
+    const buffers: ScreenDump["buffers"] = {};
+    for (const name of ["normal", "alternate"] as const) {
+      const buffer = this.term.buffer[name];
+      const lines = [];
+      const cell = buffer.getNullCell();
+      for (let y = 0; y < buffer.length; y++) {
+        const line = buffer.getLine(y);
+        if (!line) continue;
+        const cells = [];
+        for (let x = 0; x < line.length; x++) {
+          line.getCell(x, cell);
+          cells.push(cellKey(cell));
+        }
+        lines.push({ wrapped: line.isWrapped, cells });
+      }
+      buffers[name] = { lines, cursor: [buffer.cursorX, buffer.cursorY], base: buffer.baseY };
+    }
+    return {
+      cols: this.term.cols,
+      rows: this.term.rows,
+      active: this.term.buffer.active.type,
+      buffers,
+      modes: { ...this.term.modes, mouseEncoding: core.coreMouseService.activeEncoding },
+      cursorHidden: core.coreService.isCursorHidden,
+      scrollRegion: [core.buffer.scrollTop, core.buffer.scrollBottom],
+      title: this.title,
+    };
   }
 
   private key(event: KeyboardEvent): boolean {
@@ -197,6 +244,45 @@ export class TerminalView {
     if (cols !== this.term.cols || rows !== this.term.rows) this.term.resize(cols, rows);
     this.events.shown({ cols, rows }, cols < this.mine.cols || rows < this.mine.rows);
   }
+}
+
+export interface ScreenDump {
+  cols: number;
+  rows: number;
+  active: string;
+  buffers: Record<
+    string,
+    { lines: { wrapped: boolean; cells: string[] }[]; cursor: number[]; base: number }
+  >;
+  modes: object;
+  cursorHidden: boolean;
+  scrollRegion: number[];
+  title: string;
+}
+
+function cellKey(cell: IBufferCell): string {
+  const flags = [
+    cell.isBold(),
+    cell.isItalic(),
+    cell.isDim(),
+    cell.isUnderline(),
+    cell.isBlink(),
+    cell.isInverse(),
+    cell.isInvisible(),
+    cell.isStrikethrough(),
+    cell.isOverline(),
+  ]
+    .map((on) => (on ? 1 : 0))
+    .join("");
+  return [
+    cell.getChars(),
+    cell.getWidth(),
+    cell.getFgColorMode(),
+    cell.getFgColor(),
+    cell.getBgColorMode(),
+    cell.getBgColor(),
+    flags,
+  ].join("|");
 }
 
 function clamp(value: number, low: number, high: number): number {

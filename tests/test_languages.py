@@ -340,3 +340,11 @@ def test_python_completes_with_tab_without_loading_inspect_first(terminal: Termi
     terminal.keys("\x15", until=b"\r")
     history = terminal.type("print(__import__('readline').get_history_item(1)[:12])")
     assert b"print(sorted" in history, history  # and readline keeps the history
+
+
+@pytest.mark.fast
+def test_the_page_has_an_editor_mode_for_every_language() -> None:
+    source = (Path(__file__).parent.parent / "web/src/editor.ts").read_text()
+    handled = set(re.findall(r'case "([a-z]+)":', source.partition("function modeFor")[2]))
+    missing = {language.editor_mode for language in LANGUAGES.values()} - handled
+    assert not missing, f"web/src/editor.ts modeFor() has no case for {missing}"

@@ -14,8 +14,14 @@ import {
   indentUnit,
   StreamLanguage,
 } from "@codemirror/language";
+import { commonLisp } from "@codemirror/legacy-modes/mode/commonlisp";
+import { lua } from "@codemirror/legacy-modes/mode/lua";
+import { perl } from "@codemirror/legacy-modes/mode/perl";
+import { r } from "@codemirror/legacy-modes/mode/r";
 import { ruby } from "@codemirror/legacy-modes/mode/ruby";
+import { scheme } from "@codemirror/legacy-modes/mode/scheme";
 import { shell } from "@codemirror/legacy-modes/mode/shell";
+import { sqlite } from "@codemirror/legacy-modes/mode/sql";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
 import { Compartment, EditorState, type Extension, Prec } from "@codemirror/state";
 import { oneDark } from "@codemirror/theme-one-dark";
@@ -156,6 +162,7 @@ export class SharedEditor {
   private typingCount = 0;
   private lastTyping = 0;
   private readonly readOnlySetting = new Compartment();
+  private readonly modeSetting = new Compartment();
 
   constructor(
     parent: HTMLElement,
@@ -206,7 +213,7 @@ export class SharedEditor {
         doc: entry.text.toString(),
         extensions: [
           this.base(),
-          modeFor(language.editor_mode),
+          this.modeSetting.of([]),
           placeholder(`${language.title}: write code here, Ctrl-Enter runs it in the REPL`),
           this.readOnlySetting.of(readOnlyExtension(this.readOnly)),
           yCollab(entry.text, entry.provider.awareness, { undoManager: entry.undo }),
@@ -215,6 +222,10 @@ export class SharedEditor {
     );
     this.view.dom.dataset.language = language.name;
     this.syncChanged(entry);
+    void modeFor(language.editor_mode).then((mode) => {
+      if (this.shown !== language) return; // another language was shown meanwhile
+      this.view.dispatch({ effects: this.modeSetting.reconfigure(mode) });
+    });
   }
 
   /**
@@ -348,7 +359,8 @@ function readOnlyExtension(readOnly: boolean): Extension {
   return EditorState.readOnly.of(readOnly);
 }
 
-function modeFor(mode: string): Extension {
+/** The syntax mode; PHP's (with the HTML, CSS and JavaScript it embeds) loads when first used. */
+async function modeFor(mode: string): Promise<Extension> {
   switch (mode) {
     case "python":
       return [python(), indentUnit.of("    ")];
@@ -358,6 +370,27 @@ function modeFor(mode: string): Extension {
       return [StreamLanguage.define(ruby), indentUnit.of("  ")];
     case "shell":
       return [StreamLanguage.define(shell), indentUnit.of("  ")];
+    case "lua":
+      return [StreamLanguage.define(lua), indentUnit.of("  ")];
+    case "php": {
+      const { php } = await import("@codemirror/lang-php");
+      // Run includes the file, which, as in PHP, is code only after "<?php".
+      return [php(), indentUnit.of("    ")];
+    }
+    case "perl":
+      return [StreamLanguage.define(perl), indentUnit.of("    ")];
+    case "sql":
+      return [StreamLanguage.define(sqlite), indentUnit.of("  ")];
+    case "scheme":
+      return [StreamLanguage.define(scheme), indentUnit.of("  ")];
+    case "commonlisp":
+      return [StreamLanguage.define(commonLisp), indentUnit.of("  ")];
+    case "elixir":
+      // CodeMirror has no Elixir mode; Ruby's, whose syntax Elixir's follows
+      // (do/end, #-comments, :atoms, strings), highlights it closely.
+      return [StreamLanguage.define(ruby), indentUnit.of("  ")];
+    case "r":
+      return [StreamLanguage.define(r), indentUnit.of("  ")];
     default:
       return [];
   }

@@ -15,8 +15,9 @@ The :class:`Emulator` is one Node process for the whole server
 parser, with its serialize addon. It keeps nothing between requests, so it
 may exit when idle (``IDLE_EXIT``), crash or be slow without losing a
 screen: output to members never waits on it, and a fold that fails leaves the
-raw output in place. Only if folding is impossible for ``RAW_LIMIT`` bytes of
-output does a screen degrade to the most recent output from a line boundary,
+raw output in place. Only if folds fail (node is missing, the sidecar keeps
+crashing) for ``2 * DEGRADED_KEEP`` bytes of output, or lag ``RAW_LIMIT``
+behind, does a screen degrade to its most recent output from a line boundary,
 as the server did before it had an emulator (logged).
 docs/architecture.md ("The exact screen") says why this emulator.
 """
@@ -41,8 +42,9 @@ log = logging.getLogger(__name__)
 SIDECAR = Path(__file__).resolve().parents[2] / "web" / "screen" / "sidecar.cjs"
 FOLD_BYTES = 64 * 1024  # raw output kept before it is folded into the serialized screen
 QUIET_SECONDS = 2.0  # a REPL quiet this long has its output folded (what an idle REPL keeps)
-RAW_LIMIT = 4 * 1024 * 1024  # raw output kept while folds fail or lag (the sidecar starting)
-DEGRADED_KEEP = 256 * 1024  # what a degraded screen keeps (the old replay's size)
+RAW_LIMIT = 4 * 1024 * 1024  # raw output kept while folds lag (the sidecar starting)
+DEGRADED_KEEP = 256 * 1024  # what a degraded screen keeps (the old replay's size); twice
+# that is the most raw output kept while folds fail (no node: the old replay, no more)
 IDLE_EXIT = 30.0  # the sidecar exits after this long without a request
 RETRY_SECONDS = 1.0  # after the sidecar failed, requests fail at once for this long
 SGR_RESET = b"\x1b[0m"
@@ -281,7 +283,8 @@ class Screen:
         self._last_output = time.monotonic()
         if self.raw_bytes >= FOLD_BYTES:
             self._fold()
-            if self.raw_bytes > RAW_LIMIT:
+            failing = time.monotonic() < self._retry_at  # the last fold failed
+            if self.raw_bytes > RAW_LIMIT or (failing and self.raw_bytes > 2 * DEGRADED_KEEP):
                 self._degrade()
         elif self._quiet is None:
             self._quiet = asyncio.get_running_loop().call_later(QUIET_SECONDS, self._when_quiet)

@@ -82,6 +82,11 @@ class RoomPage {
   private links: { invite?: string; spectator?: string } = {};
   private welcomed = 0;
   private warnedReadOnly = false;
+  /**
+   * The server refused this member's input before the page heard that they lost
+   * write access: read-only until the next member list (the server's word) says.
+   */
+  private refusedWrite = false;
   /** The member whose removal, once the server confirms it, rotates the links. */
   private rotateAfterRemoving: string | null = null;
   private joinedSize: Size | null = null;
@@ -204,7 +209,7 @@ class RoomPage {
   }
 
   private get canWrite(): boolean {
-    return this.you !== null && this.you.write;
+    return this.you !== null && this.you.write && !this.refusedWrite;
   }
 
   private get isOwner(): boolean {
@@ -264,6 +269,7 @@ class RoomPage {
       this.joinedSize = size;
     }
     this.you = message.you;
+    this.refusedWrite = false;
     this.name = message.you.name;
     // Storage and the address bar cost the main thread several ms (more on a
     // first visit): not before the first screen is drawn, and not at all if
@@ -327,6 +333,7 @@ class RoomPage {
   private message(message: ServerMessage): void {
     switch (message.type) {
       case "members":
+        this.refusedWrite = false; // the list says who may write now
         this.membersChanged(message.members, message.event, message.member, message.by);
         break;
       case "terminal":
@@ -375,8 +382,10 @@ class RoomPage {
         if (message.code === "read_only") {
           if (!this.warnedReadOnly) toast(message.message, "warning", 6000, "read-only");
           this.warnedReadOnly = true;
-          // An edit may have been dropped (sent before this page knew): the editor's
-          // documents start again from the server's copy.
+          // An edit may have been dropped (sent before this page knew): no more
+          // edits, and the editor's documents start again from the server's copy.
+          this.refusedWrite = true;
+          this.applyAccess();
           this.editor?.resync();
         } else {
           toast(message.message, "error");

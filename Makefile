@@ -27,6 +27,7 @@ bench:
 	.venv/bin/python bench/web.py
 	.venv/bin/python bench/members.py
 	.venv/bin/python bench/density.py
+	.venv/bin/python bench/screen.py
 
 # Hostile input, fuzzed for longer than make test does (docs/protocol.md).
 fuzz:

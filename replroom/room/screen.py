@@ -92,6 +92,7 @@ class Emulator:
         self._idle: asyncio.TimerHandle | None = None
         self._retry_after = 0.0
         self._closed = False
+        self._told_missing = False
         self.loop = asyncio.get_running_loop()
         self.starts = 0  # how many times the sidecar was started (for tests and logs)
 
@@ -148,7 +149,10 @@ class Emulator:
             if self._closed:
                 raise EmulatorError("the screen emulator is closed")
             if not self._command:
-                raise EmulatorError("node is not installed: screens are kept as raw output")
+                if not self._told_missing:
+                    self._told_missing = True
+                    log.warning("node is not installed: screens degrade to recent raw output")
+                raise EmulatorError("node is not installed")
             if time.monotonic() < self._retry_after:
                 raise EmulatorError("the screen emulator failed a moment ago")
             try:

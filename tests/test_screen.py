@@ -140,6 +140,7 @@ STREAMS: dict[str, bytes] = {
     ).encode(),
     "pending wrap": ("y" * 80).encode(),
     "redraws without newline": (f"{CSI}H" + "0123456789" * 9).encode() * 400 + b"MARKER",
+    "line drawing": b"\x1b(0lqqqk\r\nx  x\r\nmqqqj\x1b)0\x0elqk\x0f\x1b(B ascii \x1b(0x",
     "origin mode": f"{CSI}3;10r{CSI}?6h{CSI}2;4Hat 2,4 of the region".encode(),
     "mouse any-event": f"{CSI}?1003h{CSI}?1016h{CSI}?1049h{CSI}5;5Hmouse".encode(),
 }

@@ -84,7 +84,7 @@ async function replay(request, segments = request.segments) {
  * The screen as escape sequences. The serialize addon writes both buffers'
  * text and colours, the cursor, the pen and the modes it knows; this adds
  * what it leaves out: the scroll region, a hidden cursor, the mouse
- * encoding (1006/1016) and the title.
+ * encoding (1006/1016), line drawing character sets and the title.
  */
 function serialize(term, title) {
   const addon = new SerializeAddon();
@@ -105,6 +105,13 @@ function serialize(term, title) {
     out += `${ESC}[${row + 1};${buffer.x + 1}H`;
   }
   if (core.coreService.isCursorHidden) out += `${ESC}[?25l`;
+  // Line drawing (DEC special graphics) designated to G0-G3 and the one in use:
+  // a fold may fall between a curses program's switch to it and back.
+  const charsets = core._charsetService;
+  ["(", ")", "*", "+"].forEach((slot, index) => {
+    if (charsets._charsets[index]?.q === "\u2500") out += `${ESC}${slot}0`;
+  });
+  out += ["", "\x0e", `${ESC}n`, `${ESC}o`][charsets.glevel] ?? "";
   if (title) out += `${ESC}]0;${title.replace(/[\x00-\x1f\x7f]/g, "")}\x07`;
   addon.dispose();
   return out;

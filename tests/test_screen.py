@@ -14,6 +14,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -252,3 +253,22 @@ async def test_without_node_the_screen_keeps_raw_output_then_degrades() -> None:
     assert kept.startswith(screen_module.SGR_RESET) and kept.endswith(line)
     assert len(kept) <= screen_module.DEGRADED_KEEP + len(screen_module.SGR_RESET) + len(line)
     assert kept.removeprefix(screen_module.SGR_RESET).startswith(b"0123")  # from a line start
+
+
+async def test_the_built_sidecar_runs_alone() -> None:
+    """web/dist/screen-sidecar.cjs (what the server image runs) needs nothing but node."""
+    built = screen_module.WEB / "dist" / "screen-sidecar.cjs"
+    if not built.is_file():
+        pytest.fail("the web client is not built: run scripts/setup (npm run build)")
+    node = shutil.which("node")
+    assert node
+    alone = Emulator(command=[node, str(built)])
+    source = Emulator()
+    try:
+        stream = STREAMS["alternate screen"] + STREAMS["modes"]
+        assert await alone.serialize(SIZE, SCROLLBACK, [stream]) == await source.serialize(
+            SIZE, SCROLLBACK, [stream]
+        )
+    finally:
+        await alone.close()
+        await source.close()

@@ -11,14 +11,15 @@ screen by the :class:`Emulator`, so what the server holds per REPL stays
 small: an idle REPL keeps only its serialized screen.
 
 The :class:`Emulator` is one Node process for the whole server
-(``web/screen/sidecar.cjs``) running ``@xterm/headless``, the page's own
-parser, with its serialize addon. It keeps nothing between requests, so it
-may exit when idle (``IDLE_EXIT``), crash or be slow without losing a
-screen: output to members never waits on it, and a fold that fails leaves the
-raw output in place. Only if folds fail (node is missing, the sidecar keeps
-crashing) for ``2 * DEGRADED_KEEP`` bytes of output, or lag ``RAW_LIMIT``
-behind, does a screen degrade to its most recent output from a line boundary,
-as the server did before it had an emulator (logged).
+(``web/screen/sidecar.cjs``, bundled into ``web/dist`` by the page's build)
+running ``@xterm/headless``, the page's own parser, with its serialize addon.
+It keeps nothing between requests, so it may exit when idle (``IDLE_EXIT``),
+crash or be slow without losing a screen: output to members never waits on
+it, and a fold that fails leaves the raw output in place. Only if folds fail
+(node is missing, the sidecar keeps crashing) for ``2 * DEGRADED_KEEP``
+bytes of output, or lag ``RAW_LIMIT`` behind, does a screen degrade to its
+most recent output from a line boundary, as the server did before it had an
+emulator (logged).
 docs/architecture.md ("The exact screen") says why this emulator.
 """
 
@@ -39,7 +40,7 @@ from replroom import protocol
 
 log = logging.getLogger(__name__)
 
-SIDECAR = Path(__file__).resolve().parents[2] / "web" / "screen" / "sidecar.cjs"
+WEB = Path(__file__).resolve().parents[2] / "web"
 FOLD_BYTES = 64 * 1024  # raw output kept before it is folded into the serialized screen
 QUIET_SECONDS = 2.0  # a REPL quiet this long has its output folded (what an idle REPL keeps)
 RAW_LIMIT = 4 * 1024 * 1024  # raw output kept while folds lag (the sidecar starting)
@@ -55,6 +56,16 @@ NODE_OPTIONS = ("--max-semi-space-size=2",)
 Size = tuple[int, int]
 Segment = bytes | Size  # terminal output, or a resize to (cols, rows)
 Frame = str | bytes
+
+
+def sidecar_script() -> Path | None:
+    """The sidecar to run: in a checkout its source; else (the server image) the
+    self-contained build in web/dist (`npm run build`), which needs only node."""
+    source = WEB / "screen" / "sidecar.cjs"
+    if source.is_file() and (WEB / "node_modules" / "@xterm" / "headless").is_dir():
+        return source  # never a stale build
+    built = WEB / "dist" / "screen-sidecar.cjs"
+    return built if built.is_file() else None
 
 
 class EmulatorError(Exception):
@@ -81,8 +92,8 @@ class Emulator:
     """The screen sidecar: started on first use, restarted after a crash, stopped when idle."""
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
-        node = shutil.which("node")
-        default = [node, *NODE_OPTIONS, str(SIDECAR)] if node else []
+        node, script = shutil.which("node"), sidecar_script()
+        default = [node, *NODE_OPTIONS, str(script)] if node and script else []
         self._command = list(command) if command else default
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -151,8 +162,11 @@ class Emulator:
             if not self._command:
                 if not self._told_missing:
                     self._told_missing = True
-                    log.warning("node is not installed: screens degrade to recent raw output")
-                raise EmulatorError("node is not installed")
+                    log.warning(
+                        "node or the screen sidecar (web/dist/screen-sidecar.cjs) is missing: "
+                        "screens degrade to recent raw output"
+                    )
+                raise EmulatorError("no node or no screen sidecar")
             if time.monotonic() < self._retry_after:
                 raise EmulatorError("the screen emulator failed a moment ago")
             try:

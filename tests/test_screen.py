@@ -272,3 +272,22 @@ async def test_the_built_sidecar_runs_alone() -> None:
     finally:
         await alone.close()
         await source.close()
+
+
+async def test_a_quiet_screen_folds_all_its_output(
+    emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an idle REPL keeps is its serialized screen alone, after a flood or a few lines."""
+    monkeypatch.setattr(screen_module, "QUIET_SECONDS", 0.05)
+    screen = Screen(SCROLLBACK, SIZE, emulator)
+    flood = b"".join(f"line {i}\r\n".encode() for i in range(12_000))  # past FOLD_BYTES
+    for at in range(0, len(flood), 4096):
+        screen.feed(flood[at : at + 4096], SIZE)
+    screen.feed(b">>> ", SIZE)
+    for _ in range(200):  # folded by the quiet timer, not by the test: look now and then
+        if not screen.raw_bytes:
+            break
+        await asyncio.sleep(0.05)
+    assert screen.raw_bytes == 0
+    assert screen.held_bytes < 10 * 1024
+    assert_same(await watched(emulator, flood + b">>> "), await rebuilt(emulator, screen))

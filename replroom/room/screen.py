@@ -304,7 +304,7 @@ class Screen:
             failing = time.monotonic() < self._retry_at  # the last fold failed
             if self.raw_bytes > RAW_LIMIT or (failing and self.raw_bytes > 2 * DEGRADED_KEEP):
                 self._degrade()
-        elif self._quiet is None:
+        if self._quiet is None:  # what is left once the output stops is folded then
             self._quiet = asyncio.get_running_loop().call_later(QUIET_SECONDS, self._when_quiet)
 
     def frames(self, size: Size) -> list[Frame]:

@@ -30,9 +30,11 @@ from replroom.image import RoomImage
 from replroom.sandbox import ExitReason, SandboxError, make_backend
 from replroom.sandbox.kubernetes import KubernetesBackend, KubernetesSandbox, pod_name
 from replroom.sandbox.kubernetes.exec import PROTOCOLS
+from replroom.sandbox.launch import deflated, filtered
+from replroom.sandbox.seccomp import syscall_number
 from tests.kube_exec_server import FakeKubelet
 from tests.kube_fake import FakeKubernetes
-from tests.sandboxes import BackendUnderTest, read_all, run
+from tests.sandboxes import BackendUnderTest, Screen, read_all, run
 
 # The room contract suite, collected here a second time: against the fake API and kubelet.
 from tests.test_sandbox import (  # noqa: F401
@@ -154,11 +156,15 @@ async def test_the_pod_is_hardened_and_limited_as_specified(
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
     resources = container["resources"]
     assert resources["limits"] == resources["requests"] == {"memory": str(128 << 20), "cpu": "250m"}
-    volumes = {volume["name"]: volume["emptyDir"] for volume in spec["volumes"]}
+    volumes = {v["name"]: v["emptyDir"] for v in spec["volumes"] if "emptyDir" in v}
     assert {volume["medium"] for volume in volumes.values()} == {"Memory"}
     assert sum(int(volume["sizeLimit"]) for volume in volumes.values()) == 16 << 20
-    mounts = {mount["mountPath"] for mount in container["volumeMounts"]}
-    assert mounts == {"/home/room", "/tmp", "/dev/shm"}
+    mounts = {mount["mountPath"]: mount for mount in container["volumeMounts"]}
+    assert set(mounts) == {"/home/room", "/tmp", "/dev/shm", "/dev/fuse", "/dev/net"}
+    # gVisor's FUSE and TUN devices, covered read-only by a volume with no device.
+    assert mounts["/dev/fuse"]["readOnly"] and mounts["/dev/net"]["readOnly"]
+    (no_devices,) = [v for v in spec["volumes"] if v["name"] == mounts["/dev/net"]["name"]]
+    assert set(no_devices) == {"name", "downwardAPI"}
     await sandbox.destroy()
 
 
@@ -412,6 +418,101 @@ async def test_exec_on_a_tty_sizes_and_resizes_the_terminal(
     output = await read_all(process)
     assert b"43 132" in output
     assert (await process.wait()).code == 0
+    await sandbox.destroy()
+
+
+# ------------------------------- the seccomp launcher (bwrap pods, gVisor class)
+
+
+@pytest.fixture
+async def gvisor_pods(
+    settings: Settings, room_image: RoomImage, tmp_path: Path
+) -> AsyncIterator[tuple[KubernetesBackend, FakeKubernetes]]:
+    """Pods of the RuntimeClass gvisor (handler runsc, as the fake API says),
+    run by the fake kubelet as bwrap sandboxes."""
+    kubelet = FakeKubelet(make_backend(settings, room_image))
+    server = FakeKubernetes(kubelet=kubelet)
+    await server.start()
+    chosen = kube_settings(settings, server.kubeconfig(tmp_path), kubernetes_runtime_class="gvisor")
+    backend = make_backend(chosen, room_image)
+    assert isinstance(backend, KubernetesBackend)
+    await backend.prepare()
+    assert "runtime class gvisor (handler runsc)" in backend.summary
+    yield backend, server
+    await backend.close()
+    await server.close()
+    await kubelet.backend.close()
+
+
+SECCOMP_FILTERS = "grep Seccomp_filters: /proc/self/status"
+
+
+def filters(output: str | bytes) -> int:
+    text = output.decode() if isinstance(output, bytes) else output
+    return int(text.split("Seccomp_filters:")[1].split()[0])
+
+
+async def test_every_exec_on_a_gvisor_pod_installs_the_policy_itself(
+    gvisor_pods: tuple[KubernetesBackend, FakeKubernetes], room_id: str
+) -> None:
+    """gVisor gives a pod's execs no seccomp profile: each exec's launcher installs
+    the rooms' policy. The fake kubelet's bwrap sandbox already filters every
+    process with that policy, so the launcher's own filter shows as one more
+    filter on the process than the kubelet's process has, in a REPL on a
+    terminal, a command on pipes and the backend's helpers."""
+    backend, server = gvisor_pods
+    sandbox = await backend.create(room_id, Limits())
+    assert server.pod(sandbox.name)["spec"]["runtimeClassName"] == "gvisor"
+    assert server.kubelet is not None and sandbox.watch.uid is not None
+    pod = server.kubelet.sandboxes[sandbox.watch.uid]
+    _status, output = await run(pod, ["sh", "-c", SECCOMP_FILTERS])
+    runtime_filters = filters(output)  # what the "runtime" gave the kubelet's own exec
+
+    uring, unshare = syscall_number("io_uring_setup"), syscall_number("unshare")
+    assert uring is not None and unshare is not None
+    repl = await sandbox.spawn(["python3", "-q"])
+    screen = Screen(repl)
+    try:
+        await screen.wait_for(b">>> ")
+        # io_uring_setup(8, NULL) is EFAULT unfiltered; CLONE_NEWUSER is 0x10000000.
+        await repl.write(
+            b"import ctypes, errno; libc = ctypes.CDLL(None, use_errno=True); "
+            b"call = lambda nr, *a: 'ok' if libc.syscall(nr, *[ctypes.c_ulong(x) for x in a]) "
+            b">= 0 else errno.errorcode[ctypes.get_errno()]; "
+            b"print('uring', call(%d, 8, 0), 'unshare', call(%d, 0x10000000), 'filters', "
+            b"[l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp_f')][0])\r"
+            % (uring, unshare)
+        )
+        expected = f"uring EPERM unshare EPERM filters {runtime_filters + 1}"
+        # The next prompt before the end of input (readline would drop it unread).
+        await screen.wait_for(b">>> ", after=await screen.wait_for(expected.encode()))
+    finally:
+        # Not a signal: every bwrap process has a pid namespace of its own.
+        await repl.close_stdin()
+        assert (await repl.wait()).code == 0
+        await screen.close()
+    _status, output = await run(sandbox, ["sh", "-c", SECCOMP_FILTERS])
+    assert filters(output) == runtime_filters + 1, output
+    code, helper = await sandbox._run(["sh", "-c", SECCOMP_FILTERS])
+    assert code == 0 and filters(helper) == runtime_filters + 1, helper
+    await sandbox.destroy()
+
+
+async def test_an_exec_whose_filter_cannot_be_installed_runs_nothing(
+    gvisor_pods: tuple[KubernetesBackend, FakeKubernetes], room_id: str
+) -> None:
+    """The launcher fails closed through the exec path too: a program the kernel
+    refuses (no return at its end) and the command does not run."""
+    backend, _server = gvisor_pods
+    sandbox = await backend.create(room_id, Limits())
+    broken = filtered(deflated(b"\0" * 8), ["touch", "/tmp/ran"])
+    process = await sandbox._exec(broken, tty=False)
+    output = await read_all(process)
+    assert await process.exit_code() == 126, output
+    assert b"cannot install the seccomp filter (" in output and b"touch not run" in output
+    await process.close_output()
+    _status, listing = await run(sandbox, ["ls", "/tmp"])
+    assert "ran" not in listing.split(), listing
     await sandbox.destroy()
 
 

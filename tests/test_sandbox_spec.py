@@ -4,6 +4,11 @@ For every field of :class:`RoomSpec` there is a reader of its effective
 value out of each rendering: the Engine's create request (and an exec's
 options), and the pod manifest (and an exec's command line, and the seccomp
 file its ``Localhost`` profile names). Both must give the spec's value.
+The seccomp policy of a pod is the one its execs' launcher installs (the
+BPF program carried in the command line, run here through a small BPF
+interpreter and compared, decision by decision, with the spec's profile),
+whatever the pod's own profile: gVisor applies that to the first process at
+most, and RuntimeDefault is not the rooms' policy.
 What a pod cannot express, ``kubernetes.config.not_in_pod`` declares, with
 what enforces it instead; the test checks the declaration and that enforcer.
 
@@ -21,13 +26,18 @@ It fails when
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import json
+import platform
 import shlex
+import struct
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +47,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from replroom.config import GiB, Limits, MiB
+from replroom.sandbox import launch
 from replroom.sandbox.base import DEFAULT_ENV, ROOM_ID, SANDBOX_HOME
 from replroom.sandbox.docker.config import (
     BACKGROUND_CPU_SHARES,
     DEFAULT_CPU_SHARES,
+    INIT,
+    RUNSC_INIT,
+    RUNSC_INIT_USER,
     RUNSC_PIDS_BASE,
     RUNSC_PIDS_PER_TASK,
     Runtime,
@@ -49,6 +63,8 @@ from replroom.sandbox.docker.config import (
 )
 from replroom.sandbox.kubernetes.config import (
     ANNOTATION_ROOM,
+    ARCHITECTURE_LABEL,
+    NODE_ARCHITECTURES,
     NotInPod,
     PodPlacement,
     exec_command,
@@ -57,8 +73,16 @@ from replroom.sandbox.kubernetes.config import (
     room_label,
     seccomp_files,
 )
-from replroom.sandbox.seccomp import docker_profile, profile_json
+from replroom.sandbox.seccomp import (
+    REFUSAL,
+    compiled_filter,
+    docker_profile,
+    native_rules,
+    profile_json,
+    syscall_number,
+)
 from replroom.sandbox.spec import (
+    GVISOR_DEVICES,
     LABEL_INSTANCE,
     LABEL_MANAGED,
     LABEL_ROOM,
@@ -128,7 +152,7 @@ def render_pod(spec: RoomSpec, placement: PodPlacement) -> Pod:
         placement,
         Rendering(pod_manifest(spec, placement)),
         exec_command(spec, ["true"], None, SANDBOX_HOME, ("", "")),
-        not_in_pod(spec, placement),
+        not_in_pod(spec),
         seccomp_files(spec, placement),
     )
 
@@ -170,6 +194,144 @@ def policy(profile_text: str) -> dict[str, Any]:
     }
 
 
+# ------------------------------------------------ seccomp, as decisions made
+
+# seccomp_data.arch of the native ABI, as the kernel reports it to a filter.
+AUDIT_ARCH = {"x86_64": 0xC000_003E, "aarch64": 0xC000_00B7}[platform.machine()]
+SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO = 0x7FFF_0000, 0x0005_0000
+HIGHEST_CALL = 512  # above every native system call number
+
+
+def run_bpf(program: bytes, nr: int, args: Sequence[int]) -> int:
+    """What a classic-BPF seccomp program returns for call ``nr`` with ``args``
+    (the native ABI): the kernel's interpretation, for the instructions
+    libseccomp emits (loads, stores, AND, jumps, returns)."""
+    data = struct.pack("<iIQ6Q", nr, AUDIT_ARCH, 0, *args, *[0] * (6 - len(args)))
+    code = [struct.unpack_from("<HBBI", program, at) for at in range(0, len(program), 8)]
+    a = x = pc = 0
+    memory = [0] * 16
+    while True:
+        op, jt, jf, k = code[pc]
+        pc += 1
+        kind = op & 0x07
+        if kind == 0x00 and op & 0xE0 == 0x20:  # LD W ABS
+            a = struct.unpack_from("<I", data, k)[0]
+        elif kind == 0x00 and op & 0xE0 == 0x60:  # LD MEM
+            a = memory[k]
+        elif kind == 0x00 and op & 0xE0 == 0x00:  # LD IMM
+            a = k
+        elif kind == 0x01:  # LDX (IMM or MEM)
+            x = memory[k] if op & 0xE0 == 0x60 else k
+        elif kind == 0x02:  # ST
+            memory[k] = a
+        elif kind == 0x03:  # STX
+            memory[k] = x
+        elif kind == 0x04 and op & 0xF0 == 0x50:  # ALU AND
+            a &= x if op & 0x08 else k
+        elif kind == 0x05:  # JMP
+            operand = x if op & 0x08 else k
+            test = op & 0xF0
+            if test == 0x00:  # JA
+                pc += k
+                continue
+            taken = {
+                0x10: a == operand,
+                0x20: a > operand,
+                0x30: a >= operand,
+                0x40: bool(a & operand),
+            }[test]
+            pc += jt if taken else jf
+        elif kind == 0x06:  # RET
+            return a if op & 0x18 == 0x10 else k
+        elif kind == 0x07:  # TAX / TXA
+            a, x = (a, a) if op & 0xF8 == 0x00 else (x, x)
+        else:
+            raise AssertionError(f"BPF instruction {op:#x} not understood")
+
+
+Conditions = tuple[tuple[int, int, int], ...]  # (index, mask, value): masked equals value
+
+
+@cache
+def profile_table(profile_text: str) -> tuple[int, dict[int, list[tuple[Conditions, int]]]]:
+    """A Docker seccomp profile as (the value of what it does not list, and per
+    call number its rules: argument conditions and the value a filter returns)."""
+    profile = json.loads(profile_text)
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    table: dict[int, list[tuple[Conditions, int]]] = {}
+    for entry in profile["syscalls"]:
+        if entry["action"] == "SCMP_ACT_ALLOW":
+            decision = SECCOMP_RET_ALLOW
+        else:
+            assert entry["action"] == "SCMP_ACT_ERRNO", entry
+            decision = SECCOMP_RET_ERRNO | entry.get("errnoRet", REFUSAL)
+        conditions = []
+        for a in entry.get("args", []):
+            assert a["op"] == "SCMP_CMP_MASKED_EQ", a
+            conditions.append((a["index"], a["value"], a["valueTwo"]))
+        for name in entry["names"]:
+            nr = syscall_number(name)
+            if nr is not None:
+                table.setdefault(nr, []).append((tuple(conditions), decision))
+    return SECCOMP_RET_ERRNO | profile["defaultErrnoRet"], table
+
+
+def run_profile(profile_text: str, nr: int, args: Sequence[int]) -> int:
+    """What a Docker seccomp profile decides for call ``nr`` with ``args``, as
+    the value a seccomp filter would return."""
+    default, table = profile_table(profile_text)
+    full = [*args, *[0] * (6 - len(args))]
+    decided = {
+        decision
+        for conditions, decision in table.get(nr, [])
+        if all(full[index] & mask == value for index, mask, value in conditions)
+    }
+    assert len(decided) <= 1, f"call {nr}: the profile decides two ways"
+    return decided.pop() if decided else default
+
+
+def probes() -> list[tuple[int, tuple[int, ...]]]:
+    """Calls to ask a policy about: every call number with zero arguments, and
+    for each argument condition of the rooms' policy, values on either side of
+    it and with the upper 32 bits set (which the kernel ignores for ints)."""
+    found: list[tuple[int, tuple[int, ...]]] = [(nr, ()) for nr in range(HIGHEST_CALL)]
+    for rule in native_rules():
+        nr = syscall_number(rule.name)
+        assert nr is not None
+        for condition in rule.when:
+            lowest = condition.mask & -condition.mask
+            for value in (condition.value, condition.value ^ lowest, condition.value | 1 << 32):
+                args = [0] * 6
+                args[condition.index] = value
+                found.append((nr, tuple(args)))
+    return found
+
+
+@cache
+def decisions_of_bpf(program: bytes) -> dict[tuple[int, tuple[int, ...]], int]:
+    return {probe: run_bpf(program, *probe) for probe in probes()}
+
+
+@cache
+def decisions_of_profile(profile_text: str) -> dict[tuple[int, tuple[int, ...]], int]:
+    return {probe: run_profile(profile_text, *probe) for probe in probes()}
+
+
+def launched(command: Sequence[str]) -> tuple[bytes, list[str]]:
+    """The BPF program a pod's exec installs and the command it then runs:
+    the exec must start under the filtering launcher, with nothing to wait for
+    (a pod's PID 1 removes nothing: its devices are covered instead)."""
+    assert list(command[:4]) == [launch.PYTHON, "-I", "-S", "-c"], "not under the launcher"
+    assert command[4] == launch.program(()), "not the launcher's program"
+    argument, report, cols, rows, *inner = command[5:]
+    assert (report, cols, rows) == ("", "", ""), "the inner launcher reports and sizes"
+    if argument.startswith(launch.DEFLATED):
+        bpf = zlib.decompress(binascii.a2b_base64(argument.removeprefix(launch.DEFLATED)))
+    else:
+        bpf = bytes.fromhex(argument)
+    return bpf, inner
+
+
 def docker_env(docker: Docker) -> tuple[tuple[str, str], ...]:
     pid_1 = tuple(tuple(item.split("=", 1)) for item in docker.config.at("Env"))
     assert pid_1 == tuple(docker.exec["environment"].items()), "PID 1 and execs differ"
@@ -180,9 +342,10 @@ def pod_env(pod: Pod) -> tuple[tuple[str, str], ...]:
     pid_1 = tuple(
         (item["name"], item["value"]) for item in pod.manifest.at("spec", "containers", 0, "env")
     )
-    # env -i -C <cwd> NAME=value ... /bin/sh: an exec starts with exactly these.
-    assert pod.command[:2] == ["env", "-i"] and pod.command[2] == "-C"
-    variables = pod.command[4 : pod.command.index("/bin/sh")]
+    # launcher, env -i -C <cwd> NAME=value ... /bin/sh: an exec starts with exactly these.
+    _bpf, command = launched(pod.command)
+    assert command[:2] == ["env", "-i"] and command[2] == "-C"
+    variables = command[4 : command.index("/bin/sh")]
     in_exec = tuple(tuple(item.split("=", 1)) for item in variables)
     assert pid_1 == in_exec, "PID 1 and execs differ"
     return pid_1
@@ -228,13 +391,30 @@ def docker_size(docker: Docker, mount: str) -> int:
     return int(tmpfs_options(docker.config.at("HostConfig", "Tmpfs", mount))["size"])
 
 
-def docker_seccomp(docker: Docker) -> dict[str, Any]:
+def docker_profile_text(docker: Docker) -> str:
     (profile,) = [
         opt.removeprefix("seccomp=")
         for opt in docker.config.at("HostConfig", "SecurityOpt")
         if opt.startswith("seccomp=")
     ]
-    return policy(profile)
+    return str(profile)
+
+
+def docker_seccomp(docker: Docker) -> dict[tuple[int, tuple[int, ...]], int]:
+    # runc applies the profile to every exec; runsc to PID 1, and the docker
+    # backend's launcher to each exec (tests/test_containment.py runs it).
+    return decisions_of_profile(docker_profile_text(docker))
+
+
+def docker_fuse_and_tun(docker: Docker) -> bool:
+    if docker.runtime == "runsc":
+        # PID 1 starts as root (no capabilities) and removes gVisor's devices.
+        assert docker.config.at("Entrypoint") == RUNSC_INIT
+        assert RUNSC_INIT[-len(GVISOR_DEVICES) :] == list(GVISOR_DEVICES)
+        assert docker.config.at("User") == RUNSC_INIT_USER
+    else:
+        assert docker.config.at("Entrypoint") == INIT  # runc's /dev has neither
+    return False
 
 
 def docker_network(docker: Docker) -> bool:
@@ -295,10 +475,35 @@ def pod_user(pod: Pod, key: str) -> int:
     return int(both_contexts(pod, key))
 
 
-def pod_seccomp(pod: Pod) -> dict[str, Any]:
+def pod_seccomp(pod: Pod) -> dict[tuple[int, tuple[int, ...]], int]:
+    """The policy every exec's launcher installs; the pod's own profile, if it is
+    the rooms' (Localhost), must decide the same."""
+    bpf, _command = launched(pod.command)
+    decided = decisions_of_bpf(bpf)
     profile = both_contexts(pod, "seccompProfile")
-    assert profile["type"] == "Localhost", f"not the rooms' policy: {profile}"
-    return policy(pod.files[profile["localhostProfile"]])
+    if profile["type"] == "Localhost":
+        assert decisions_of_profile(pod.files[profile["localhostProfile"]]) == decided
+    else:
+        assert profile == {"type": "RuntimeDefault"}, profile
+    # The program is for the server's architecture, so are the nodes.
+    selector = pod.manifest.at("spec", "nodeSelector", ARCHITECTURE_LABEL)
+    assert selector == NODE_ARCHITECTURES[platform.machine()]
+    return decided
+
+
+def pod_fuse_and_tun(pod: Pod) -> bool:
+    """gVisor's FUSE and TUN devices are covered by read-only mounts of a volume
+    that holds no device (an empty directory, a file)."""
+    mounts = {m["mountPath"]: m for m in container(pod, "volumeMounts")}
+    volumes = {v["name"]: v for v in pod.manifest.at("spec", "volumes")}
+    for path in GVISOR_DEVICES:
+        mount = mounts.get(path)
+        if mount is None or not mount.get("readOnly"):
+            return True
+        kinds = set(volumes[mount["name"]]) - {"name"}
+        if not kinds <= {"downwardAPI", "emptyDir", "configMap"}:
+            return True
+    return False
 
 
 def pod_capabilities(pod: Pod) -> tuple[str, ...]:
@@ -338,6 +543,7 @@ READERS: dict[str, Reader] = {
         lambda p: container(p, "securityContext", "readOnlyRootFilesystem"),
     ),
     "network": (docker_network, lambda p: pytest.fail("a pod has no network switch")),
+    "fuse_and_tun": (docker_fuse_and_tun, pod_fuse_and_tun),
     "capabilities": (docker_capabilities, pod_capabilities),
     "no_new_privileges": (
         lambda d: "no-new-privileges" in d.config.at("HostConfig", "SecurityOpt"),
@@ -345,16 +551,10 @@ READERS: dict[str, Reader] = {
     ),
 }
 
-# How each field's value compares (the seccomp content is compared as a policy).
-EXPECTED: dict[str, Callable[[RoomSpec], object]] = {"seccomp": lambda spec: policy(spec.seccomp)}
-
-
-def runtime_default(pod: Pod) -> None:
-    assert both_contexts(pod, "seccompProfile") == {"type": "RuntimeDefault"}
-
-
-# What a pod renders where it cannot carry a field of the spec.
-IN_ITS_PLACE: dict[str, Callable[[Pod], None]] = {"seccomp": runtime_default}
+# How each field's value compares (the seccomp content as the decisions it makes).
+EXPECTED: dict[str, Callable[[RoomSpec], object]] = {
+    "seccomp": lambda spec: decisions_of_profile(spec.seccomp)
+}
 
 # Keys of the renderings that are no property of the room, and why.
 DOCKER_PLUMBING: dict[Path_, str] = {
@@ -439,7 +639,6 @@ def pods_limit_is_the_kubelets(pod: Pod, declared: NotInPod) -> None:
 
 # Accepted gaps: nothing enforces these on Kubernetes; docs/security.md says so.
 ENFORCERS["background"] = None
-ENFORCERS["seccomp"] = None  # only under RuntimeDefault: Localhost carries the policy
 
 
 # ---------------------------------------------------------------- the tests
@@ -519,7 +718,6 @@ def check_parity(spec: RoomSpec, runtime: Runtime, placement: PodPlacement) -> N
             declared = pod.declared[name]
             assert name in ENFORCERS, f"the pod leaves {name} to nobody the test knows"
             assert declared.value == getattr(spec, name), f"declared {name}: {declared.value!r}"
-            IN_ITS_PLACE.get(name, lambda _: None)(pod)
             check = ENFORCERS[name]
             if check is None:
                 assert declared.enforced_by is None and declared.note, f"{name}: say why not"
@@ -603,7 +801,7 @@ def test_non_default_limits_in_the_units_each_engine_takes() -> None:
     assert container_config(spec, "runsc")["HostConfig"]["PidsLimit"] == 128 + 16 * 64
     pod = pod_manifest(spec, PLACEMENTS[0])["spec"]
     assert pod["containers"][0]["resources"]["limits"] == {"memory": "104857600", "cpu": "200m"}
-    volumes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"]}
+    volumes = {v["name"]: v["emptyDir"]["sizeLimit"] for v in pod["volumes"] if "emptyDir" in v}
     assert volumes == {"home": str(25 * MiB), "tmp": str(10 * MiB), "shm": str(5 * MiB)}
 
 
@@ -614,7 +812,8 @@ def test_the_localhost_profile_is_the_policy_docker_gets() -> None:
     pod = render_pod(spec, PLACEMENTS[0])
     docker = render_docker(spec, "runc")
     assert pod.files == {"replroom.json": profile_json()}
-    assert pod_seccomp(pod) == docker_seccomp(docker) == policy(profile_json())
+    assert policy(pod.files["replroom.json"]) == policy(docker_profile_text(docker))
+    assert pod_seccomp(pod) == docker_seccomp(docker) == decisions_of_profile(profile_json())
     assert policy(profile_json())["calls"], "an empty policy"
     # The command in the guide, run as written: it prints that very content.
     guide = (ROOT / "docs" / "kubernetes.md").read_text()
@@ -629,12 +828,49 @@ def test_the_localhost_profile_is_the_policy_docker_gets() -> None:
     assert printed.stdout == spec.seccomp
 
 
-def test_runtime_default_is_declared_as_not_the_rooms_policy() -> None:
+def test_every_exec_installs_the_rooms_policy_whatever_the_pods_profile() -> None:
+    """Under RuntimeDefault (or gVisor, which gives execs no profile) the launcher
+    still installs the rooms' policy: nothing is declared left out, and the
+    program an exec carries is the very BPF bwrap and docker+runsc install."""
     spec = room_spec("abc123", Limits(), image="img:1", instance="i")
-    declared = not_in_pod(spec, PLACEMENTS[2])
-    assert declared["seccomp"].enforced_by is None and declared["seccomp"].value == spec.seccomp
-    assert "seccomp" not in not_in_pod(spec, PLACEMENTS[0])
+    for placement in PLACEMENTS:
+        assert "seccomp" not in not_in_pod(spec)
+        pod = render_pod(spec, placement)
+        bpf, command = launched(pod.command)
+        assert bpf == compiled_filter()
+        assert command[-1] == "true" and "/bin/sh" in command
     assert seccomp_files(spec, PLACEMENTS[2]) == {}
+    # The command goes into the exec's URL: short enough for proxies that cap it.
+    assert len(" ".join(render_pod(spec, PLACEMENTS[2]).command)) < 6000
+
+
+def test_the_bpf_interpreter_reads_the_policy_as_the_profile_says() -> None:
+    """The reader itself: the compiled program and the JSON profile, each read
+    its own way, decide alike, and as the policy says for a few known calls."""
+    decided = decisions_of_bpf(compiled_filter())
+    assert decided == decisions_of_profile(profile_json())
+
+    def ask(name: str, *args: int) -> int:
+        nr = syscall_number(name)
+        assert nr is not None
+        return run_bpf(compiled_filter(), nr, args)
+
+    assert ask("read") == SECCOMP_RET_ALLOW
+    assert ask("io_uring_setup") == SECCOMP_RET_ERRNO | REFUSAL
+    assert ask("unshare", 0x1000_0000) == SECCOMP_RET_ERRNO | REFUSAL
+    assert ask("clone", 0x1000_0000) == SECCOMP_RET_ERRNO | REFUSAL  # CLONE_NEWUSER
+    assert ask("clone", 0x11) == SECCOMP_RET_ALLOW  # SIGCHLD
+    assert ask("clone3") == SECCOMP_RET_ERRNO | 38  # ENOSYS
+    assert decisions_of_bpf(compiled_filter()) != decisions_of_profile(SMALLER_POLICY)
+
+
+def test_a_pod_whose_devices_are_not_covered_fails_the_check() -> None:
+    spec = room_spec("abc123", Limits(), image="img:1", instance="i")
+    pod = render_pod(spec, PLACEMENTS[0])
+    assert pod_fuse_and_tun(pod) is False
+    mounts = pod.manifest.document["spec"]["containers"][0]["volumeMounts"]
+    mounts[:] = [m for m in mounts if m["mountPath"] != "/dev/fuse"]
+    assert pod_fuse_and_tun(pod) is True
 
 
 def test_a_renderer_that_ignores_a_field_fails_the_check() -> None:

@@ -249,3 +249,33 @@ def test_compiled_filter_in_a_real_process(tmp_path: Path) -> None:
         "file": stat.S_IFREG,
         "plain": stat.S_IFREG,
     }
+
+
+def test_a_profile_compiles_back_to_the_policys_program() -> None:
+    # Room pods' launcher installs the spec's profile compiled to BPF: the
+    # rooms' profile must give exactly the program bwrap and runsc get.
+    assert seccomp.compile_profile(seccomp.profile_json()) == seccomp.compiled_filter()
+    smaller = json.dumps(
+        {**seccomp.docker_profile(), "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW"}]}
+    )
+    assert seccomp.compile_profile(smaller) != seccomp.compiled_filter()
+
+
+@pytest.mark.parametrize(
+    ("change", "refused"),
+    [
+        ({"defaultAction": "SCMP_ACT_ALLOW"}, "default action"),
+        ({"architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86"]}, "architectures"),
+        ({"syscalls": [{"names": ["read"], "action": "SCMP_ACT_LOG"}]}, "action"),
+        (
+            {"syscalls": [{"names": ["read"], "action": "SCMP_ACT_ALLOW",
+                           "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_GT"}]}]},
+            "comparison",
+        ),
+    ],
+)  # fmt: skip
+def test_a_profile_that_bpf_would_not_mean_alike_is_refused(
+    change: dict[str, object], refused: str
+) -> None:
+    with pytest.raises(ValueError, match=refused):
+        seccomp.compile_profile(json.dumps({**seccomp.docker_profile(), **change}))

@@ -30,7 +30,9 @@ Renderings: ``docker_profile()`` is the Docker/OCI JSON profile (as text,
 hands to the Engine and that room pods read from a ``Localhost`` profile
 file; ``compiled_filter()`` is the same rules compiled by libseccomp to BPF
 for ``bwrap --seccomp`` and for the docker backend's launcher on runsc
-(which applies the profile to a container's first process only). Both
+(which applies the profile to a container's first process only), and
+``compile_profile()`` compiles a profile's JSON back to that same BPF, for
+the launcher every room pod's exec starts under (sandbox/launch.py). Both
 contain exactly the names this host's libseccomp resolves on the native
 architecture; calls through a foreign ABI (i386, x32) are not allowed.
 """
@@ -264,29 +266,69 @@ def docker_security_opt() -> str:
     return "seccomp=" + profile_json()
 
 
-def _libseccomp_filter() -> Any:
+def _libseccomp_filter(policy: tuple[Rule, ...] | None = None, refusal: int = REFUSAL) -> Any:
+    """libseccomp's filter of ``policy`` (the rooms' rules that exist here by
+    default), refusing everything else with ``refusal``."""
     # Imported here: it loads libseccomp, whose absence `replroom doctor` reports.
     import pyseccomp as seccomp  # noqa: PLC0415
 
-    flt = seccomp.SyscallFilter(seccomp.ERRNO(REFUSAL))
+    flt = seccomp.SyscallFilter(seccomp.ERRNO(refusal))
     # A call through another ABI would be matched against the wrong numbers.
     flt.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.KILL_PROCESS)
     # A binary tree of call numbers instead of a linear scan of ~350 of them.
     flt.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)
-    for rule in native_rules():
+    for rule in native_rules() if policy is None else policy:
         action = seccomp.ALLOW if rule.refuse_with is None else seccomp.ERRNO(rule.refuse_with)
         args = [seccomp.Arg(m.index, seccomp.MASKED_EQ, m.mask, m.value) for m in rule.when]
         flt.add_rule(action, rule.name, *args)
     return flt
 
 
+def _export_bpf(flt: Any) -> bytes:
+    with tempfile.TemporaryFile() as bpf:
+        flt.export_bpf(bpf)
+        bpf.seek(0)
+        return bpf.read()
+
+
 @lru_cache(maxsize=1)
 def compiled_filter() -> bytes:
     """The policy as BPF bytes, ready for ``bwrap --seccomp`` or ``PR_SET_SECCOMP``."""
-    with tempfile.TemporaryFile() as bpf:
-        _libseccomp_filter().export_bpf(bpf)
-        bpf.seek(0)
-        return bpf.read()
+    return _export_bpf(_libseccomp_filter())
+
+
+def profile_rules(profile_text: str) -> tuple[int, tuple[Rule, ...]]:
+    """A Docker seccomp profile in the form :func:`docker_profile` writes, as
+    (the errno of everything else, its rules). Anything else in it — another
+    default action or architecture, other actions or comparisons — is a
+    ValueError: the profile could not mean the same as BPF."""
+    profile = json.loads(profile_text)
+    if profile.get("defaultAction") != "SCMP_ACT_ERRNO":
+        raise ValueError(f"default action {profile.get('defaultAction')!r}: only errors compile")
+    if profile.get("architectures") != [_ARCHITECTURES[platform.machine()]]:
+        raise ValueError(f"architectures {profile.get('architectures')!r}: not only this one")
+    found: list[Rule] = []
+    for entry in profile["syscalls"]:
+        action = entry.get("action")
+        if action not in ("SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO"):
+            raise ValueError(f"action {action!r}")
+        refuse_with = int(entry.get("errnoRet", REFUSAL)) if action == "SCMP_ACT_ERRNO" else None
+        when = []
+        for arg in entry.get("args") or []:
+            if arg.get("op") != "SCMP_CMP_MASKED_EQ":
+                raise ValueError(f"comparison {arg.get('op')!r}")
+            when.append(Masked(int(arg["index"]), int(arg["value"]), int(arg.get("valueTwo", 0))))
+        found += (Rule(name, tuple(when), refuse_with) for name in entry["names"])
+    return int(profile.get("defaultErrnoRet", REFUSAL)), tuple(found)
+
+
+@lru_cache(maxsize=4)
+def compile_profile(profile_text: str) -> bytes:
+    """A Docker seccomp profile (as :func:`profile_json` writes one) compiled to
+    BPF: what a launcher installs where the runtime does not apply the profile
+    to every process. ``compile_profile(profile_json()) == compiled_filter()``."""
+    refusal, policy = profile_rules(profile_text)
+    return _export_bpf(_libseccomp_filter(policy, refusal))
 
 
 def filter_text() -> str:

@@ -27,6 +27,11 @@ LABEL_ROOM = "replroom.room"
 NAME_PREFIX = "replroom-"
 HOSTNAME = "room"
 PAGE = 4096
+# gVisor's own /dev (its devtmpfs, whatever the container's mounts say) has
+# FUSE and TUN, which a room must not have (RoomSpec.fuse_and_tun): the
+# docker backend's runsc PID 1 removes them, a pod covers them with
+# read-only mounts of no device (docker.config, kubernetes.config).
+GVISOR_DEVICES = ("/dev/fuse", "/dev/net")
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class RoomSpec:
     seccomp: str = field(repr=False)
     read_only_root: Literal[True] = True
     network: Literal[False] = False
+    fuse_and_tun: Literal[False] = False  # no /dev/fuse, no /dev/net/tun (gVisor has them)
     capabilities: tuple[()] = ()  # kept: none
     no_new_privileges: Literal[True] = True
 

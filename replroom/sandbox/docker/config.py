@@ -11,7 +11,14 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from replroom.sandbox.base import SANDBOX_HOME
-from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX, RoomSpec
+from replroom.sandbox.spec import (
+    GVISOR_DEVICES,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_ROOM,
+    NAME_PREFIX,
+    RoomSpec,
+)
 
 Runtime = Literal["runc", "runsc"]
 BUILD_HINT = "run `replroom image build --docker`"
@@ -26,7 +33,6 @@ INIT = ["sleep", "infinity"]
 # capabilities: the room cannot kill it either) and removes them before it
 # becomes the sleep (/dev is root's, 0755: the room cannot put them back, and
 # the policy refuses device nodes elsewhere). launch.LAUNCH_FILTERED waits for that.
-GVISOR_DEVICES = ("/dev/fuse", "/dev/net")
 RUNSC_INIT = ["/bin/sh", "-c", 'rm -rf -- "$@" && exec sleep infinity', "init", *GVISOR_DEVICES]
 RUNSC_INIT_USER = "0:0"
 
@@ -89,7 +95,8 @@ def container_config(spec: RoomSpec, runtime: Runtime) -> dict[str, Any]:
             "CapAdd": list(spec.capabilities),
             # runc applies the profile to every exec'd REPL too; runsc (with
             # --oci-seccomp) to the first process only: there every exec
-            # starts under launch.LAUNCH_FILTERED, see docs/security.md.
+            # starts under the filtering launcher (sandbox/launch.py), see
+            # docs/security.md.
             "SecurityOpt": ["no-new-privileges", f"seccomp={spec.seccomp}"],
             "IpcMode": "private",
             "Memory": spec.memory,

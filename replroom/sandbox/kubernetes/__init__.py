@@ -6,14 +6,19 @@ cluster's configuration; requests are plain JSON):
 - ``restartPolicy: Never``, no service-account token, no service links, the
   configured RuntimeClass (e.g. gVisor), uid/gid 1000 and non-root, a
   read-only root, no privilege escalation, all capabilities dropped, seccomp
-  ``RuntimeDefault`` or the rooms' own policy as a ``Localhost`` profile;
+  ``RuntimeDefault`` or the rooms' own policy as a ``Localhost`` profile,
+  nodes of the server's architecture; gVisor's ``/dev/fuse`` and
+  ``/dev/net`` covered by read-only mounts of no device;
 - ``/home/room``, ``/tmp`` and ``/dev/shm`` on memory-backed ``emptyDir``
   volumes that split ``Limits.disk``; requests = limits for memory and CPU;
 - no network: that takes the deny-all NetworkPolicy of deploy/kubernetes on a
   CNI that enforces it, and a pids limit takes the kubelet's
   ``podPidsLimit`` (docs/security.md).
 
-A process is an exec session over WebSocket with a tty. See
+A process is an exec session over WebSocket with a tty, started under the
+filtering launcher (``sandbox/launch.py``), which installs the rooms'
+seccomp policy before the command whatever the runtime class: gVisor gives
+execs no seccomp profile, and RuntimeDefault is not the rooms' policy. See
 docs/kubernetes.md and docs/kubernetes-testing.md. The modules:
 
 - ``config``: the pod rendered from the room's ``spec.RoomSpec`` (its

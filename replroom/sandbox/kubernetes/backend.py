@@ -179,7 +179,7 @@ class KubernetesBackend(Backend):
         self.summary = (
             f"cluster {client.server} (Kubernetes {version.get('gitVersion', '?')}), "
             f"namespace {self.namespace}, permissions ok, {runtime}, image {self.image}, "
-            f"seccomp {self.placement.seccomp}"
+            f"seccomp {self.placement.seccomp} and the rooms' policy on every exec"
         )
 
     async def _allowed(self, verb: str, resource: str, subresource: str) -> bool:

@@ -9,6 +9,7 @@ manifest, or out of those declarations.
 from __future__ import annotations
 
 import hashlib
+import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +17,16 @@ from typing import Any
 
 from replroom.sandbox.base import SANDBOX_HOME
 from replroom.sandbox.kubernetes.exec import command_line
-from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, NAME_PREFIX, RoomSpec
+from replroom.sandbox.launch import deflated, filtered
+from replroom.sandbox.seccomp import compile_profile
+from replroom.sandbox.spec import (
+    GVISOR_DEVICES,
+    LABEL_INSTANCE,
+    LABEL_MANAGED,
+    LABEL_ROOM,
+    NAME_PREFIX,
+    RoomSpec,
+)
 
 # Labels and annotations can change on a running pod (unlike a container's
 # labels): after a pooled sandbox's rename() LABEL_ROOM and this annotation
@@ -32,6 +42,20 @@ LOCALHOST = "Localhost:"
 # namespace's init only the signals it handles, and this one handles SIGCHLD
 # only. `wait` reaps any child, adopted ones included.
 INIT = ["/bin/sh", "-c", "while :; do sleep 2147483647 & wait; done"]
+
+# gVisor's /dev/fuse and /dev/net (with tun) are covered by read-only mounts
+# of this volume, which holds no device: /dev/net by the volume (a directory),
+# /dev/fuse by its one file. A pod's PID 1 cannot remove them as docker+runsc's
+# does (it is not root), and a room cannot unmount them (no capabilities; the
+# policy refuses umount). Under runc, whose /dev has neither, they only add
+# an empty directory and a file.
+NO_DEVICES = "no-devices"
+NO_DEVICES_FILE = "empty"
+
+# The nodes' architecture label for the one the server's BPF is compiled for:
+# under another the launcher's filter kills every exec (ACT_BADARCH).
+ARCHITECTURE_LABEL = "kubernetes.io/arch"
+NODE_ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 _POD_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _LABEL_VALUE = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
@@ -84,7 +108,7 @@ class NotInPod:
     note: str
 
 
-def not_in_pod(spec: RoomSpec, placement: PodPlacement) -> dict[str, NotInPod]:
+def not_in_pod(spec: RoomSpec) -> dict[str, NotInPod]:
     """The spec's fields, by name, that :func:`pod_manifest` leaves to others."""
     declared = {
         "pids": NotInPod(
@@ -106,14 +130,6 @@ def not_in_pod(spec: RoomSpec, placement: PodPlacement) -> dict[str, NotInPod]:
             "the CPU weight follows the pod's request, which equals its limit "
             "and cannot change while it runs",
         )
-    if placement.seccomp == RUNTIME_DEFAULT:
-        declared["seccomp"] = NotInPod(
-            spec.seccomp,
-            None,
-            "RuntimeDefault is the container runtime's profile, not the rooms' policy: "
-            "install seccomp_files() on the nodes and set kubernetes_seccomp_profile "
-            "= Localhost:<path>",
-        )
     return declared
 
 
@@ -133,8 +149,25 @@ def exec_command(
     size: tuple[str, str],
 ) -> list[str]:
     """An exec's command: ``argv`` with ``env`` over the spec's environment (an
-    exec has no environment of its own; its user is the pod's)."""
-    return command_line(argv, {**dict(spec.env), **(env or {})}, cwd, size)
+    exec has no environment of its own; its user is the pod's), under the
+    filtering launcher (sandbox/launch.py), which installs the spec's seccomp
+    policy first.
+
+    Whatever the runtime class: gVisor applies a pod's seccomp profile to its
+    first process at most, never to execs, and RuntimeDefault is not the
+    rooms' policy. Under runc with the Localhost profile the two filters
+    stack, the same policy twice.
+    """
+    inner = command_line(argv, {**dict(spec.env), **(env or {})}, cwd, size)
+    return filtered(deflated(compile_profile(spec.seccomp)), inner)
+
+
+def node_architecture() -> str:
+    """The ``kubernetes.io/arch`` of the nodes the server's BPF programs are for (its own)."""
+    machine = platform.machine()
+    if machine not in NODE_ARCHITECTURES:
+        raise ValueError(f"no seccomp policy for {machine}: rooms run on x86_64 or arm64")
+    return NODE_ARCHITECTURES[machine]
 
 
 def pod_manifest(spec: RoomSpec, placement: PodPlacement) -> dict[str, Any]:
@@ -148,12 +181,19 @@ def pod_manifest(spec: RoomSpec, placement: PodPlacement) -> dict[str, Any]:
         "tmp": ("/tmp", spec.tmp_size),
         "shm": ("/dev/shm", spec.shm_size),  # else the runtime's 64 MiB, whatever the limit
     }
+    fuse, net = GVISOR_DEVICES
+    # fuse_and_tun is always False: covered (NO_DEVICES above).
+    no_devices = [
+        {"name": NO_DEVICES, "mountPath": net, "readOnly": True},
+        {"name": NO_DEVICES, "mountPath": fuse, "subPath": NO_DEVICES_FILE, "readOnly": True},
+    ]
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "hostname": spec.hostname,
         "terminationGracePeriodSeconds": 0,
+        "nodeSelector": {ARCHITECTURE_LABEL: node_architecture()},
         "securityContext": {**identity, "seccompProfile": seccomp},
         "containers": [
             {
@@ -173,13 +213,26 @@ def pod_manifest(spec: RoomSpec, placement: PodPlacement) -> dict[str, Any]:
                     "seccompProfile": seccomp,
                 },
                 "volumeMounts": [
-                    {"name": name, "mountPath": path} for name, (path, _) in volumes.items()
+                    *({"name": name, "mountPath": path} for name, (path, _) in volumes.items()),
+                    *no_devices,
                 ],
             }
         ],
         "volumes": [
-            {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": str(size)}}
-            for name, (_, size) in volumes.items()
+            *(
+                {"name": name, "emptyDir": {"medium": "Memory", "sizeLimit": str(size)}}
+                for name, (_, size) in volumes.items()
+            ),
+            {
+                "name": NO_DEVICES,
+                "downwardAPI": {
+                    "items": [
+                        # A pod's own name: some file, no device and no secret.
+                        {"path": NO_DEVICES_FILE, "fieldRef": {"fieldPath": "metadata.name"}}
+                    ],
+                    "defaultMode": 0o444,
+                },
+            },
         ],
     }
     if placement.runtime_class:

@@ -11,7 +11,9 @@ closes the WebSocket after the status.
 Kubernetes has no exec options for a working directory, an environment or an
 initial terminal size, and no API to signal an exec: every command starts
 under :data:`LAUNCH`, which sets them, prints its pid and the memory cgroup's
-OOM-kill count, then becomes the command. A signal is a ``kill`` run by a
+OOM-kill count, then becomes the command (and that under the filtering
+launcher of ``sandbox/launch.py``, which installs the rooms' seccomp policy
+first: ``config.exec_command``). A signal is a ``kill`` run by a
 second exec (the container's processes share one pid namespace). An
 unexplained SIGKILL is out of memory when that count grew during the
 process's life; the whole pod's death is judged from its container's state

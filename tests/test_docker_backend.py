@@ -14,6 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiodocker
 import pytest
@@ -30,8 +31,9 @@ from replroom.sandbox.docker import (
     diagnose,
     disconnect,
 )
+from replroom.sandbox.kubernetes.config import PodPlacement, pod_manifest
 from replroom.sandbox.seccomp import docker_security_opt
-from replroom.sandbox.spec import room_spec
+from replroom.sandbox.spec import GVISOR_DEVICES, room_spec
 from tests.sandboxes import Screen, read_all
 from tests.sandboxes import run as run_on_pipes
 
@@ -508,3 +510,75 @@ async def test_invalid_room_ids_are_refused() -> None:
             await backend.create("../x", SMALL)
     finally:
         await backend.close()
+
+
+# ------------------------------------- what a room pod does about gVisor's devices
+
+
+DEVICE_CHECK = """
+import os, stat
+for path in ("/dev/fuse", "/dev/net/tun"):
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        print(path, "absent")
+        continue
+    kind = "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "no device"
+    try:
+        os.close(os.open(path, os.O_RDWR))
+        print(path, kind, "opened")
+    except OSError as error:
+        print(path, kind, error.strerror)
+"""
+
+
+async def test_the_pods_device_mounts_cover_gvisors_devices(
+    docker_backend: DockerBackend, docker_image: str, tmp_path: Path
+) -> None:
+    """A room pod cannot remove gVisor's /dev/fuse and /dev/net/tun (its PID 1 is
+    not root): it covers them with read-only mounts of a downwardAPI volume.
+    Here the runtime gets those mounts as a kubelet would hand them over (the
+    volume a directory holding its one file, the subPath mount that file):
+    runsc, as runc, lets them cover its own /dev."""
+    pod = pod_manifest(
+        room_spec("devices", Limits(), image=docker_image, instance="t"),
+        PodPlacement("replroom-rooms", runtime_class="gvisor"),
+    )
+    (container,) = pod["spec"]["containers"]
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    mounts = []
+    for mount in container["volumeMounts"]:
+        if mount["mountPath"] not in GVISOR_DEVICES:
+            continue
+        volume = volumes[mount["name"]]["downwardAPI"]
+        directory = tmp_path / mount["name"]
+        directory.mkdir(mode=0o755, exist_ok=True)
+        for item in volume["items"]:
+            (directory / item["path"]).write_text(pod["metadata"]["name"])
+            (directory / item["path"]).chmod(volume["defaultMode"])
+        source = directory / mount["subPath"] if "subPath" in mount else directory
+        mounts.append({"Type": "bind", "Source": str(source), "Target": mount["mountPath"],
+                       "ReadOnly": mount["readOnly"]})  # fmt: skip
+    assert len(mounts) == len(GVISOR_DEVICES)
+
+    async def devices(with_mounts: list[dict[str, object]]) -> str:
+        created = await docker_backend.docker.containers.create({
+            "Image": docker_image, "User": "1000:1000", "Cmd": ["python3", "-c", DEVICE_CHECK],
+            "HostConfig": {"Runtime": docker_backend.runtime, "NetworkMode": "none",
+                           "CapDrop": ["ALL"], "Mounts": with_mounts},
+        })  # fmt: skip
+        try:
+            await created.start()
+            assert (await asyncio.wait_for(created.wait(), TIMEOUT))["StatusCode"] == 0
+            return "".join(await created.log(stdout=True, stderr=True))
+        finally:
+            await created.delete(force=True)
+
+    covered = await devices(mounts)
+    assert covered.splitlines() == ["/dev/fuse no device Permission denied", "/dev/net/tun absent"]
+    if docker_backend.runtime == "runsc":
+        # What the mounts cover: gVisor's own devices, which anyone may open.
+        assert (await devices([])).splitlines() == [
+            "/dev/fuse device opened",
+            "/dev/net/tun device opened",
+        ]

@@ -291,3 +291,18 @@ async def test_a_quiet_screen_folds_all_its_output(
     assert screen.raw_bytes == 0
     assert screen.held_bytes < 10 * 1024
     assert_same(await watched(emulator, flood + b">>> "), await rebuilt(emulator, screen))
+
+
+async def test_a_fold_with_nothing_whole_to_fold_is_no_failure(emulator: Emulator) -> None:
+    """Half a character waits for its end; the screen does not take it for a broken emulator."""
+    screen = Screen(SCROLLBACK, SIZE, emulator)
+    screen.feed("中".encode()[:2], SIZE)
+    await screen.folded()
+    assert screen.raw_bytes == 2
+    screen.feed("中".encode()[2:] + b"\r\n", SIZE)
+    for _ in range(10_000):  # 800 KB at once: past what a failing screen keeps
+        screen.feed(b"x" * 79 + b"\r\n", SIZE)
+    assert not screen.degraded
+    await screen.folded()
+    dump = await rebuilt(emulator, screen)
+    assert dump["buffers"]["normal"]["lines"][-24]["cells"][0].startswith("x|")

@@ -375,19 +375,25 @@ class Screen:
     async def _fold_all(self) -> None:
         try:
             while self._raw:
-                if not await self._fold_once():
+                folded = await self._fold_once()
+                if folded is None:  # the emulator failed: try again later
                     self._retry_at = time.monotonic() + RETRY_SECONDS
-                    if self._quiet is None:  # try again once quiet, if nothing else does
+                    if self._quiet is None:  # once quiet, if nothing else does
                         loop = asyncio.get_running_loop()
                         self._quiet = loop.call_later(QUIET_SECONDS, self._when_quiet)
                     return
-                if self.raw_bytes < FOLD_BYTES:
+                if not folded or self.raw_bytes < FOLD_BYTES:
                     return
         finally:
             self._folding = None
 
-    async def _fold_once(self) -> bool:
-        """Fold the output so far into the serialized screen; False if the emulator failed."""
+    async def _fold_once(self) -> int | None:
+        """Fold the output so far into the serialized screen.
+
+        Returns how many bytes were folded (0: all of it ends inside a
+        sequence or character, or the screen was cleared meanwhile), None if
+        the emulator failed.
+        """
         generation = self._generation
         count = len(self._raw)
         taken = self._raw[:count]
@@ -400,13 +406,13 @@ class Screen:
             )
         except EmulatorError as error:
             log.debug("screen not folded (its output stays raw): %s", error)
-            return False
+            return None
         if generation != self._generation:
-            return True  # cleared meanwhile: what was folded is gone
+            return 0  # cleared meanwhile: what was folded is gone
         index -= first
         if index < 0 or index > count or (index == count and offset):
             log.warning("screen emulator answered a fold point out of range")
-            return False
+            return None
         # The sizes in effect at the fold point: the last resize before it.
         size = next(
             (s for s in reversed(taken[:index]) if isinstance(s, tuple)), self._serialized_size
@@ -418,12 +424,12 @@ class Screen:
             kept = [rest[offset:]] if offset < len(rest) else []
         folded = sum(len(s) for s in taken[:index] if isinstance(s, bytes)) + offset
         if not folded and index == 0:
-            return False  # nothing could be folded yet (a sequence is still open)
+            return 0  # nothing could be folded yet (a sequence is still open)
         self.serialized, self._serialized_size = serialized, size
         self.degraded = False
         self._raw[: index + (1 if kept or index < count else 0)] = kept
         self.raw_bytes -= folded
-        return True
+        return folded
 
     def _degrade(self) -> None:
         """Folding fails: keep the latest output from a line start, as a byte replay would."""

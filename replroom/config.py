@@ -225,6 +225,11 @@ class Settings(BaseSettings):
         description="the languages rooms offer, in the picker's order (comma-separated in the "
         "environment); each one beyond the base image's is a language pack (docs/image.md)",
     )
+    libraries: bool = Field(
+        True,
+        description="preinstall each enabled language's usual libraries in its pack "
+        "(Python: numpy, pandas, matplotlib, requests, sympy; docs/image.md)",
+    )
     idle_timeout: float = Field(600, ge=0, description="seconds an empty room keeps its sandbox")
     room_retention: float = Field(30 * 86400, ge=0, description="seconds an unused room is kept")
     memory_budget: Size = Field(

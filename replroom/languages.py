@@ -13,6 +13,7 @@ import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 # Control sequences a line editor prints after its prompt (cursor moves, erase,
@@ -22,6 +23,25 @@ _TRAILING_CONTROLS = re.compile(rb"(?:\x1b\[[0-9;?]*[A-Za-z]|[\x07\r])+\Z")
 
 def _frozen(env: Mapping[str, str] | None = None) -> Mapping[str, str]:
     return MappingProxyType(dict(env or {}))
+
+
+LIBRARIES_DIR = Path(__file__).parent / "libraries"
+
+
+@dataclass(frozen=True)
+class Libraries:
+    """What a room of the language has preinstalled besides the language itself.
+
+    Built into the language's pack when the ``libraries`` setting is on, each
+    from the registry its kind comes from, pinned: Debian packages (the
+    suite's versions), a pip requirements file with hashes, an npm project
+    with its lock file (both under ``replroom/libraries/``).
+    """
+
+    debs: tuple[str, ...] = ()
+    pip: str | None = None  # requirements file with --hash lines
+    npm: str | None = None  # directory with package.json and package-lock.json
+    summary: str = ""  # what people get, for the docs and `image list`
 
 
 @dataclass(frozen=True)
@@ -40,6 +60,7 @@ class Language:
     # The language pack that holds ``packages`` (replroom/packs.py), or None
     # when they are in the base image every room starts from.
     pack: str | None = None
+    libraries: Libraries | None = None
 
     @property
     def filename(self) -> str:
@@ -260,6 +281,9 @@ LANGUAGES: dict[str, Language] = {
             quote=python_string,
             # The user's modules would litter /home/room with __pycache__.
             repl_env=_frozen({"PYTHONDONTWRITEBYTECODE": "1"}),
+            libraries=Libraries(
+                pip="python.txt", summary="numpy, pandas, matplotlib, requests, sympy"
+            ),
         ),
         Language(
             name="node",
@@ -269,6 +293,9 @@ LANGUAGES: dict[str, Language] = {
             editor_mode="javascript",
             pack="node",
             repl=("node",),
+            # Where the node-libs packages are (require() finds them by name).
+            repl_env=_frozen({"NODE_PATH": "/usr/local/lib/node_modules"}),
+            libraries=Libraries(npm="node", summary="lodash, date-fns"),
             run=("node", "{path}"),
             prompt=re.compile(rb"(?<![.>])> \Z"),
             # .load types the file into the REPL as one block (editor mode):
@@ -286,6 +313,10 @@ LANGUAGES: dict[str, Language] = {
             title="Ruby",
             packages=("ruby",),  # irb comes with it in bookworm
             pack="ruby",
+            libraries=Libraries(
+                debs=("ruby-activesupport", "ruby-rainbow", "ruby-terminal-table"),
+                summary="activesupport, rainbow, terminal-table",
+            ),
             extension=".rb",
             editor_mode="ruby",
             # irb's default editor (Reline) asks the terminal for the cursor

@@ -33,6 +33,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -56,13 +57,13 @@ from replroom.image import (
     list_images,
     recipe_image,
 )
-from replroom.languages import LANGUAGES, Language
+from replroom.languages import LANGUAGES, LIBRARIES_DIR
 from replroom.sandbox.host import mounted_under
 
 Progress = Callable[[str], None]
 
 # Bump whenever _finish_pack or _glue changes what ends up in a pack.
-PACK_VERSION = 1
+PACK_VERSION = 2
 
 # What a pack must not carry: the package manager's own state (each pack would
 # bring its own dpkg status, the topmost hiding the others'; rooms never run
@@ -72,22 +73,42 @@ _PACK_EXCLUDED = ("var/lib/dpkg", "var/lib/apt", "var/cache", "var/log", "tmp", 
 
 @dataclass(frozen=True)
 class Pack:
+    """One language's layer: its Debian packages (unless in the base) and its libraries."""
+
     name: str
-    languages: tuple[Language, ...]
+    debs: tuple[str, ...] = ()
+    pip: Path | None = None  # a requirements file with hashes
+    npm: Path | None = None  # a directory with package.json and package-lock.json
 
     @property
-    def packages(self) -> tuple[str, ...]:
-        return tuple(sorted({p for language in self.languages for p in language.packages}))
+    def pinned(self) -> dict[str, str]:
+        """The sha256 of each lock file: a changed pin is another pack."""
+        files = [self.pip] if self.pip else []
+        if self.npm:
+            files += [self.npm / "package.json", self.npm / "package-lock.json"]
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
-def packs_for(languages: Iterable[str]) -> list[Pack]:
-    """The packs that hold ``languages``, by name (languages in the base need none)."""
-    grouped: dict[str, list[Language]] = {}
+def packs_for(languages: Iterable[str], *, libraries: bool = True) -> list[Pack]:
+    """The packs the room image needs for ``languages``, by name (one per language at most)."""
+    packs = []
     for name in languages:
         language = LANGUAGES[name]
-        if language.pack is not None:
-            grouped.setdefault(language.pack, []).append(language)
-    return [Pack(name, tuple(members)) for name, members in sorted(grouped.items())]
+        debs = language.packages if language.pack else ()
+        libs = language.libraries if libraries else None
+        if libs is None and not debs:
+            continue  # in the base image, nothing more
+        if libs is not None:
+            debs = (*debs, *libs.debs)
+        packs.append(
+            Pack(
+                language.pack or name,
+                tuple(sorted(debs)),
+                pip=LIBRARIES_DIR / libs.pip if libs and libs.pip else None,
+                npm=LIBRARIES_DIR / libs.npm if libs and libs.npm else None,
+            )
+        )
+    return sorted(packs, key=lambda pack: pack.name)
 
 
 def all_packs() -> list[Pack]:
@@ -95,7 +116,13 @@ def all_packs() -> list[Pack]:
 
 
 def pack_recipe(base: RoomImage, pack: Pack) -> dict[str, Any]:
-    return {"base": base.id, "pack": pack.name, "packages": pack.packages, "version": PACK_VERSION}
+    return {
+        "base": base.id,
+        "pack": pack.name,
+        "packages": pack.debs,
+        "pinned": pack.pinned,
+        "version": PACK_VERSION,
+    }
 
 
 def _hash(spec: dict[str, Any]) -> str:
@@ -115,7 +142,7 @@ def pack_layer(settings: Settings, base: RoomImage, pack: Pack) -> PackLayer:
 
 def room_image(base: RoomImage, settings: Settings) -> RoomImage:
     """The room root for the enabled languages: the base, or the base with its packs."""
-    packs = packs_for(settings.languages)
+    packs = packs_for(settings.languages, libraries=settings.libraries)
     if not packs:
         return base
     layers = [pack_layer(settings, base, pack) for pack in packs]
@@ -131,7 +158,8 @@ def room_image(base: RoomImage, settings: Settings) -> RoomImage:
 def build_packs(settings: Settings, base: RoomImage, progress: Progress = print) -> RoomImage:
     """Build the enabled languages' packs (those not cached yet) and mount the room root."""
     image = room_image(base, settings)
-    for pack, layer in zip(packs_for(settings.languages), image.layers, strict=True):
+    packs = packs_for(settings.languages, libraries=settings.libraries)
+    for pack, layer in zip(packs, image.layers, strict=True):
         if layer.tree.is_dir():
             continue
         with _build_lock(settings, progress):
@@ -149,11 +177,18 @@ def _build_pack(base: RoomImage, pack: Pack, layer: PackLayer, progress: Progres
     directory = layer.tree.parent
     with building_rootfs(directory, progress, name="tree") as tree:
         tree.mkdir()
-        with tempfile.TemporaryDirectory(dir=directory, prefix="debs.") as debs:
-            report(f"downloading {' '.join(pack.packages)}")
-            _download(base, pack.packages, Path(debs))
-            report("installing")
-            _install(base, Path(debs), tree, directory)
+        if pack.debs:
+            with tempfile.TemporaryDirectory(dir=directory, prefix="debs.") as debs:
+                report(f"downloading {' '.join(pack.debs)}")
+                _download(base, pack.debs, Path(debs))
+                report("installing")
+                _install(base, Path(debs), tree, directory)
+        if pack.pip:
+            report(f"installing the Python libraries of {pack.pip.name}")
+            _pip_install(base, pack.pip, tree)
+        if pack.npm:
+            report(f"installing the Node.js libraries of {pack.npm.name}/package-lock.json")
+            _npm_install(pack.npm, tree, directory)
         _finish_pack(tree)
         (directory / "pack.json").write_text(json.dumps(pack_recipe(base, pack), indent=2) + "\n")
     report(f"built {layer.id}: {format_size(_disk_usage(layer.tree))}")
@@ -175,6 +210,49 @@ def _download(base: RoomImage, packages: tuple[str, ...], into: Path) -> None:
         hint = "" if "Unable to locate" not in result.stderr else " (run apt-get update?)"
         raise ImageError(f"apt-get could not fetch {' '.join(packages)}{hint}:\n{result.stderr}")
     shutil.rmtree(into / "partial")
+
+
+def _pip_install(base: RoomImage, requirements: Path, tree: Path) -> None:
+    # Wheels only (nothing compiled here), exactly the pinned files (hashes),
+    # where the base image's Python looks for local installs. pip compiles
+    # them to bytecode (rooms do not write it).
+    pythons = sorted(base.rootfs.glob("usr/lib/python3.*/"))
+    if not pythons:
+        raise ImageError("the base image has no Python for the Python libraries")
+    version = pythons[-1].name.removeprefix("python")
+    if version != f"{sys.version_info.major}.{sys.version_info.minor}":
+        # pip picks wheels (and compiles) for the Python that runs it.
+        raise ImageError(f"the Python libraries need Python {version} to install them")
+    target = tree / f"usr/local/lib/python{version}/dist-packages"
+    argv = [
+        sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--require-hashes",
+        "--only-binary=:all:", "--target", str(target), "--no-cache-dir",
+        "--disable-pip-version-check", "-r", str(requirements),
+    ]  # fmt: skip
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ImageError(f"pip could not install {requirements.name}:\n{result.stderr[-2000:]}")
+    # The libraries' own test suites: a third of the size (104 of 346 MiB),
+    # and nothing a room imports.
+    for tests in sorted(target.glob("**/tests"), reverse=True):
+        if tests.is_dir() and not tests.is_symlink():
+            _remove_tree(tests)
+
+
+def _npm_install(project: Path, tree: Path, directory: Path) -> None:
+    npm = shutil.which("npm")
+    if npm is None:
+        raise ImageError("npm is needed for the Node.js libraries (apt-get install npm)")
+    with tempfile.TemporaryDirectory(dir=directory, prefix="npm.") as scratch:
+        for name in ("package.json", "package-lock.json"):
+            shutil.copy(project / name, scratch)
+        argv = [npm, "ci", "--omit=dev", "--ignore-scripts", "--no-audit", "--no-fund"]
+        result = subprocess.run(argv, cwd=scratch, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise ImageError(f"npm ci of {project.name} failed:\n{result.stderr[-2000:]}")
+        target = tree / "usr/local/lib"
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.move(Path(scratch, "node_modules"), target / "node_modules")
 
 
 # Runs in a mount namespace of its own (unshare), so every mount ends with it.

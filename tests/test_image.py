@@ -160,8 +160,10 @@ def test_missing_image_says_how_to_build_it(tmp_path: Path) -> None:
 
 @pytest.mark.fast
 def test_prune_keeps_the_current_image(tmp_path: Path) -> None:
-    # Only the base image's languages: the room image is the base itself.
-    settings = Settings(image_dir=tmp_path / "images", languages=("python", "bash"))
+    # Only the base image's languages, no libraries: the room image is the base itself.
+    settings = Settings(
+        image_dir=tmp_path / "images", languages=("python", "bash"), libraries=False
+    )
     for image_id in ("0123456789ab", recipe_id()):
         (settings.image_dir / image_id / "rootfs" / "etc").mkdir(parents=True)
     (settings.image_dir / "unfinished" / "rootfs.building-1").mkdir(parents=True)
@@ -196,7 +198,7 @@ def test_build_makes_a_complete_image(built: tuple[RoomImage, list[str]]) -> Non
     # The default languages include some with packs: the room image is the
     # base with those packs layered over it.
     assert image.base is not None and image.base.id == recipe_id()
-    assert [layer.name for layer in image.layers] == ["node", "ruby"]
+    assert [layer.name for layer in image.layers] == ["node", "python", "ruby"]
     assert image.rootfs.name == "rootfs" and image.rootfs.parent.name == image.id
     assert not list(image.base.rootfs.parent.glob("rootfs.*")), "leftovers of a build"
     assert image.docker_tag == f"replroom-room:{image.id}"

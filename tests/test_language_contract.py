@@ -272,3 +272,30 @@ async def test_out_of_memory_is_reported(member: RoomClient, language: str) -> N
     assert "out of memory (limit 256 MiB)" in notice["text"], notice
     await member.wait_output(contract.prompt, after=at)
     await line(member, contract.keep, contract.prompt)
+
+
+LIBRARY_CHECKS = {
+    "python": (
+        "import numpy, pandas, matplotlib, sympy, requests; matplotlib.use('Agg'); "
+        "import matplotlib.pyplot as plt; plt.plot([1, 2]); "
+        "print('libs', int(numpy.arange(5).sum()), pandas.Series([1, 2]).sum(), "
+        "sympy.expand((sympy.Symbol('x') + 1) ** 2))",
+        "libs 10 3 x**2 + 2*x + 1",
+    ),
+    "node": (
+        'console.log("libs " + require("lodash").chunk([1, 2, 3, 4], 2).length + " " + '
+        'require("date-fns").format(new Date(2020, 0, 2), "yyyy-MM-dd"))',
+        "libs 2 2020-01-02",
+    ),
+    "ruby": (
+        'require "active_support/all"; require "rainbow"; require "terminal-table"; '
+        'puts "libs #{"room".pluralize} #{defined?(Terminal::Table)} #{Rainbow("x").red.size}"',
+        "libs rooms constant 10",
+    ),
+}
+
+
+@pytest.mark.parametrize("language", list(LIBRARY_CHECKS))
+async def test_the_usual_libraries_are_there(member: RoomClient, language: str) -> None:
+    check, expected = LIBRARY_CHECKS[language]
+    await line(member, check, expected)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -15,17 +16,33 @@ from replroom.image import RoomImage, base_image, build_image, current_image, re
 from replroom.packs import all_packs, is_mounted, list_images_and_packs, packs_for
 from tests.client import RoomClient, Server
 
-SMALL = Settings(languages=("python", "lua", "sqlite", "bash"))
+# Without the libraries: the Python one alone is a 240 MiB pack.
+SMALL = Settings(languages=("python", "lua", "sqlite", "bash"), libraries=False)
 
 
 @pytest.mark.fast
 def test_packs_follow_the_enabled_languages() -> None:
-    assert [pack.name for pack in packs_for(("python", "bash"))] == []
-    assert [pack.name for pack in packs_for(("sqlite", "python", "lua"))] == ["lua", "sqlite"]
+    assert [pack.name for pack in packs_for(("python", "bash"), libraries=False)] == []
+    names = [pack.name for pack in packs_for(("sqlite", "python", "lua"), libraries=False)]
+    assert names == ["lua", "sqlite"]
     assert {pack.name for pack in all_packs()} >= {"node", "ruby", "lua", "r", "elixir"}
     # The room image's id names the base and the packs: another set, another image.
     assert recipe_image(SMALL).id != recipe_image(Settings()).id
-    assert recipe_image(Settings(languages=("python", "bash"))) == base_image()
+    assert recipe_image(Settings(languages=("python", "bash"), libraries=False)) == base_image()
+
+
+@pytest.mark.fast
+def test_libraries_go_into_their_languages_packs() -> None:
+    packs = {pack.name: pack for pack in packs_for(("python", "node", "ruby", "bash"))}
+    assert set(packs) == {"python", "node", "ruby"}  # Bash has none
+    assert packs["python"].debs == () and packs["python"].pip is not None
+    assert "--hash=sha256:" in packs["python"].pip.read_text()  # pinned, file by file
+    assert packs["node"].debs == ("nodejs",) and packs["node"].npm is not None
+    lock = json.loads((packs["node"].npm / "package-lock.json").read_text())
+    assert all("integrity" in entry for name, entry in lock["packages"].items() if name)
+    assert "ruby-activesupport" in packs["ruby"].debs
+    # A changed pin is another pack.
+    assert set(packs["node"].pinned) == {"package.json", "package-lock.json"}
 
 
 needs_root = pytest.mark.skipif(

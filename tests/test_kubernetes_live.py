@@ -17,7 +17,8 @@ from replroom.config import Settings
 from replroom.image import RoomImage
 from replroom.sandbox import make_backend
 from replroom.sandbox.kubernetes import KubernetesBackend, pod_name
-from tests.sandboxes import BackendUnderTest
+from replroom.sandbox.seccomp import syscall_number
+from tests.sandboxes import BackendUnderTest, python
 
 # The room contract suite, collected here a third time: against the cluster.
 from tests.test_sandbox import (  # noqa: F401
@@ -66,3 +67,28 @@ async def backend(settings: Settings, room_image: RoomImage) -> AsyncIterator[Ba
     finally:
         await under_test.destroy_all()
         await made.close()
+
+
+async def test_room_processes_are_under_the_policy_without_fuse_or_tun(
+    backend: BackendUnderTest, room_id: str
+) -> None:
+    """What the fakes cannot show: that the cluster's runtime lets every exec's
+    launcher install the rooms' policy (under gVisor too, where the pod's own
+    profile never reaches an exec) and the pod's mounts cover gVisor's devices."""
+    sandbox = await backend.create(room_id)
+    uring = syscall_number("io_uring_setup")
+    status, output = await python(
+        sandbox,
+        "import ctypes, errno, os, stat\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        f"r = libc.syscall({uring}, 8, 0)\n"
+        "print('uring', errno.errorcode[ctypes.get_errno()] if r < 0 else 'ok')\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('Seccomp:')])\n"
+        "for path in ('/dev/fuse', '/dev/net/tun'):\n"
+        "    device = os.path.exists(path) and stat.S_ISCHR(os.stat(path).st_mode)\n"
+        "    print(path, 'device' if device else 'no device')\n",
+    )
+    assert status.code == 0, output
+    assert output.split("\n")[:4] == [
+        "uring EPERM", "['2']", "/dev/fuse no device", "/dev/net/tun no device"
+    ], output  # fmt: skip

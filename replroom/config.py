@@ -238,11 +238,28 @@ class Settings(BaseSettings):
         json_schema_extra=_shown_default(f"{_BUDGET_PERCENT} % of physical memory"),
     )
     max_members: int = Field(64, ge=1, description="members per room")
+    max_files: int = Field(
+        32, ge=1, le=1000, description="editor files per room and language (issue 11 §5)"
+    )
+    max_files_bytes: Size = Field(
+        4 * MiB,
+        ge=64 * KiB,
+        le=256 * MiB,
+        description="total size of a room's editor files of one language; a change past it "
+        "(a new file, an upload, a Run) is refused",
+    )
     output_rate: Size = Field(
         1 * MiB,
         ge=64 * KiB,
         description="terminal output bytes a room may send per second; "
         "a faster REPL is slowed down",
+    )
+    plot_max_bytes: Size = Field(
+        5 * MiB,
+        ge=64 * KiB,
+        le=64 * MiB,
+        description="largest plot image (PNG or SVG) a room may show in its members' plots "
+        "panel; a larger one is refused and deleted unread",
     )
     screen_scrollback: int = Field(
         1000,

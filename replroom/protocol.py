@@ -511,6 +511,25 @@ class ChatEntry(TypedDict):
     at: float
 
 
+PlotMime = Literal["image/png", "image/svg+xml"]
+
+
+class PlotInfo(TypedDict):
+    """A plot a room's REPL drew; its bytes are at ``GET /api/rooms/{room}/plots/{id}``.
+
+    ``member`` and ``by`` name who typed or ran last before it appeared (empty if nobody);
+    ``at`` in seconds since the epoch.
+    """
+
+    id: str
+    language: str
+    mime: PlotMime
+    size: int
+    member: str
+    by: str
+    at: float
+
+
 class RemovedKey(TypedDict):
     """A member key an owner removed: ``ref`` names it for ``readmit``; ``name`` as last seen."""
 
@@ -578,6 +597,7 @@ class Welcome(TypedDict):
     links: NotRequired[Links]
     removed: NotRequired[list[RemovedKey]]
     chat: NotRequired[list[ChatEntry]]
+    plots: NotRequired[list[PlotInfo]]
 
 
 MemberEvent = Literal["joined", "left", "renamed", "changed", "removed", "requested"]
@@ -624,6 +644,13 @@ class ChatPosted(TypedDict):
 
     type: Literal["chat"]
     message: ChatEntry
+
+
+class PlotShown(TypedDict):
+    """A REPL drew a plot (docs/protocol.md, Plots)."""
+
+    type: Literal["plot"]
+    plot: PlotInfo
 
 
 class Typist(TypedDict):
@@ -697,6 +724,7 @@ ServerMessage = Annotated[
     | RemovedList
     | Activity
     | ChatPosted
+    | PlotShown
     | Typist
     | Status
     | Notice
@@ -734,6 +762,7 @@ def welcome(
     links: Links | None = None,
     removed: list[RemovedKey] | None = None,
     chat: list[ChatEntry] | None = None,
+    plots: list[PlotInfo] | None = None,
 ) -> Welcome:
     message: Welcome = {
         "type": "welcome",
@@ -750,6 +779,8 @@ def welcome(
         message["removed"] = removed
     if chat is not None:
         message["chat"] = chat
+    if plots is not None:
+        message["plots"] = plots
     return message
 
 
@@ -778,6 +809,10 @@ def activity(what: Literal["run", "restart"], language: str, member_id: str, by:
 
 def chat_posted(entry: ChatEntry) -> ChatPosted:
     return {"type": "chat", "message": entry}
+
+
+def plot_shown(plot: PlotInfo) -> PlotShown:
+    return {"type": "plot", "plot": plot}
 
 
 def typist(member_id: str, name: str, color: str) -> Typist:

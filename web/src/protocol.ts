@@ -101,6 +101,7 @@ export type ServerMessage =
   | RemovedList
   | Activity
   | ChatPosted
+  | PlotShown
   | Typist
   | Status
   | Notice
@@ -233,6 +234,7 @@ export interface Welcome {
   links?: Links;
   removed?: RemovedKey[];
   chat?: ChatEntry[];
+  plots?: PlotInfo[];
 }
 /**
  * A room: its language, members, state, limits and terminal size.
@@ -328,6 +330,21 @@ export interface ChatEntry {
   at: number;
 }
 /**
+ * A plot a room's REPL drew; its bytes are at `GET /api/rooms/{room}/plots/{id}`.
+ *
+ * `member` and `by` name who typed or ran last before it appeared (empty if nobody);
+ * `at` in seconds since the epoch.
+ */
+export interface PlotInfo {
+  id: string;
+  language: string;
+  mime: "image/png" | "image/svg+xml";
+  size: number;
+  member: string;
+  by: string;
+  at: number;
+}
+/**
  * The member list after a change, and what changed (`changed`: role, write access,
  * size; `requested`: the member asked for write access), and who did it (`by`).
  */
@@ -393,6 +410,13 @@ export interface Activity {
 export interface ChatPosted {
   type: "chat";
   message: ChatEntry;
+}
+/**
+ * A REPL drew a plot (docs/protocol.md, Plots).
+ */
+export interface PlotShown {
+  type: "plot";
+  plot: PlotInfo;
 }
 /**
  * Who typed into the terminal last (sent when it changes to another member).

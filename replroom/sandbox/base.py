@@ -9,7 +9,8 @@ model: this docstring and the methods' are the contract a backend signs):
   :meth:`~Backend.create` as rooms need sandboxes → :meth:`~Backend.close`.
 - a :class:`Sandbox` is one room's isolated, resource-limited environment.
   Its life: made by ``create(room_id, limits)``, ready at once →
-  :meth:`~Sandbox.spawn`, :meth:`~Sandbox.put_file`, :meth:`~Sandbox.stats`,
+  :meth:`~Sandbox.spawn`, :meth:`~Sandbox.put_file`, :meth:`~Sandbox.take_files`,
+  :meth:`~Sandbox.stats`,
   :meth:`~Sandbox.alive` any number of times → :meth:`~Sandbox.destroy`
   (idempotent; afterwards only ``alive()`` and ``destroy()`` may be called).
   A sandbox made ahead of time (``pool.py``) is made under a pool name in the
@@ -89,6 +90,41 @@ def check_sandbox_path(path: str) -> str:
     if any(normal.startswith(root + "/") for root in (SANDBOX_HOME, "/tmp")):
         return normal
     raise SandboxError(f"files can only be written under {SANDBOX_HOME} or /tmp, not {path!r}")
+
+
+# The names :meth:`Sandbox.take_files` takes: one line of plain characters each,
+# so that an exec's listing of them cannot be misread.
+TAKEN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+@dataclass(frozen=True)
+class TakenFile:
+    """A file :meth:`Sandbox.take_files` removed: its bytes, or None when it was too large."""
+
+    name: str
+    size: int
+    data: bytes | None
+
+
+def parse_taken(output: bytes, max_bytes: int) -> list[TakenFile]:
+    """The files in the output of ``scripts.TAKE_FILES``: per file a line ``size name``,
+    then ``size`` bytes when ``size <= max_bytes``."""
+    taken, at = [], 0
+    while at < len(output):
+        end = output.find(b"\n", at)
+        header = output[at:end].decode("ascii", "replace").split(" ") if end >= 0 else []
+        if len(header) != 2 or not header[0].isdigit() or not TAKEN_NAME.fullmatch(header[1]):
+            raise SandboxError(
+                f"unreadable list of files from the sandbox: {output[at : at + 80]!r}"
+            )
+        size, at = int(header[0]), end + 1
+        data = None
+        if size <= max_bytes:
+            data, at = output[at : at + size], at + size
+            if len(data) != size:
+                raise SandboxError(f"{header[1]} from the sandbox is shorter than it said")
+        taken.append(TakenFile(header[1], size, data))
+    return taken
 
 
 class ExitReason(enum.Enum):
@@ -242,6 +278,18 @@ class Sandbox(ABC):
     @abstractmethod
     async def put_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Write a file owned by the sandbox user, under /home/room or /tmp."""
+
+    @abstractmethod
+    async def take_files(self, directory: str, max_bytes: int, count: int) -> list[TakenFile]:
+        """Take (read and remove) up to ``count`` files from ``directory`` in the sandbox.
+
+        ``directory`` is under /home/room or /tmp (:func:`check_sandbox_path`); a
+        missing one holds nothing. The regular files whose names match
+        :data:`TAKEN_NAME` are taken in name order; a file's size is looked at
+        before it is read, and one larger than ``max_bytes`` is removed unread
+        (``data`` None). Hidden files (being written) and directories stay;
+        other entries are removed. Fewer than ``count`` files taken: none is left.
+        """
 
     @abstractmethod
     async def stats(self) -> SandboxStats: ...

@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import termios
@@ -38,6 +39,7 @@ from replroom.sandbox.base import (
     DEFAULT_ENV,
     SANDBOX_HOME,
     SANDBOX_UID,
+    TAKEN_NAME,
     Backend,
     ExitStatus,
     Process,
@@ -45,6 +47,7 @@ from replroom.sandbox.base import (
     SandboxError,
     SandboxImage,
     SandboxStats,
+    TakenFile,
     check_room_id,
     check_sandbox_path,
     killed_by,
@@ -430,6 +433,19 @@ class BwrapSandbox(Sandbox):
         except OSError as error:
             raise SandboxError(f"cannot write {target}: {error.strerror}") from None
 
+    async def take_files(self, directory: str, max_bytes: int, count: int) -> list[TakenFile]:
+        if self._destroyed:
+            raise SandboxError(f"sandbox of room {self.room_id} is destroyed")
+        target = check_sandbox_path(directory)
+        if target.startswith(SANDBOX_HOME + "/"):
+            root, relative = self.writable / "home", target.removeprefix(SANDBOX_HOME + "/")
+        else:
+            root, relative = self.writable / "tmp", target.removeprefix("/tmp/")
+        try:
+            return await asyncio.to_thread(_take_below, root, relative, max_bytes, count)
+        except OSError as error:
+            raise SandboxError(f"cannot take files from {target}: {error.strerror}") from None
+
     async def stats(self) -> SandboxStats:
         if self._destroyed:
             return SandboxStats(0, 0.0, 0)
@@ -487,6 +503,62 @@ def _write_below(root: Path, relative: str, data: bytes, mode: int, uid: int) ->
             os.close(fd)
     finally:
         os.close(directory)
+
+
+def _take_below(root: Path, relative: str, max_bytes: int, count: int) -> list[TakenFile]:
+    """Sandbox.take_files on the host: the room's tree walked without following symlinks."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    directory = os.open(root, flags)
+    try:
+        for part in relative.split("/"):
+            try:
+                child = os.open(part, flags, dir_fd=directory)
+            except OSError as error:
+                # Missing, or not a directory: a file or a symlink the room planted.
+                if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                    return []
+                raise
+            os.close(directory)
+            directory = child
+        taken: list[TakenFile] = []
+        for name in sorted(os.listdir(directory)):
+            if len(taken) == count:
+                break
+            if not name.startswith("."):
+                found = _take_one(directory, name, max_bytes)
+                if found is not None:
+                    taken.append(found)
+        return taken
+    finally:
+        os.close(directory)
+
+
+def _take_one(directory: int, name: str, max_bytes: int) -> TakenFile | None:
+    """One entry of take_files' directory: taken, left (a directory) or removed (None)."""
+    try:
+        fd = os.open(
+            name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=directory
+        )
+    except OSError:  # a symlink, a socket, or gone meanwhile
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=directory)
+        return None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            return None
+        data = None
+        if stat.S_ISREG(info.st_mode) and TAKEN_NAME.fullmatch(name) and info.st_size <= max_bytes:
+            # No more than its size when looked at, whatever the room writes meanwhile.
+            data = b""
+            while len(data) < info.st_size and (chunk := os.read(fd, info.st_size - len(data))):
+                data += chunk
+        os.unlink(name, dir_fd=directory)
+        if not stat.S_ISREG(info.st_mode) or not TAKEN_NAME.fullmatch(name):
+            return None
+        return TakenFile(name, info.st_size if data is None else len(data), data)
+    finally:
+        os.close(fd)
 
 
 async def _joined(fd: int, process: BwrapProcess) -> bool:

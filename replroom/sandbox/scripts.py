@@ -32,3 +32,42 @@ fi
 def put_file_argv(target: str, mode: int, size: int) -> list[str]:
     """The command that writes ``size`` bytes of stdin to ``target`` (see PUT_FILE)."""
     return ["/bin/sh", "-c", PUT_FILE, "put_file", target, f"{mode & 0o7777:o}", str(size)]
+
+
+# Takes up to $3 files from the directory $1 (see Sandbox.take_files): for
+# each, a line "size name", then, when size <= $2, exactly size bytes (padded
+# with zeros or cut, should the room change the file meanwhile), and the file
+# is removed. Entries with other names are removed; hidden ones (a file being
+# written) and directories stay.
+TAKE_FILES = """
+dir=$(realpath -e -- "$1" 2>/dev/null) || exit 0
+case "$dir/" in
+    /home/room/*|/tmp/*) ;;
+    *) exit 0 ;;
+esac
+cd -- "$dir" || exit 0
+n=0
+for name in *; do
+    [ -e "$name" ] || [ -L "$name" ] || continue
+    [ -d "$name" ] && [ ! -L "$name" ] && continue
+    case "$name" in
+        [!A-Za-z0-9]*|*[!A-Za-z0-9._-]*) rm -f -- "$name"; continue ;;
+    esac
+    if [ -L "$name" ] || [ ! -f "$name" ] || [ ${#name} -gt 100 ]; then
+        rm -f -- "$name"; continue
+    fi
+    [ "$n" -lt "$3" ] || break
+    n=$((n + 1))
+    size=$(stat -c %s -- "$name")
+    printf '%s %s\\n' "$size" "$name"
+    if [ "$size" -le "$2" ]; then
+        { head -c "$size" -- "$name"; head -c "$size" /dev/zero; } | head -c "$size"
+    fi
+    rm -f -- "$name"
+done
+"""
+
+
+def take_files_argv(directory: str, max_bytes: int, count: int) -> list[str]:
+    """The command that takes files from ``directory`` (see TAKE_FILES)."""
+    return ["/bin/sh", "-c", TAKE_FILES, "take_files", directory, str(max_bytes), str(count)]

@@ -26,8 +26,10 @@ from replroom.sandbox.base import (
     SandboxError,
     SandboxImage,
     SandboxStats,
+    TakenFile,
     check_room_id,
     check_sandbox_path,
+    parse_taken,
 )
 from replroom.sandbox.docker.config import (
     BUILD_HINT,
@@ -48,7 +50,7 @@ from replroom.sandbox.docker.engine import (
 from replroom.sandbox.docker.events import ContainerWatch, EventStream
 from replroom.sandbox.docker.launch import launcher
 from replroom.sandbox.docker.process import HELPER_TIMEOUT, DockerProcess, half_close
-from replroom.sandbox.scripts import put_file_argv
+from replroom.sandbox.scripts import put_file_argv, take_files_argv
 from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, RoomSpec, room_spec
 
 if TYPE_CHECKING:
@@ -422,6 +424,13 @@ class DockerSandbox(Sandbox):
         if code != 0:
             reason = output.decode(errors="replace").strip() or f"exit code {code}"
             raise SandboxError(f"cannot write {path}: {reason}")
+
+    async def take_files(self, directory: str, max_bytes: int, count: int) -> list[TakenFile]:
+        argv = take_files_argv(check_sandbox_path(directory), max_bytes, count)
+        code, output = await self._run(argv, limit=count * (max_bytes + 256) + 4096)
+        if code != 0:
+            raise SandboxError(f"cannot take files from {directory}: exit code {code}")
+        return parse_taken(output, max_bytes)
 
     async def stats(self) -> SandboxStats:
         self._check_usable()

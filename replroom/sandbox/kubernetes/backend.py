@@ -21,8 +21,10 @@ from replroom.sandbox.base import (
     SandboxError,
     SandboxImage,
     SandboxStats,
+    TakenFile,
     check_room_id,
     check_sandbox_path,
+    parse_taken,
 )
 from replroom.sandbox.kubernetes.client import (
     ApiError,
@@ -47,7 +49,7 @@ from replroom.sandbox.kubernetes.exec import (
     KubernetesProcess,
 )
 from replroom.sandbox.kubernetes.watch import PodReflector, PodWatch, container_state
-from replroom.sandbox.scripts import put_file_argv
+from replroom.sandbox.scripts import put_file_argv, take_files_argv
 from replroom.sandbox.spec import LABEL_INSTANCE, LABEL_MANAGED, LABEL_ROOM, RoomSpec, room_spec
 
 log = logging.getLogger(__name__)
@@ -460,6 +462,13 @@ class KubernetesSandbox(Sandbox):
         if code != 0:
             reason = output.decode(errors="replace").strip() or f"exit code {code}"
             raise SandboxError(f"cannot write {path}: {reason}")
+
+    async def take_files(self, directory: str, max_bytes: int, count: int) -> list[TakenFile]:
+        argv = take_files_argv(check_sandbox_path(directory), max_bytes, count)
+        code, output = await self._run(argv)
+        if code != 0:
+            raise SandboxError(f"cannot take files from {directory}: exit code {code}")
+        return parse_taken(output, max_bytes)
 
     async def stats(self) -> SandboxStats:
         code, output = await self._run(["/bin/sh", "-c", STATS])

@@ -461,7 +461,8 @@ LANGUAGES: dict[str, Language] = {
             editor_mode="r",
             repl=("R", "--no-save", "--no-restore", "--quiet"),
             run=("Rscript", "{path}"),
-            prompt=re.compile(rb"(?:\A|\n)> \Z"),
+            # "> " at a line start; readline switches bracketed paste on before it.
+            prompt=re.compile(rb"(?:\A|\n)(?:\x1b\[\?2004h)?> \Z"),
             load_format="source({path})",
             quote=r_string,
         ),

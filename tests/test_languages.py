@@ -150,6 +150,9 @@ def test_ready_prompts() -> None:
     assert not ruby.ready(b"irb(main):003:1> ")
     assert bash.ready(b"\x1b[?2004hroom:~$ ")
     assert not bash.ready(b"room:~$ echo hi\r\nhi\r\n")
+    r = get_language("r")
+    assert r.ready(b"\x1b[?2004h> ") and r.ready(b"[1] 2\r\n> ")
+    assert not r.ready(b"+ ") and not r.ready(b"x <- 1 > ")
 
 
 # ----------------------------------------------- the REPLs in the room image

@@ -7,6 +7,7 @@ compared with the output a member who watched from the start got.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -104,3 +105,30 @@ async def test_a_language_switch_brings_back_that_repls_screen(
     await watcher.wait_output("bash screen")
     await watcher.wait_output("$ ", after=watcher.output.rindex(b"bash screen"))
     assert await screen_of(emulator, bytes(watcher.output)) == bash_screen
+
+
+async def test_a_member_who_fell_behind_gets_the_exact_screen(
+    server: Server, clients: list[RoomClient], emulator: Emulator
+) -> None:
+    room, watcher = await in_bash(server, clients)
+    stalled = await RoomClient.connect(
+        server, room["id"], room["invite_token"], name="stalled", cols=SIZE[0], rows=SIZE[1],
+        read=False,
+    )  # fmt: skip
+    clients.append(stalled)
+    await watcher.until_members(2)
+    await watcher.type(
+        'python3 -c \'[print(f"\\x1b[3{i % 8}mrow {i}\\x1b[0m") for i in range(900000)]; '
+        'print("flood " + "done")\'\r'
+    )
+    at = await watcher.wait_output("flood done", timeout=120)
+    await watcher.wait_output("$ ", after=at)
+    # 18 MB: more than the socket buffers and the client library hold, so the
+    # server dropped the stalled member's queued output. It reads again.
+    stalled._task = asyncio.create_task(stalled._receive())  # the helper's own reader
+    await stalled.wait_until(
+        lambda: stalled.resets >= 2 and b"flood done" in stalled.output, "the rebuilt screen"
+    )
+    await stalled.wait_output("$ ", after=bytes(stalled.output).index(b"flood done"))
+    watched = await screen_of(emulator, bytes(watcher.output))
+    assert await screen_of(emulator, bytes(stalled.output)) == watched

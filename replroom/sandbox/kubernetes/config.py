@@ -13,6 +13,7 @@ import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from replroom.sandbox.base import SANDBOX_HOME
@@ -159,7 +160,13 @@ def exec_command(
     stack, the same policy twice.
     """
     inner = command_line(argv, {**dict(spec.env), **(env or {})}, cwd, size)
-    return filtered(deflated(compile_profile(spec.seccomp)), inner)
+    return filtered(_launcher_program(spec.seccomp), inner)
+
+
+@lru_cache(maxsize=4)
+def _launcher_program(profile: str) -> str:
+    # Compiled and deflated once per policy, not per exec.
+    return deflated(compile_profile(profile))
 
 
 def node_architecture() -> str:

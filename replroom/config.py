@@ -114,6 +114,12 @@ _BUDGET_PERCENT = 75
 _POOL_SIZES = {"bwrap": 2, "docker with runc": 2, "docker with runsc": 1, "kubernetes": 2}
 
 
+def _all_languages() -> tuple[str, ...]:
+    from replroom.languages import LANGUAGES  # noqa: PLC0415 - languages imports nothing of ours
+
+    return tuple(LANGUAGES)
+
+
 def _default_budget() -> int:
     return _physical_memory() * _BUDGET_PERCENT // 100
 
@@ -221,9 +227,10 @@ class Settings(BaseSettings):
     )
     # NoDecode: the environment gives "python,lua", not JSON.
     languages: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("python", "node", "ruby", "bash"),
+        default_factory=_all_languages,
         description="the languages rooms offer, in the picker's order (comma-separated in the "
         "environment); each one beyond the base image's is a language pack (docs/image.md)",
+        json_schema_extra=_shown_default("all twelve of `replroom/languages.py`"),
     )
     libraries: bool = Field(
         True,

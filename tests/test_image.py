@@ -198,7 +198,7 @@ def test_build_makes_a_complete_image(built: tuple[RoomImage, list[str]]) -> Non
     # The default languages include some with packs: the room image is the
     # base with those packs layered over it.
     assert image.base is not None and image.base.id == recipe_id()
-    assert [layer.name for layer in image.layers] == ["node", "python", "ruby"]
+    assert len(image.layers) == 11  # every language but Bash has a pack (Python's: libraries)
     assert image.rootfs.name == "rootfs" and image.rootfs.parent.name == image.id
     assert not list(image.base.rootfs.parent.glob("rootfs.*")), "leftovers of a build"
     assert image.docker_tag == f"replroom-room:{image.id}"

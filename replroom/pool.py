@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 
+from replroom import plotting
 from replroom.config import Limits
 from replroom.languages import Language
 from replroom.sandbox import Backend, ExitStatus, Process, Sandbox, SandboxError
@@ -44,9 +45,8 @@ REFILL_DELAY = 0.1  # seconds after a hand-off before the pool makes the next sp
 
 async def spawn_repl(sandbox: Sandbox, language: Language, cols: int, rows: int) -> Process:
     """Start ``language``'s REPL in ``sandbox`` on a pty of ``cols`` by ``rows``."""
-    return await sandbox.spawn(
-        list(language.repl), env=dict(language.repl_env), cols=cols, rows=rows
-    )
+    env = {**language.repl_env, **await plotting.prepare(sandbox, language)}
+    return await sandbox.spawn(list(language.repl), env=env, cols=cols, rows=rows)
 
 
 class StartedRepl(Process):

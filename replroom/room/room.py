@@ -18,9 +18,10 @@ import contextlib
 import re
 import secrets
 from collections.abc import Callable
+from functools import partial
 from typing import Literal, Protocol, cast
 
-from replroom import protocol
+from replroom import plotting, protocol
 from replroom.config import Limits
 from replroom.languages import Language, UnknownLanguage, get_language
 from replroom.protocol import (
@@ -36,6 +37,7 @@ from replroom.protocol import (
 from replroom.room.chat import Chat
 from replroom.room.controls import HostControls, read_only_reason
 from replroom.room.members import Member, Members
+from replroom.room.plots import Plots
 from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
 from replroom.room.tasks import Background
 from replroom.room.terminal import Sender, SharedTerminal
@@ -93,6 +95,12 @@ class Room:
         self.supervisor = Supervisor(host, record, self.members, self.terminal, self.tasks)
         self.controls = HostControls(record, self.members, host.store)
         self.chat = Chat(record, self.members, host.store, chat or [])
+        self.plots = Plots(
+            self.members, self.tasks, lambda: self.sandbox, host.settings.plot_max_bytes
+        )
+        self.terminal.on_prompt = {
+            name: partial(self.plots.prompt_shown, name) for name in plotting.DRAWING
+        }
         self._idle_timer: asyncio.TimerHandle | None = None
         self._typist: str | None = None  # the id of who typed into the terminal last
 
@@ -168,6 +176,7 @@ class Room:
         welcome = protocol.welcome(
             self.describe(), member.view(), self.members.views(),
             editor=editor, links=links, removed=removed, chat=list(self.chat.history),
+            plots=self.plots.infos(),
         )  # fmt: skip
         member.outbox.send_json(welcome)
         self.members.announce("joined", member)
@@ -254,6 +263,7 @@ class Room:
 
     def _typed_by(self, member: Member) -> None:
         """Announce who types into the terminal, when it is someone else than before."""
+        self.plots.by = (member.id, member.name)  # the plots that appear next are theirs
         if self._typist == member.id:
             return
         self._typist = member.id

@@ -197,6 +197,7 @@ class Pane:
         # Set once the REPL shows its prompt: input typed before that may be
         # thrown away by the REPL's line editor as it starts (irb does).
         self.prompt_shown = asyncio.Event()
+        self._tail = b""  # the latest output, for at_prompt
         self._skip_until = 0.0  # dropping a flood's output until then (see skip)
         self._skip_tail = b""
         self._skipped = 0
@@ -209,6 +210,11 @@ class Pane:
             if self.language.ready(self._recent):
                 self.prompt_shown.set()
                 self._recent = b""
+
+    def at_prompt(self, chunk: bytes) -> bool:
+        """Whether the REPL shows its prompt again after ``chunk`` (a line has ended)."""
+        self._tail = (self._tail + chunk[-PROMPT_TAIL:])[-PROMPT_TAIL:]
+        return self.language.ready(self._tail)
 
     def clear(self) -> None:
         """A blank screen (the REPL is restarted)."""
@@ -265,6 +271,8 @@ class SharedTerminal:
         self._rate = RateLimit(rate)
         self._output_allowed = asyncio.Event()
         self._output_allowed.set()
+        # Called, by language, when its REPL shows its prompt again (not its first).
+        self.on_prompt: dict[str, Callable[[], None]] = {}
 
     def pane(self, language: Language) -> Pane:
         pane = self.panes.get(language.name)
@@ -334,7 +342,11 @@ class SharedTerminal:
                     continue
             else:
                 await self._rate.spend(len(chunk))
+            started = pane.prompt_shown.is_set()
             pane.record(chunk, (self.cols, self.rows))
+            on_prompt = self.on_prompt.get(pane.language.name)
+            if on_prompt is not None and started and pane.at_prompt(chunk):
+                on_prompt()
             if self.is_shown(pane):
                 outboxes = list(self._outboxes())
                 for outbox in outboxes:

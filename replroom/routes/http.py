@@ -176,6 +176,30 @@ async def describe_room(
     return room.describe()
 
 
+@router.get("/api/rooms/{room_id}/plots/{plot_id}")
+async def plot_image(
+    request: Request, room_id: str, plot_id: str, authorization: str | None = Header(None)
+) -> Response:
+    """A plot's image, for the room's members (docs/protocol.md, Plots)."""
+    room = await _authorised_room(request, room_id, _bearer(authorization))
+    plot = room.plots.get(plot_id)
+    if plot is None:
+        raise HTTPException(404, "no such plot (a room keeps its latest ones, until it closes)")
+    extension = "svg" if plot.info["mime"] == "image/svg+xml" else "png"
+    return Response(
+        plot.data,
+        media_type=plot.info["mime"],
+        headers={
+            # An SVG is the room's: were it ever opened as a document, it runs nothing
+            # and loads nothing (the page shows plots only as <img>, which never does).
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
+            "X-Content-Type-Options": "nosniff",
+            "Content-Disposition": f'attachment; filename="plot-{plot_id}.{extension}"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
 @router.post("/api/rooms/{room_id}/rotate")
 async def rotate_links(
     request: Request, room_id: str, authorization: str | None = Header(None)

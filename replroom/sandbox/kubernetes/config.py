@@ -51,7 +51,7 @@ INIT = ["/bin/sh", "-c", "while :; do sleep 2147483647 & wait; done"]
 # policy refuses umount). Under runc, whose /dev has neither, they only add
 # an empty directory and a file.
 NO_DEVICES = "no-devices"
-NO_DEVICES_FILE = "empty"
+NO_DEVICES_FILE = "placeholder"
 
 # The nodes' architecture label for the one the server's BPF is compiled for:
 # under another the launcher's filter kills every exec (ACT_BADARCH).

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -331,30 +332,35 @@ def mount_room_image(image: RoomImage, progress: Progress = print) -> RoomImage:
         raise ImageError("mounting the room image (base and language packs) needs root")
     directory = image.rootfs.parent
     directory.mkdir(parents=True, exist_ok=True)
-    glue = _glue(image)
-    if not glue.is_dir():
-        _make_glue(image, glue)
-    image.rootfs.mkdir(exist_ok=True)
-    lowers = [
-        str(glue),
-        *(str(layer.tree) for layer in reversed(image.layers)),
-        str(image.base.rootfs),
-    ]
-    _run(
-        [
-            "mount",
-            "-t",
-            "overlay",
-            "overlay",
-            "-o",
-            f"ro,lowerdir={':'.join(lowers)}",
-            str(image.rootfs),
+    # Servers starting together (and image builds) must not mount it twice.
+    with _mount_lock(image.rootfs.parent.parent):
+        if is_mounted(image):
+            return image
+        glue = _glue(image)
+        if not glue.is_dir():
+            _make_glue(image, glue)
+        image.rootfs.mkdir(exist_ok=True)
+        lowers = [
+            str(glue),
+            *(str(layer.tree) for layer in reversed(image.layers)),
+            str(image.base.rootfs),
         ]
-    )
-    (directory / "layers.json").write_text(json.dumps(lowers, indent=2) + "\n")
+        options = f"ro,lowerdir={':'.join(lowers)}"
+        _run(["mount", "-t", "overlay", "overlay", "-o", options, str(image.rootfs)])
+        (directory / "layers.json").write_text(json.dumps(lowers, indent=2) + "\n")
     names = ", ".join(layer.name for layer in image.layers)
     progress(f"room image {image.id}: {image.base.id} with packs {names}")
     return image
+
+
+@contextlib.contextmanager
+def _mount_lock(images: Path) -> Iterator[None]:
+    fd = os.open(images / ".mount-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _make_glue(image: RoomImage, glue: Path) -> None:

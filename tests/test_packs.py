@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import aiodocker
@@ -149,3 +150,27 @@ async def test_a_server_offers_only_the_enabled_languages(
             await client.close()
     finally:
         server.stop()
+
+
+MOUNT_ONE = """
+import sys
+from replroom.config import Settings
+from replroom.image import recipe_image
+from replroom.packs import mount_room_image
+
+settings = Settings(languages=tuple(sys.argv[1].split(",")), libraries=False)
+mount_room_image(recipe_image(settings), progress=lambda _message: None)
+"""
+
+
+@needs_root
+def test_servers_starting_together_mount_it_once(small: tuple[RoomImage, list[str]]) -> None:
+    image = small[0]
+    subprocess.run(["umount", str(image.rootfs)], check=True)  # only this module uses it
+    starts = [
+        subprocess.Popen([sys.executable, "-c", MOUNT_ONE, ",".join(SMALL.languages)])
+        for _ in range(4)
+    ]
+    assert [start.wait(timeout=60) for start in starts] == [0, 0, 0, 0]
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    assert sum(f" {image.rootfs} " in line for line in mountinfo) == 1

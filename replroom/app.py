@@ -57,6 +57,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir / "editor.sqlite3", on_store_failure=manager.editor_not_saved
     )
     await editor.start()
+    manager.editor = editor
     app.state.manager = manager
     app.state.editor = editor
     expiry = asyncio.create_task(_expire_rooms(manager, editor))

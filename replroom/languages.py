@@ -60,6 +60,10 @@ class Language:
     # The language pack that holds ``packages`` (replroom/packs.py), or None
     # when they are in the base image every room starts from.
     pack: str | None = None
+    # What Run types instead of the load line ("{load}") when the room has several
+    # files of the language: it first makes the REPL forget the modules it loaded
+    # from /home/room, so that a helper edited since the last Run is loaded anew.
+    refresh_format: str | None = None
     libraries: Libraries | None = None
 
     @property
@@ -262,6 +266,19 @@ _PERL_INTERRUPT = 'BEGIN { require "perl5db.pl"; $SIG{INT} = sub { die "interrup
 
 BASH_PS1 = r"room:\w\$ "
 
+# Drops the modules imported from /home/room (and the import system's cache of
+# directory listings, which would miss a file added since), in a namespace of
+# its own: nothing is left defined, nothing printed.
+_PYTHON_REFRESH = (
+    'exec("import sys, importlib\\nfor n, m in list(sys.modules.items()):\\n'
+    " if (getattr(m, '__file__', None) or '').startswith('/home/room/'): del sys.modules[n]"
+    '\\nimportlib.invalidate_caches()", {{}}); {load}'
+)
+_NODE_REFRESH = (
+    "Object.keys(require.cache).forEach((k) => {{"
+    ' if (k.startsWith("/home/room/")) delete require.cache[k]; }})\r{load}'
+)
+
 LANGUAGES: dict[str, Language] = {
     language.name: language
     for language in (
@@ -279,6 +296,7 @@ LANGUAGES: dict[str, Language] = {
             # encoding rules. exec() without namespaces defines in the REPL's.
             load_format='exec(compile(open({path}, "rb").read(), {path}, "exec"))',
             quote=python_string,
+            refresh_format=_PYTHON_REFRESH,
             # The user's modules would litter /home/room with __pycache__.
             repl_env=_frozen({"PYTHONDONTWRITEBYTECODE": "1"}),
             libraries=Libraries(
@@ -307,6 +325,8 @@ LANGUAGES: dict[str, Language] = {
             # mode, via the inspector's Runtime.evaluate, would lift it).
             load_format=".load {path}",
             quote=node_load_path,
+            # A command of its own line: .load must start one.
+            refresh_format=_NODE_REFRESH,
         ),
         Language(
             name="ruby",
@@ -335,6 +355,10 @@ LANGUAGES: dict[str, Language] = {
             # not, because load runs the file in its own top-level scope.
             load_format="load {path}",
             quote=_relative_as_path(ruby_string),
+            # require_relative's files are kept in $LOADED_FEATURES by their full path.
+            refresh_format=(
+                '$LOADED_FEATURES.reject! {{ |f| f.start_with?("/home/room/") }}; {load}'
+            ),
         ),
         Language(
             name="bash",

@@ -51,6 +51,9 @@ CHAT_HISTORY: Final = 500  # chat messages kept per room, and sent to newcomers
 CHAT_RATE: Final = 5  # chat messages a member key may send …
 CHAT_WINDOW: Final = 10.0  # … in this many seconds
 MAX_LANGUAGE: Final = 40
+MAX_FILE_PATH: Final = 128  # characters of an editor file's path, e.g. "lib/helper.py"
+MAX_FILE_DEPTH: Final = 4  # parts of an editor file's path: at most three folders
+MAX_FILE_ID: Final = 22
 MIN_COLS: Final = 10
 MAX_COLS: Final = 1000
 MIN_ROWS: Final = 2
@@ -108,6 +111,8 @@ class ErrorCode(StrEnum):
     FAILED = "failed"
     STORAGE = "storage"
     BUSY = "busy"
+    BAD_FILE = "bad_file"
+    FILES_LIMIT = "files_limit"
     INTERNAL = "internal"
 
 
@@ -143,6 +148,15 @@ ERROR_CODES: Final[Mapping[ErrorCode, str]] = {
         f"output): keystrokes it did not take within {INPUT_TIMEOUT:g} s, or a message behind over "
         f"{size_text(MAX_PENDING_INPUT)} of waiting input, were dropped. A `restart` is never "
         "held up behind input: it is handled at once"
+    ),
+    ErrorCode.BAD_FILE: (
+        "an editor file's path that is not allowed (empty, absolute, `.` or `..` parts, control "
+        f"characters or `\\`, over {MAX_FILE_PATH} characters or {MAX_FILE_DEPTH} parts), a path "
+        "another file has (or a folder of it), an unknown file, deleting a language's last file"
+    ),
+    ErrorCode.FILES_LIMIT: (
+        "a new file, an upload or a Run would take a language's files past the room's limits "
+        "(settings `max_files`, `max_files_bytes`): nothing was changed or run"
     ),
     ErrorCode.INTERNAL: (
         "the server failed unexpectedly (it is logged with the room id); the message says no "
@@ -293,7 +307,11 @@ CLOSE_CODES: Final[Mapping[CloseCode, Close]] = {
     CloseCode.NOT_FOUND: Close(
         "room not found",
         room=CloseUse("room not found", _A.STOP, "say so"),
-        editor=CloseUse("the room was deleted", _A.STOP),
+        editor=CloseUse(
+            "the room was deleted, or the file (a `files` message says so)",
+            _A.STOP,
+            "show another file",
+        ),
     ),
     CloseCode.AT_CAPACITY: Close(
         "server at capacity",
@@ -357,12 +375,48 @@ class SelectLanguage(Message):
     language: LanguageName
 
 
+FileId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+$", min_length=1, max_length=MAX_FILE_ID)]
+# Checked whole by the room (replroom/room/files.py): here only its length.
+FilePath = Annotated[str, Field(min_length=1, max_length=MAX_FILE_PATH)]
+
+
 class Run(Message):
-    """Load code into the live REPL of a language (default: the room's)."""
+    """Load code into the live REPL of a language (default: the room's).
+
+    ``code`` is the text of the file ``file`` (default: the language's first)
+    as the member sees it; the language's other files are written beside it.
+    """
 
     type: Literal["run"]
     code: str = Field(max_length=MAX_CODE)
     language: LanguageName | None = None
+    file: FileId | None = None
+
+
+class FileCreate(Message):
+    """Add a file to a language's files; ``content``: its text (an upload), else empty."""
+
+    type: Literal["file_create"]
+    language: LanguageName
+    path: FilePath
+    content: str | None = Field(default=None, max_length=MAX_CODE)
+
+
+class FileRename(Message):
+    """Give a file (by its ``file`` id) another path."""
+
+    type: Literal["file_rename"]
+    language: LanguageName
+    file: FileId
+    path: FilePath
+
+
+class FileDelete(Message):
+    """Delete a file (by its ``file`` id) and its document; a language keeps at least one."""
+
+    type: Literal["file_delete"]
+    language: LanguageName
+    file: FileId
 
 
 class Restart(Message):
@@ -436,7 +490,10 @@ ClientMessage = Annotated[
     | MemberAction
     | Readmit
     | RequestWrite
-    | ChatSend,
+    | ChatSend
+    | FileCreate
+    | FileRename
+    | FileDelete,
     Field(discriminator="type"),
 ]
 client_message_adapter: Final[TypeAdapter[ClientMessage]] = TypeAdapter(ClientMessage)
@@ -572,10 +629,17 @@ class RoomInfo(TypedDict):
 
 
 class EditorInfo(TypedDict):
-    """Where this member's editor documents are synced: ``{path}/{language}?ticket=…``."""
+    """Where this member's editor documents are synced: ``{path}/{language}/{file id}?ticket=…``."""
 
     path: str
     ticket: str
+
+
+class FileInfo(TypedDict):
+    """An editor file: ``id`` names its document (stays across renames), ``path`` its name."""
+
+    id: str
+    path: str
 
 
 class Links(TypedDict):
@@ -598,6 +662,7 @@ class Welcome(TypedDict):
     removed: NotRequired[list[RemovedKey]]
     chat: NotRequired[list[ChatEntry]]
     plots: NotRequired[list[PlotInfo]]
+    files: NotRequired[dict[str, list[FileInfo]]]
 
 
 MemberEvent = Literal["joined", "left", "renamed", "changed", "removed", "requested"]
@@ -636,6 +701,22 @@ class Activity(TypedDict):
     what: Literal["run", "restart"]
     language: str
     member: str
+    by: str
+
+
+FileEvent = Literal["created", "renamed", "deleted"]
+
+
+class FilesChanged(TypedDict):
+    """A language's files after a change: what changed (``file``: its id, ``path``: its
+    path after the change), and who did it (``by``)."""
+
+    type: Literal["files"]
+    language: str
+    files: list[FileInfo]
+    event: FileEvent
+    file: str
+    path: str
     by: str
 
 
@@ -724,6 +805,7 @@ ServerMessage = Annotated[
     | RemovedList
     | Activity
     | ChatPosted
+    | FilesChanged
     | PlotShown
     | Typist
     | Status
@@ -763,6 +845,7 @@ def welcome(
     removed: list[RemovedKey] | None = None,
     chat: list[ChatEntry] | None = None,
     plots: list[PlotInfo] | None = None,
+    files: dict[str, list[FileInfo]] | None = None,
 ) -> Welcome:
     message: Welcome = {
         "type": "welcome",
@@ -781,6 +864,8 @@ def welcome(
         message["chat"] = chat
     if plots is not None:
         message["plots"] = plots
+    if files is not None:
+        message["files"] = files
     return message
 
 
@@ -805,6 +890,15 @@ def removed_list(removed: list[RemovedKey]) -> RemovedList:
 
 def activity(what: Literal["run", "restart"], language: str, member_id: str, by: str) -> Activity:
     return {"type": "activity", "what": what, "language": language, "member": member_id, "by": by}
+
+
+def files_changed(
+    language: str, files: list[FileInfo], event: FileEvent, file: FileInfo, by: str
+) -> FilesChanged:
+    return {
+        "type": "files", "language": language, "files": files, "event": event,
+        "file": file["id"], "path": file["path"], "by": by,
+    }  # fmt: skip
 
 
 def chat_posted(entry: ChatEntry) -> ChatPosted:

@@ -90,6 +90,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         PRIMARY KEY (room_id, seq)
     );
     """,
+    # 5: the editor's files per language (issue 11 §5); a language without rows has only
+    # its default file (its document is the one the language had before).
+    """
+    CREATE TABLE IF NOT EXISTS room_files (
+        room_id  TEXT NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
+        language TEXT NOT NULL,
+        id       TEXT NOT NULL,
+        path     TEXT NOT NULL,
+        seq      INTEGER NOT NULL,
+        PRIMARY KEY (room_id, language, id),
+        UNIQUE (room_id, language, path)
+    );
+    """,
 )
 """The rooms database's schema, oldest first: ``PRAGMA user_version`` counts those applied.
 
@@ -394,6 +407,31 @@ class Store:
         await self._write_all(
             "store a chat message", [(insert, row), (forget, (room_id, entry["id"] - keep))]
         )
+
+    async def room_files(self, room_id: str) -> dict[str, list[tuple[str, str]]]:
+        """The room's editor files by language, as (id, path), in their order."""
+        cursor = await self.db.execute(
+            "SELECT language, id, path FROM room_files WHERE room_id = ? ORDER BY language, seq",
+            (room_id,),
+        )
+        files: dict[str, list[tuple[str, str]]] = {}
+        for row in await cursor.fetchall():
+            files.setdefault(row["language"], []).append((row["id"], row["path"]))
+        return files
+
+    async def set_files(self, room_id: str, language: str, files: list[tuple[str, str]]) -> None:
+        """Store a language's editor files (id, path), in their order, replacing the old list."""
+        statements: list[tuple[str, tuple[Any, ...]]] = [
+            ("DELETE FROM room_files WHERE room_id = ? AND language = ?", (room_id, language))
+        ]
+        statements += [
+            (
+                "INSERT INTO room_files (room_id, language, id, path, seq) VALUES (?, ?, ?, ?, ?)",
+                (room_id, language, file_id, path, seq),
+            )
+            for seq, (file_id, path) in enumerate(files)
+        ]
+        await self._write_all("change the editor's files", statements)
 
     async def set_language(self, room_id: str, language: str) -> None:
         await self._write(

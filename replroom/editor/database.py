@@ -27,6 +27,12 @@ MIGRATIONS: tuple[Migration, ...] = (
     );
     CREATE INDEX IF NOT EXISTS editor_updates_doc ON editor_updates (doc, id);
     """,
+    # 2 (issue 11 §5): a language has files, each its own document "room/language/file id";
+    # the document a language had ("room/language") becomes its default file's, id "main".
+    """
+    UPDATE editor_updates SET doc = doc || '/main'
+    WHERE instr(doc, '/') > 0 AND instr(substr(doc, instr(doc, '/') + 1), '/') = 0;
+    """,
 )
 """The editor database's schema, oldest first (as :data:`replroom.storage.MIGRATIONS`)."""
 
@@ -61,6 +67,10 @@ class Database:
     async def replace(self, doc: str, snapshot: bytes) -> None:
         """Replace a document's history with one update holding all of it."""
         await self._run(self._replace, doc, snapshot)
+
+    async def delete_doc(self, doc: str) -> None:
+        """Delete one document's history."""
+        await self._run(self._delete_doc, doc)
 
     async def delete_room(self, room_id: str) -> None:
         """Delete the documents of a room (named ``room_id/…``)."""
@@ -120,6 +130,10 @@ class Database:
                 "INSERT INTO editor_updates (doc, data, created_at) VALUES (?, ?, ?)",
                 (doc, snapshot, time.time()),
             )
+
+    def _delete_doc(self, doc: str) -> None:
+        with self._transaction() as db:
+            db.execute("DELETE FROM editor_updates WHERE doc = ?", (doc,))
 
     def _delete_room(self, room_id: str) -> None:
         # substr, not LIKE: room ids may contain "_", LIKE's wildcard.

@@ -70,26 +70,41 @@ class EditorServer:
 
     async def delete(self, room_id: str) -> None:
         """Drop a room's documents from memory and the database, disconnecting their clients."""
-        if room_id in self._deleting:
-            await asyncio.shield(self._deleting[room_id])
+        await self._drop(room_id, "room not found")
+
+    async def delete_document(self, name: str) -> None:
+        """Drop one document (a deleted file's) from memory and the database."""
+        await self._drop(name, "the file was deleted")
+
+    async def _drop(self, key: str, reason: str) -> None:
+        """Drop the documents named ``key`` (one document) or in room ``key`` (a room id)."""
+        if key in self._deleting:
+            await asyncio.shield(self._deleting[key])
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._deleting[room_id] = done
+        self._deleting[key] = done
+
+        def dropped(name: str) -> bool:
+            return name == key or room_of(name) == key
+
         try:
             # A load in flight would otherwise bring the rows back into memory.
             for name, loading in list(self._loading.items()):
-                if room_of(name) == room_id:
+                if dropped(name):
                     with contextlib.suppress(Exception):
                         await asyncio.shield(loading)
             shutdowns = []
             for name, document in list(self.documents.items()):
-                if room_of(name) == room_id:
-                    document.close_clients(CloseCode.NOT_FOUND, "room not found")
+                if dropped(name):
+                    document.close_clients(CloseCode.NOT_FOUND, reason)
                     shutdowns.append(self._shut(document, persist=False))
             await asyncio.gather(*shutdowns, return_exceptions=True)
-            await self._database.delete_room(room_id)
+            if "/" in key:
+                await self._database.delete_doc(key)
+            else:
+                await self._database.delete_room(key)
         finally:
-            del self._deleting[room_id]
+            del self._deleting[key]
             done.set_result(None)
 
     async def close(self) -> None:
@@ -108,7 +123,7 @@ class EditorServer:
         while True:
             if self.closing:
                 raise Unavailable
-            deleting = self._deleting.get(room_of(name))
+            deleting = self._deleting.get(room_of(name)) or self._deleting.get(name)
             if deleting is not None:
                 await asyncio.shield(deleting)
                 continue

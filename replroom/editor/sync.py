@@ -8,12 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pycrdt import Doc
+from pycrdt import Doc, Text
 from starlette.websockets import WebSocket
 
 from replroom.editor.channel import Channel, close_quietly
 from replroom.editor.database import Database
-from replroom.editor.document import apply_stored, text_of
+from replroom.editor.document import TEXT_NAME, apply_stored, text_of
 from replroom.editor.server import EditorServer, Unavailable, is_panic
 from replroom.protocol import CloseCode
 
@@ -108,6 +108,27 @@ class EditorSync:
         doc: Doc[Any] = Doc()
         apply_stored(doc, await database.load(doc_name), doc_name)
         return text_of(doc)
+
+    async def create(self, doc_name: str, text: str) -> None:
+        """Store a new document holding ``text`` (an uploaded file), before any client has it.
+
+        The name must be new: its clients come after this returns.
+        """
+        database = self._database
+        if database is None:
+            raise RuntimeError("EditorSync is not started")
+        if not text:
+            return  # an empty document needs no row
+        doc: Doc[Any] = Doc()
+        doc[TEXT_NAME] = Text(text)
+        await database.replace(doc_name, doc.get_update())
+
+    async def delete_document(self, doc_name: str) -> None:
+        """Drop one document in memory and in SQLite, disconnecting its clients (4004)."""
+        server = self._server
+        if server is None:
+            raise RuntimeError("EditorSync is not started")
+        await server.delete_document(doc_name)
 
     async def delete(self, room_id: str) -> None:
         """Drop every document of a room, in memory and in SQLite, disconnecting its clients."""

@@ -25,6 +25,7 @@ from replroom.languages import get_language
 from replroom.pool import SandboxPool, Started
 from replroom.protocol import CloseCode, EditorInfo, Links, MemberRole
 from replroom.room.controls import REMOVED_REASON
+from replroom.room.files import Documents
 from replroom.room.members import Member
 from replroom.room.room import Room
 from replroom.room.supervisor import RETRY_FIRST, RETRY_MAX, AtCapacity, Backoff
@@ -93,6 +94,7 @@ class RoomManager:
         )
         self.pool.refill()
         self._tickets: dict[str, Member] = {}  # editor ticket -> its member
+        self.editor: Documents | None = None  # the app sets it once the editor has started
         self._closing = False
 
     @property

@@ -27,6 +27,7 @@ from replroom.languages import Language, UnknownLanguage, get_language
 from replroom.protocol import (
     EditorInfo,
     ErrorCode,
+    FileInfo,
     LanguageInfo,
     LimitsInfo,
     Links,
@@ -36,15 +37,16 @@ from replroom.protocol import (
 )
 from replroom.room.chat import Chat
 from replroom.room.controls import HostControls, read_only_reason
+from replroom.room.files import Documents, RoomFiles
 from replroom.room.members import Member, Members
 from replroom.room.plots import Plots
 from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
 from replroom.room.tasks import Background
 from replroom.room.terminal import Sender, SharedTerminal
 from replroom.sandbox import Process, Sandbox, SandboxError
+from replroom.sandbox.base import SANDBOX_HOME
 from replroom.storage import RoomRecord, StorageError, Store, hash_token
 
-RUN_DIR = "/tmp/replroom-run"
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
 # What a member's terminal sends by itself, in answer to the REPL's queries (cursor
 # position, device attributes) or on focus changes: every member's terminal answers,
@@ -62,6 +64,10 @@ class RoomHost(SandboxHost, Protocol):
 
     @property
     def store(self) -> Store: ...
+
+    @property
+    def editor(self) -> Documents | None:
+        """The shared editor's documents (None until the app has started it)."""
 
     async def touch(self, room_id: str) -> None:
         """Note the room's use (its record is kept ``room_retention`` after the last)."""
@@ -101,6 +107,14 @@ class Room:
         self.terminal.on_prompt = {
             name: partial(self.plots.prompt_shown, name) for name in plotting.DRAWING
         }
+        settings = host.settings
+        self.files = RoomFiles(
+            record.id, host.store, lambda: host.editor, settings.max_files, settings.max_files_bytes
+        )
+        # What Run wrote into the working directory, per language, and into which
+        # sandbox: a file deleted or renamed since is removed there at the next Run.
+        self._written: dict[str, set[str]] = {}
+        self._written_to: Sandbox | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._typist: str | None = None  # the id of who typed into the terminal last
 
@@ -170,6 +184,7 @@ class Room:
         if self._idle_timer:
             self._idle_timer.cancel()
             self._idle_timer = None
+        await self.files.load()
         self.members.add(member)
         self.host.members_changed()
         removed = self.controls.removed() if member.role is MemberRole.OWNER else None
@@ -177,6 +192,7 @@ class Room:
             self.describe(), member.view(), self.members.views(),
             editor=editor, links=links, removed=removed, chat=list(self.chat.history),
             plots=self.plots.infos(),
+            files={name: self.files.listing(name) for name in self.host.settings.languages},
         )  # fmt: skip
         member.outbox.send_json(welcome)
         self.members.announce("joined", member)
@@ -296,10 +312,18 @@ class Room:
         self.terminal.resume()
         self.supervisor.announce()
 
-    async def run_code(self, member: Member, code: str, language_name: str | None) -> None:
-        """Write ``code`` into the sandbox and type the line that loads it into the live REPL."""
+    async def run_code(
+        self, member: Member, code: str, language_name: str | None, file_id: str | None = None
+    ) -> None:
+        """Run a file: ``code`` is the text of file ``file_id`` (default: the language's
+        first) as the member sees it. Every file of the language is written into the
+        sandbox's working directory, then the line that loads this one is typed into the
+        live REPL (after one that makes it forget the room's modules it loaded before)."""
         self.controls.check_run(member)
         language = self._enabled_language(language_name or self.language)
+        file = self.files.find(language.name, file_id)
+        texts = await self.files.texts(language.name, override=(file["id"], code))
+        self.files.check_size(texts)
         if language.name != self.language:
             await self.switch_language(member, language.name)
         repl = await self.supervisor.ensure_repl(language.name)
@@ -308,15 +332,67 @@ class Room:
             raise SandboxError(f"{language.title} is not running")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(repl.pane.prompt_shown.wait(), READY_TIMEOUT)
-        repl.run_count += 1
-        path = f"{RUN_DIR}/run{repl.run_count}{language.extension}"
-        await sandbox.put_file(path, code.encode())
+        await self._write_files(sandbox, language.name, texts)
         if repl.process is None:  # it ended meanwhile
             raise SandboxError(f"{language.title} is not running")
         self._typed_by(member)
         self.members.broadcast(protocol.activity("run", language.name, member.id, member.name))
+        load = language.load_line(f"{SANDBOX_HOME}/{file['path']}")
+        if len(texts) > 1 and language.refresh_format:
+            load = language.refresh_format.format(load=load)
         # Ctrl-U first: whatever a member had half-typed must not prefix the line.
-        await _type(repl.process, b"\x15" + language.load_line(path).encode() + b"\r")
+        await _type(repl.process, b"\x15" + load.encode() + b"\r")
+
+    async def _write_files(
+        self, sandbox: Sandbox, language: str, texts: list[tuple[FileInfo, str]]
+    ) -> None:
+        """Write a language's files below /home/room; remove those Run wrote there before
+        that are no file of the room's any more (deleted or renamed since)."""
+        if self._written_to is not sandbox:  # a new sandbox starts empty
+            self._written, self._written_to = {}, sandbox
+        paths = {file["path"] for file, _ in texts}
+        await asyncio.gather(
+            *(sandbox.put_file(f"{SANDBOX_HOME}/{file['path']}", text.encode())
+              for file, text in texts)
+        )  # fmt: skip
+        current = {
+            file["path"]
+            for name in self.host.settings.languages
+            for file in self.files.listing(name)
+        }
+        stale = sorted(self._written.get(language, set()) - current)
+        self._written[language] = paths
+        if stale:
+            process = await sandbox.spawn(
+                ["rm", "-f", "--", *(f"{SANDBOX_HOME}/{path}" for path in stale)], tty=False
+            )
+            await process.wait()
+
+    # -- files -----------------------------------------------------------------
+
+    async def create_file(self, member: Member, message: protocol.FileCreate) -> None:
+        self.controls.check_write(member)
+        language = self._enabled_language(message.language)
+        file = await self.files.create(language.name, message.path, message.content or "")
+        self._files_changed(language.name, "created", file, member)
+
+    async def rename_file(self, member: Member, message: protocol.FileRename) -> None:
+        self.controls.check_write(member)
+        language = self._enabled_language(message.language)
+        file = await self.files.rename(language.name, message.file, message.path)
+        self._files_changed(language.name, "renamed", file, member)
+
+    async def delete_file(self, member: Member, message: protocol.FileDelete) -> None:
+        self.controls.check_write(member)
+        language = self._enabled_language(message.language)
+        file = await self.files.delete(language.name, message.file)
+        self._files_changed(language.name, "deleted", file, member)
+
+    def _files_changed(
+        self, language: str, event: protocol.FileEvent, file: FileInfo, member: Member
+    ) -> None:
+        listing = self.files.listing(language)
+        self.members.broadcast(protocol.files_changed(language, listing, event, file, member.name))
 
     async def restart_repl(self, member: Member | None = None) -> None:
         """Restart the room's current REPL (``member``: who asked, checked and named)."""

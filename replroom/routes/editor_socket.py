@@ -1,4 +1,4 @@
-"""The shared editor's WebSocket: y-websocket, one document per room and language.
+"""The shared editor's WebSocket: y-websocket, one document per room, language and file.
 
 A member's welcome carries a ticket for it, valid while their room WebSocket
 is open (:meth:`RoomManager.editor_member`), so links never appear in editor
@@ -23,20 +23,43 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-@router.websocket(EDITOR_PATH + "/{room_id}/{language}")
+@router.websocket(EDITOR_PATH + "/{room_id}/{language}/{file_id}")
 async def editor_socket(
+    websocket: WebSocket, room_id: str, language: str, file_id: str, ticket: str = ""
+) -> None:
+    """A file's document (``file_id``, from the room's ``files``)."""
+    await _editor_socket(websocket, room_id, language, file_id, ticket)
+
+
+@router.websocket(EDITOR_PATH + "/{room_id}/{language}")
+async def first_file_socket(
     websocket: WebSocket, room_id: str, language: str, ticket: str = ""
+) -> None:
+    """The language's first file: clients from before files (one document per language)."""
+    await _editor_socket(websocket, room_id, language, None, ticket)
+
+
+async def _editor_socket(
+    websocket: WebSocket, room_id: str, language: str, file_id: str | None, ticket: str
 ) -> None:
     if not origin_allowed(websocket):
         await websocket.close(CloseCode.FORBIDDEN, "origin not allowed")
         return
-    member = manager_of(websocket).editor_member(ticket, room_id, language)
+    manager = manager_of(websocket)
+    member = manager.editor_member(ticket, room_id, language)
     if member is None:
         await websocket.close(CloseCode.FORBIDDEN, "invalid editor ticket")
         return
+    room = manager.rooms.get(room_id)
+    files = room.files.listing(language) if room is not None else []
+    file = next((f for f in files if file_id is None or f["id"] == file_id), None)
     await websocket.accept()
+    if room is None or file is None:
+        # Accepted first, so that the client sees the code and stops reconnecting.
+        await close(websocket, CloseCode.NOT_FOUND, "no such file (it was deleted)")
+        return
     try:
-        await _serve_editor(websocket, member, f"{room_id}/{language}")
+        await _serve_editor(websocket, member, room.files.doc(language, file["id"]))
     except Exception:
         log.exception("room %s: serving a member's editor failed", room_id)
         await fail(websocket, None)

@@ -244,7 +244,7 @@ async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage)
     elif isinstance(message, protocol.SelectLanguage):
         await room.switch_language(member, message.language)
     elif isinstance(message, protocol.Run):
-        await room.run_code(member, message.code, message.language)
+        await room.run_code(member, message.code, message.language, message.file)
     elif isinstance(message, protocol.Restart):
         await room.restart_repl(member)
     elif isinstance(message, protocol.Controls):
@@ -257,6 +257,12 @@ async def _dispatch(room: Room, member: Member, message: protocol.ClientMessage)
         room.controls.request_write(member)
     elif isinstance(message, protocol.ChatSend):
         await room.chat.post(member, message.text)
+    elif isinstance(message, protocol.FileCreate):
+        await room.create_file(member, message)
+    elif isinstance(message, protocol.FileRename):
+        await room.rename_file(member, message)
+    elif isinstance(message, protocol.FileDelete):
+        await room.delete_file(member, message)
 
 
 def _reply_error(member: Member, code: ErrorCode, message: str) -> None:

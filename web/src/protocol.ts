@@ -90,7 +90,10 @@ export type ClientMessage =
   | MemberAction
   | Readmit
   | RequestWrite
-  | ChatSend;
+  | ChatSend
+  | FileCreate
+  | FileRename
+  | FileDelete;
 export type ServerMessage =
   | Welcome
   | MembersChanged
@@ -101,6 +104,7 @@ export type ServerMessage =
   | RemovedList
   | Activity
   | ChatPosted
+  | FilesChanged
   | PlotShown
   | Typist
   | Status
@@ -121,6 +125,8 @@ export type ErrorCode =
   | "failed"
   | "storage"
   | "busy"
+  | "bad_file"
+  | "files_limit"
   | "internal";
 
 /**
@@ -159,11 +165,15 @@ export interface SelectLanguage {
 }
 /**
  * Load code into the live REPL of a language (default: the room's).
+ *
+ * `code` is the text of the file `file` (default: the language's first)
+ * as the member sees it; the language's other files are written beside it.
  */
 export interface Run {
   type: "run";
   code: string;
   language?: string | null;
+  file?: string | null;
 }
 /**
  * Kill and restart the current language's REPL.
@@ -222,6 +232,32 @@ export interface ChatSend {
   text: string;
 }
 /**
+ * Add a file to a language's files; `content`: its text (an upload), else empty.
+ */
+export interface FileCreate {
+  type: "file_create";
+  language: string;
+  path: string;
+  content?: string | null;
+}
+/**
+ * Give a file (by its `file` id) another path.
+ */
+export interface FileRename {
+  type: "file_rename";
+  language: string;
+  file: string;
+  path: string;
+}
+/**
+ * Delete a file (by its `file` id) and its document; a language keeps at least one.
+ */
+export interface FileDelete {
+  type: "file_delete";
+  language: string;
+  file: string;
+}
+/**
  * The answer to a valid join.
  */
 export interface Welcome {
@@ -235,6 +271,9 @@ export interface Welcome {
   removed?: RemovedKey[];
   chat?: ChatEntry[];
   plots?: PlotInfo[];
+  files?: {
+    [k: string]: FileInfo[];
+  };
 }
 /**
  * A room: its language, members, state, limits and terminal size.
@@ -298,7 +337,7 @@ export interface RoomControls {
   spectator_chat: boolean;
 }
 /**
- * Where this member's editor documents are synced: `{path}/{language}?ticket=…`.
+ * Where this member's editor documents are synced: `{path}/{language}/{file id}?ticket=…`.
  */
 export interface EditorInfo {
   path: string;
@@ -343,6 +382,13 @@ export interface PlotInfo {
   member: string;
   by: string;
   at: number;
+}
+/**
+ * An editor file: `id` names its document (stays across renames), `path` its name.
+ */
+export interface FileInfo {
+  id: string;
+  path: string;
 }
 /**
  * The member list after a change, and what changed (`changed`: role, write access,
@@ -410,6 +456,19 @@ export interface Activity {
 export interface ChatPosted {
   type: "chat";
   message: ChatEntry;
+}
+/**
+ * A language's files after a change: what changed (`file`: its id, `path`: its
+ * path after the change), and who did it (`by`).
+ */
+export interface FilesChanged {
+  type: "files";
+  language: string;
+  files: FileInfo[];
+  event: "created" | "renamed" | "deleted";
+  file: string;
+  path: string;
+  by: string;
 }
 /**
  * A REPL drew a plot (docs/protocol.md, Plots).

@@ -1,0 +1,299 @@
+"""Several files per room (issue 11 §5) end to end: a real server on loopback (bwrap), real
+WebSocket clients for the room and the editor, Run in real sandboxes, and a real restart
+of the server on the same data directory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from replroom import protocol
+from tests.client import RoomClient, Server
+from tests.test_editor import YClient
+from tests.test_host_controls import BWRAP, join, new_key
+
+pytestmark = pytest.mark.timeout(240)
+
+LIMITS = {"REPLROOM_MAX_FILES": "3", "REPLROOM_MAX_FILES_BYTES": str(64 * 1024)}
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+) -> Iterator[Server]:
+    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env={**BWRAP, **LIMITS})
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def room(server: Server) -> dict[str, Any]:
+    return await server.create_room()
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for client in made:
+        await client.close()
+
+
+async def file_doc(
+    server: Server, room: dict[str, Any], client: RoomClient, language: str, file_id: str,
+    opened: list[Any],
+) -> YClient:  # fmt: skip
+    """The editor document of one file, as the member's page opens it."""
+    ticket = (await client.wait_message("welcome"))["editor"]["ticket"]
+    url = f"{server.ws_url}/yjs/{room['id']}/{language}/{file_id}?ticket={ticket}"
+    made = await YClient.open(url)
+    opened.append(made)
+    return made
+
+
+async def change(client: RoomClient, message: dict[str, Any]) -> dict[str, Any]:
+    """Send a file change; the ``files`` message it brings (an error fails the test)."""
+    before = len(client.messages)
+    await client.send(message)
+
+    def answered() -> dict[str, Any] | None:
+        for reply in client.messages[before:]:
+            if reply["type"] in ("files", "error"):
+                return reply
+        return None
+
+    reply: dict[str, Any] = await client.wait_until(answered, f"an answer to {message}")
+    assert reply["type"] == "files", reply
+    return reply
+
+
+async def refused(client: RoomClient, message: dict[str, Any], code: str) -> str:
+    """Send a file change that must be refused with ``code``; the error's text."""
+    before = len(client.messages)
+    await client.send(message)
+    error = await client.wait_message("error", after=before)
+    assert error["code"] == code, error
+    assert not [m for m in client.messages[before:] if m["type"] == "files"]
+    return str(error["message"])
+
+
+async def test_create_rename_delete_reach_every_member(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    alice = await join(server, room, opened, "alice", token="owner", key=new_key())
+    bob = await join(server, room, opened, "bob", key=new_key())
+    welcome = await bob.wait_message("welcome")
+    assert welcome["files"]["python"] == [{"id": "main", "path": "main.py"}]
+    assert welcome["files"]["node"] == [{"id": "main", "path": "main.js"}]
+
+    created = await change(
+        alice, {"type": "file_create", "language": "python", "path": "lib/helper.py",
+                "content": "X = 1\n"},
+    )  # fmt: skip
+    assert (created["event"], created["path"], created["by"]) == (
+        "created",
+        "lib/helper.py",
+        "alice",
+    )
+    helper = created["file"]
+    told = await bob.wait_message("files", event="created")
+    assert [f["path"] for f in told["files"]] == ["main.py", "lib/helper.py"]
+    # The uploaded content is the document's, for everyone's editor.
+    doc = await file_doc(server, room, bob, "python", helper, opened)
+    await doc.wait_text("X = 1\n")
+
+    renamed = await change(
+        bob, {"type": "file_rename", "language": "python", "file": helper, "path": "helper.py"}
+    )
+    assert renamed["files"][1] == {"id": helper, "path": "helper.py"}
+    await doc.insert(0, "# kept across the rename\n")  # the same document, still open
+    again = await file_doc(server, room, alice, "python", helper, opened)
+    await again.wait_text("# kept across the rename\nX = 1\n")
+
+    deleted = await change(alice, {"type": "file_delete", "language": "python", "file": helper})
+    assert deleted["files"] == [{"id": "main", "path": "main.py"}]
+    assert await doc.wait_closed() == protocol.CloseCode.NOT_FOUND
+    ticket = (await alice.wait_message("welcome"))["editor"]["ticket"]
+    url = f"{server.ws_url}/yjs/{room['id']}/python/{helper}?ticket={ticket}"
+    async with websockets.connect(url) as gone:
+        with pytest.raises(websockets.ConnectionClosed):
+            await gone.recv()
+        assert gone.close_code == protocol.CloseCode.NOT_FOUND
+    await refused(alice, {"type": "file_delete", "language": "python", "file": "main"}, "bad_file")
+    await refused(alice, {"type": "file_delete", "language": "python", "file": helper}, "bad_file")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../x.py", "/etc/x.py", "a/../b.py", "./a.py", "a//b.py", "a\\b.py", "a/b/c/d/e.py",
+     "bell\x07.py", "tab\t.py", " lead.py"],
+)  # fmt: skip
+async def test_bad_paths_are_refused(
+    server: Server, room: dict[str, Any], opened: list[Any], path: str
+) -> None:
+    alice = await join(server, room, opened, "alice", key=new_key())
+    await refused(alice, {"type": "file_create", "language": "python", "path": path}, "bad_file")
+
+
+async def test_names_taken_and_unknown_files_are_refused(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    alice = await join(server, room, opened, "alice", key=new_key())
+    create = {"type": "file_create", "language": "python"}
+    await refused(alice, {**create, "path": "main.py"}, "bad_file")
+    await refused(alice, {**create, "path": "main.py/inner.py"}, "bad_file")
+    folder = (await change(alice, {**create, "path": "pkg/mod.py"}))["file"]
+    await refused(alice, {**create, "path": "pkg"}, "bad_file")
+    await refused(
+        alice, {"type": "file_rename", "language": "python", "file": folder, "path": "main.py"},
+        "bad_file",
+    )  # fmt: skip
+    await refused(
+        alice, {"type": "file_rename", "language": "python", "file": "nosuch", "path": "a.py"},
+        "bad_file",
+    )  # fmt: skip
+    before = len(alice.messages)
+    await alice.send({**create, "language": "cobol", "path": "a.cob"})
+    assert "unknown language" in (await alice.wait_message("error", after=before))["message"]
+    before = len(alice.messages)
+    await alice.send({**create, "path": "x" * (protocol.MAX_FILE_PATH + 1)})
+    await alice.wait_message("error", after=before, code="bad_message")
+
+
+async def test_members_without_write_access_are_refused(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    owner = await join(server, room, opened, "owner", token="owner", key=new_key())
+    viewer = await join(server, room, opened, "viewer", token="spectator", key=new_key())
+    member = await join(server, room, opened, "member", key=new_key())
+    create = {"type": "file_create", "language": "python", "path": "a.py"}
+    await refused(viewer, create, "read_only")
+    await refused(
+        viewer, {"type": "file_delete", "language": "python", "file": "main"}, "read_only"
+    )
+    await owner.send({"type": "controls", "locked": True})
+    await member.wait_message("controls")
+    await refused(member, create, "read_only")
+    await refused(
+        member, {"type": "file_rename", "language": "python", "file": "main", "path": "b.py"},
+        "read_only",
+    )  # fmt: skip
+    await change(owner, create)  # the owners still may
+
+
+async def test_limits_are_refused_with_their_numbers(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    alice = await join(server, room, opened, "alice", key=new_key())
+    create = {"type": "file_create", "language": "ruby"}
+    await change(alice, {**create, "path": "a.rb"})
+    await change(alice, {**create, "path": "b.rb"})
+    text = await refused(alice, {**create, "path": "c.rb"}, "files_limit")
+    assert "3 files" in text
+    await change(alice, {"type": "file_delete", "language": "ruby", "file": "main"})
+    big = "x" * (64 * 1024 + 1)
+    text = await refused(alice, {**create, "path": "c.rb", "content": big}, "files_limit")
+    assert "64 KiB" in text
+    # A Run whose files exceed it is refused too, and runs nothing.
+    first = (await alice.wait_message("welcome"))["files"]["python"][0]["id"]
+    text = await refused(alice, {"type": "run", "code": big, "language": "python", "file": first},
+                         "files_limit")  # fmt: skip
+    assert "64 KiB" in text
+
+
+async def test_files_survive_a_restart(
+    tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    server = Server(tmp_path / "data", runtime_dir, env=BWRAP)
+    server.start()
+    opened: list[Any] = []
+    try:
+        room = await server.create_room()
+        alice = await join(server, room, opened, "alice", key=new_key())
+        made = await change(alice, {"type": "file_create", "language": "python", "path": "util.py"})
+        doc = await file_doc(server, room, alice, "python", made["file"], opened)
+        await doc.insert(0, "VALUE = 42\n")
+        renamed = await change(
+            alice, {"type": "file_rename", "language": "python", "file": "main", "path": "app.py"}
+        )
+        for client in opened:
+            await client.close()
+        opened.clear()
+        await server.stop_async()
+        server.start()
+        bob = await join(server, room, opened, "bob", key=new_key())
+        files = (await bob.wait_message("welcome"))["files"]["python"]
+        assert files == renamed["files"] == [
+            {"id": "main", "path": "app.py"}, {"id": made["file"], "path": "util.py"},
+        ]  # fmt: skip
+        back = await file_doc(server, room, bob, "python", made["file"], opened)
+        await back.wait_text("VALUE = 42\n")
+    finally:
+        for client in opened:
+            await client.close()
+        server.stop()
+
+
+RUNS = {
+    # language: (helper path, helper v1, helper v2, main code, what v1 prints, v2 prints)
+    "python": ("helper.py", "def greet():\n    return 'one-' + 'py'\n",
+               "def greet():\n    return 'two-' + 'py'\n",
+               "import helper\nprint(helper.greet())\n", "one-py", "two-py"),
+    "node": ("helper.js", "module.exports = () => 'one-' + 'js';\n",
+             "module.exports = () => 'two-' + 'js';\n",
+             "console.log(require('./helper')())\n", "one-js", "two-js"),
+    "ruby": ("lib/helper.rb", "def greet = 'one-' + 'rb'\n", "def greet = 'two-' + 'rb'\n",
+             "require_relative 'lib/helper'\nputs greet\n", "one-rb", "two-rb"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("language", list(RUNS))
+async def test_run_imports_the_other_files_and_their_last_edit(
+    server: Server, room: dict[str, Any], opened: list[Any], language: str
+) -> None:
+    path, first, second, main, says_first, says_second = RUNS[language]
+    alice = await join(server, room, opened, "alice", key=new_key())
+    created = await change(
+        alice, {"type": "file_create", "language": language, "path": path, "content": first}
+    )
+    run = {"type": "run", "code": main, "language": language, "file": "main"}
+    await alice.send(run)
+    await alice.wait_output(says_first + "\r\n", timeout=90)
+    # The helper edited in the editor since: the next Run has the new version.
+    doc = await file_doc(server, room, alice, language, created["file"], opened)
+    await doc.wait_text(first)
+    await doc.insert(len(first), "\n" + second)  # the later definition wins in every language
+    # Relayed to another client once the server has it (Run reads the server's copy).
+    watcher = await file_doc(server, room, alice, language, created["file"], opened)
+    await watcher.wait_text(first + "\n" + second)
+    mark = len(alice.output)
+    await alice.send(run)
+    await alice.wait_output(says_second + "\r\n", after=mark)
+
+
+async def test_run_removes_files_deleted_or_renamed_since(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    alice = await join(server, room, opened, "alice", key=new_key())
+    made = await change(
+        alice, {"type": "file_create", "language": "python", "path": "old.py", "content": "A = 1\n"}
+    )
+    probe = "import os\nprint('has', sorted(f for f in os.listdir('.') if f.endswith('.py')))\n"
+    run = {"type": "run", "code": probe, "language": "python", "file": "main"}
+    await alice.send(run)
+    await alice.wait_output("has ['main.py', 'old.py']")
+    await change(
+        alice, {"type": "file_rename", "language": "python", "file": made["file"], "path": "new.py"}
+    )
+    mark = len(alice.output)
+    await alice.send(run)
+    await alice.wait_output("has ['main.py', 'new.py']", after=mark)
+    await change(alice, {"type": "file_delete", "language": "python", "file": made["file"]})
+    mark = len(alice.output)
+    await alice.send(run)
+    await alice.wait_output("has ['main.py']", after=mark)

@@ -709,7 +709,7 @@ FileEvent = Literal["created", "renamed", "deleted"]
 
 class FilesChanged(TypedDict):
     """A language's files after a change: what changed (``file``: its id, ``path``: its
-    path after the change), and who did it (``by``)."""
+    path after the change), and who did it (``member``: their id, ``by``: their name)."""
 
     type: Literal["files"]
     language: str
@@ -717,6 +717,7 @@ class FilesChanged(TypedDict):
     event: FileEvent
     file: str
     path: str
+    member: str
     by: str
 
 
@@ -893,11 +894,12 @@ def activity(what: Literal["run", "restart"], language: str, member_id: str, by:
 
 
 def files_changed(
-    language: str, files: list[FileInfo], event: FileEvent, file: FileInfo, by: str
-) -> FilesChanged:
+    language: str, files: list[FileInfo], event: FileEvent, file: FileInfo, *, member_id: str,
+    by: str,
+) -> FilesChanged:  # fmt: skip
     return {
         "type": "files", "language": language, "files": files, "event": event,
-        "file": file["id"], "path": file["path"], "by": by,
+        "file": file["id"], "path": file["path"], "member": member_id, "by": by,
     }  # fmt: skip
 
 

@@ -4,10 +4,13 @@ of the server on the same data directory."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import websockets
 
@@ -297,3 +300,32 @@ async def test_run_removes_files_deleted_or_renamed_since(
     mark = len(alice.output)
     await alice.send(run)
     await alice.wait_output("has ['main.py']", after=mark)
+
+
+async def test_the_files_download_as_one_zip(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    alice = await join(server, room, opened, "alice", key=new_key())
+    await change(
+        alice, {"type": "file_create", "language": "python", "path": "pkg/util.py",
+                "content": "ANSWER = 42\n"},
+    )  # fmt: skip
+    main = await file_doc(server, room, alice, "python", "main", opened)
+    await main.insert(0, "print('ünïcode')\n")
+    watcher = await file_doc(server, room, alice, "python", "main", opened)
+    await watcher.wait_text("print('ünïcode')\n")
+    url = f"{server.url}/api/rooms/{room['id']}/files/python.zip"
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url, headers={"Authorization": f"Bearer {room['invite_token']}"})
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/zip"
+        with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+            assert archive.namelist() == ["main.py", "pkg/util.py"]
+            assert archive.read("main.py").decode() == "print('ünïcode')\n"
+            assert archive.read("pkg/util.py") == b"ANSWER = 42\n"
+        assert (await http.get(url)).status_code == 403
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await http.get(url, headers=wrong)).status_code == 403
+        other = url.replace("python.zip", "cobol.zip")
+        auth = {"Authorization": f"Bearer {room['invite_token']}"}
+        assert (await http.get(other, headers=auth)).status_code == 404

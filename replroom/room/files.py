@@ -14,7 +14,9 @@ written into the sandbox's working directory at Run, below ``/home/room``.
 from __future__ import annotations
 
 import asyncio
+import io
 import secrets
+import zipfile
 from collections.abc import Callable
 from typing import Protocol
 
@@ -209,6 +211,12 @@ class RoomFiles:
         await self._editor().delete_document(self.doc(language, file_id))
         return file
 
+    async def zip(self, language: str) -> bytes:
+        """The language's files, as the editor has them now, in one zip (paths as named)."""
+        await self.load()
+        texts = await self.texts(language)
+        return await asyncio.to_thread(_zip, texts)
+
     def _editor(self) -> Documents:
         documents = self._documents()
         if documents is None:
@@ -222,3 +230,11 @@ class RoomFiles:
         if self._files is None:
             self._files = {}
         self._files[language] = files
+
+
+def _zip(texts: list[tuple[FileInfo, str]]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for file, text in texts:
+            archive.writestr(file["path"], text)
+    return buffer.getvalue()

@@ -392,7 +392,11 @@ class Room:
         self, language: str, event: protocol.FileEvent, file: FileInfo, member: Member
     ) -> None:
         listing = self.files.listing(language)
-        self.members.broadcast(protocol.files_changed(language, listing, event, file, member.name))
+        self.members.broadcast(
+            protocol.files_changed(
+                language, listing, event, file, member_id=member.id, by=member.name
+            )
+        )
 
     async def restart_repl(self, member: Member | None = None) -> None:
         """Restart the room's current REPL (``member``: who asked, checked and named)."""

@@ -200,6 +200,24 @@ async def plot_image(
     )
 
 
+@router.get("/api/rooms/{room_id}/files/{language}.zip")
+async def files_zip(
+    request: Request, room_id: str, language: str, authorization: str | None = Header(None)
+) -> Response:
+    """A language's editor files as one zip, for the room's members (docs/protocol.md)."""
+    room = await _authorised_room(request, room_id, _bearer(authorization))
+    if language not in settings_of(request).languages:
+        raise HTTPException(404, "this server offers no such language")
+    return Response(
+        await room.files.zip(language),
+        media_type="application/zip",
+        headers={
+            "Content-Disposition": f'attachment; filename="{room_id}-{language}.zip"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
 @router.post("/api/rooms/{room_id}/rotate")
 async def rotate_links(
     request: Request, room_id: str, authorization: str | None = Header(None)

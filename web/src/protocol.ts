@@ -459,7 +459,7 @@ export interface ChatPosted {
 }
 /**
  * A language's files after a change: what changed (`file`: its id, `path`: its
- * path after the change), and who did it (`by`).
+ * path after the change), and who did it (`member`: their id, `by`: their name).
  */
 export interface FilesChanged {
   type: "files";
@@ -468,6 +468,7 @@ export interface FilesChanged {
   event: "created" | "renamed" | "deleted";
   file: string;
   path: string;
+  member: string;
   by: string;
 }
 /**

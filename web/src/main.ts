@@ -3,6 +3,7 @@
 import "./style.css";
 import { ChatPanel } from "./chat";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
+import { PlotsPanel } from "./plots";
 import {
   CLOSE_CODES,
   CloseCode,
@@ -72,6 +73,7 @@ class RoomPage {
     send: (text) => this.connection.send({ type: "chat", text }),
     toEditor: (code) => this.codeToEditor(code),
   });
+  private readonly plots: PlotsPanel;
   private readonly languageSelect = byId<HTMLSelectElement>("language");
 
   private name: string;
@@ -104,6 +106,7 @@ class RoomPage {
     private readonly roomId: string,
     private token: string,
   ) {
+    this.plots = new PlotsPanel(roomId, () => this.token);
     const stored = storedName();
     this.nameWasStored = stored !== null;
     this.name = stored ?? defaultName();
@@ -293,6 +296,7 @@ class RoomPage {
     this.showControls();
     this.removedList.set(message.removed ?? []);
     this.chat.reset(message.chat ?? []);
+    this.plots.reset(message.plots ?? []);
     this.warnedReadOnly = false;
 
     this.showLinks(message);
@@ -364,6 +368,9 @@ class RoomPage {
         break;
       case "chat":
         this.chat.add(message.message, message.message.member === this.you?.id);
+        break;
+      case "plot":
+        this.plots.add(message.plot);
         break;
       case "typist":
         this.showTypist(message.name, message.color);

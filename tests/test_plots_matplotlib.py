@@ -1,0 +1,90 @@
+"""matplotlib in a Python room draws into the page: plt.show(), a figure left at the end
+of Run, interactive mode. A real server with bwrap rooms; the python pack's matplotlib
+(replroom/libraries/python.txt) and the backend the server writes into each sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.client import RoomClient, Server
+from tests.test_plots import fetch
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+) -> Iterator[Server]:
+    started = Server(tmp_path_factory.mktemp("data"), runtime_dir)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def ada(server: Server) -> AsyncIterator[tuple[dict[str, Any], RoomClient]]:
+    room = await server.create_room()
+    client = await RoomClient.connect(server, room["id"], room["owner_token"], name="ada")
+    await client.wait_output(">>> ")
+    await client.type("import matplotlib.pyplot as plt\r")
+    end = await client.wait_output(">>> ", after=client.output.find(b"import matplotlib") + 1)
+    if b"ModuleNotFoundError" in client.output[:end]:
+        await client.close()
+        pytest.fail("no matplotlib in the room: the python pack is not in the room image")
+    yield room, client
+    await client.close()
+
+
+def plots(client: RoomClient) -> list[dict[str, Any]]:
+    return [m["plot"] for m in client.messages if m["type"] == "plot"]
+
+
+async def test_plt_show_draws_into_the_page(
+    server: Server, ada: tuple[dict[str, Any], RoomClient]
+) -> None:
+    room, client = ada
+    await client.type("plt.plot([1, 2]); plt.show()\r")
+    shown = (await client.wait_message("plot"))["plot"]
+    assert shown["mime"] == "image/png"
+    response = await fetch(server, room["id"], shown["id"], room["invite_token"])
+    assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
+    width = int.from_bytes(response.content[16:20], "big")
+    assert 300 < width < 1000, width
+    # Shown figures are closed: nothing more at the next prompts.
+    mark = len(client.output)
+    await client.type("print('after', 6 * 7)\r")
+    await client.wait_output("after 42", after=mark)
+    await client.wait_output(">>> ", after=mark + 20)
+    assert len(plots(client)) == 1
+
+
+async def test_a_figure_left_at_the_end_of_run_is_shown(
+    server: Server, ada: tuple[dict[str, Any], RoomClient]
+) -> None:
+    _, client = ada
+    code = "import matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.bar(['a', 'b'], [3, 5])\n"
+    await client.send({"type": "run", "code": code})
+    first = (await client.wait_message("plot"))["plot"]
+    assert first["by"] == "ada"
+    # The figure stays open and is shown again only once it changes and a Run ends.
+    mark = len(client.output)
+    await client.type("ax.set_title('typed')\r")
+    await client.wait_output(">>> ", after=mark + 5)
+    assert len(plots(client)) == 1
+    await client.send({"type": "run", "code": "ax.set_title('ran')\n"})
+    await client.wait_until(lambda: len(plots(client)) == 2, "a second plot")
+
+
+async def test_interactive_mode_shows_each_change(
+    server: Server, ada: tuple[dict[str, Any], RoomClient]
+) -> None:
+    _, client = ada
+    await client.type("plt.ion(); line = plt.plot([1, 3, 2])\r")
+    await client.wait_until(lambda: len(plots(client)) == 1, "a plot in interactive mode")
+    await client.type("plt.title('changed')\r")
+    await client.wait_until(lambda: len(plots(client)) == 2, "the changed plot")

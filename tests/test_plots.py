@@ -8,6 +8,7 @@ renamed. No matplotlib is needed for these; test_plots_matplotlib.py draws.
 from __future__ import annotations
 
 import base64
+import os
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -185,3 +186,34 @@ async def test_many_plots_at_once_all_arrive_in_order(
     # Twelve files at once: more than one take (replroom.room.plots.TAKE_COUNT).
     await ada.type(line + "; [os.link(d + '/x.png', d + f'/{i:02}.png') for i in range(1, 12)]\r")
     await ada.wait_until(lambda: len([m for m in ada.messages if m["type"] == "plot"]) == 12, "12")
+
+
+@pytest.mark.docker
+async def test_plots_on_docker_runc(
+    tmp_path: Path, runtime_dir: Path, room_image: object, clients: list[RoomClient]
+) -> None:
+    """The same through the Engine: taken with one exec, the size looked at before reading."""
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.skip("no Docker Engine: run scripts/dockerd start and export DOCKER_HOST")
+    env = {
+        "REPLROOM_BACKEND": "docker",
+        "REPLROOM_DOCKER_RUNTIME": "runc",
+        "REPLROOM_PLOT_MAX_BYTES": str(MAX_BYTES),
+    }
+    server = Server(tmp_path / "data", runtime_dir, env=env)
+    server.start()
+    try:
+        room = await server.create_room()
+        ada = await join(server, room, clients, "ada", room["owner_token"])
+        await ada.wait_output(">>> ")
+        image = png(30, 20)
+        await ada.type(draw_line(image))
+        shown = (await ada.wait_message("plot"))["plot"]
+        assert (await fetch(server, room["id"], shown["id"], room["invite_token"])).content == image
+        await ada.type(draw_line(png(), "big.png", padding=MAX_BYTES))
+        notice = await ada.wait_message("notice", level="error")
+        assert notice["text"].startswith("plot refused: the image is 64.1 KiB")
+        for client in clients:
+            await client.close()
+    finally:
+        await server.stop_async()

@@ -4,6 +4,7 @@ of Run, interactive mode. A real server with bwrap rooms; the python pack's matp
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,11 +17,22 @@ from tests.test_plots import fetch
 pytestmark = pytest.mark.timeout(180)
 
 
-@pytest.fixture(scope="module")
+BACKEND_ENV = {
+    "bwrap": {"REPLROOM_BACKEND": "bwrap"},
+    "docker-runc": {"REPLROOM_BACKEND": "docker", "REPLROOM_DOCKER_RUNTIME": "runc"},
+}
+
+
+@pytest.fixture(scope="module", params=list(BACKEND_ENV))
 def server(
-    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    runtime_dir: Path,
+    room_image: object,
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir)
+    if request.param != "bwrap" and not os.environ.get("DOCKER_HOST"):
+        pytest.skip("no Docker Engine: run scripts/dockerd start and export DOCKER_HOST")
+    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=BACKEND_ENV[request.param])
     started.start()
     yield started
     started.stop()

@@ -42,6 +42,7 @@ CONSTANTS = (
     "MAX_NAME",
     "MAX_TOKEN",
     "MAX_LANGUAGE",
+    "MAX_FILE_PATH",
     "MIN_COLS",
     "MAX_COLS",
     "MIN_ROWS",

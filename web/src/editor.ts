@@ -1,6 +1,6 @@
-// The shared editor: CodeMirror 6 on one Yjs document per language, synced
-// with the server through y-websocket, with named remote cursors and an undo
-// that takes back one's own edits only.
+// The shared editor: CodeMirror 6 on one Yjs document per file of a language
+// (docs/editor.md), synced with the server through y-websocket, with named
+// remote cursors and an undo that takes back one's own edits only.
 
 import { closeBrackets, closeBracketsKeymap } from "@codemirror/autocomplete";
 import { defaultKeymap, indentWithTab } from "@codemirror/commands";
@@ -59,7 +59,7 @@ export interface EditorEvents {
   /** The sync state of the shown document changed. */
   sync(state: SyncState): void;
   /** The server closed a document's socket with a code after which it is not reconnected. */
-  closed(language: string, closed: { code: number; reason: string }): void;
+  closed(language: string, fileId: string, closed: { code: number; reason: string }): void;
 }
 
 interface Seen {
@@ -67,8 +67,8 @@ interface Seen {
   typing: number;
 }
 
-/** One language's document and its connection. */
-class LanguageDoc {
+/** One file's document and its connection. */
+class FileDoc {
   readonly doc = new Y.Doc();
   readonly text = this.doc.getText("codemirror");
   readonly undo = new Y.UndoManager(this.text);
@@ -78,11 +78,13 @@ class LanguageDoc {
 
   constructor(
     readonly language: string,
+    readonly fileId: string,
     serverUrl: string,
     ticket: string,
     private readonly owner: SharedEditor,
   ) {
-    this.provider = new WebsocketProvider(serverUrl, language, this.doc, {
+    // The document's address: {editor path}/{language}/{file id} (docs/protocol.md).
+    this.provider = new WebsocketProvider(serverUrl, `${language}/${fileId}`, this.doc, {
       params: { ticket },
       // Another tab of this browser may be a spectator's: sync through the server only.
       disableBc: true,
@@ -92,7 +94,7 @@ class LanguageDoc {
     });
     this.provider.on("closed", (closed) => {
       owner.syncChanged(this); // its "disconnected" status came before it stopped
-      owner.events.closed(language, closed);
+      owner.events.closed(language, fileId, closed);
     });
     this.provider.on("status", () => owner.syncChanged(this));
     this.provider.on("sync", () => owner.syncChanged(this));
@@ -153,9 +155,10 @@ interface AwarenessChanges {
 
 export class SharedEditor {
   readonly view: EditorView;
-  private readonly docs = new Map<string, LanguageDoc>();
-  private current: LanguageDoc | null = null;
-  private shown: LanguageInfo | null = null;
+  /** By `${language}/${file id}`. */
+  private readonly docs = new Map<string, FileDoc>();
+  private current: FileDoc | null = null;
+  private shown: { language: LanguageInfo; fileId: string } | null = null;
   private endpoint: { serverUrl: string; ticket: string } | null = null;
   private user: EditorUser | null = null;
   private readOnly = false;
@@ -195,19 +198,22 @@ export class SharedEditor {
     this.syncChanged(this.current);
   }
 
-  /** Show (and edit) the document of this language. */
-  show(language: LanguageInfo): void {
-    if (this.current?.language === language.name) return;
+  /** Show (and edit) the document of this file of the language. */
+  show(language: LanguageInfo, fileId: string): void {
+    if (this.current?.language === language.name && this.current.fileId === fileId) return;
     if (!this.endpoint) return;
     if (this.current) this.current.provider.awareness.setLocalStateField("cursor", null);
-    let entry = this.docs.get(language.name);
+    const key = `${language.name}/${fileId}`;
+    let entry = this.docs.get(key);
     if (!entry) {
-      entry = new LanguageDoc(language.name, this.endpoint.serverUrl, this.endpoint.ticket, this);
-      this.docs.set(language.name, entry);
+      const { serverUrl, ticket } = this.endpoint;
+      entry = new FileDoc(language.name, fileId, serverUrl, ticket, this);
+      this.docs.set(key, entry);
       this.applyUser(entry);
     }
     this.current = entry;
-    this.shown = language;
+    const shown = { language, fileId };
+    this.shown = shown;
     this.view.setState(
       EditorState.create({
         doc: entry.text.toString(),
@@ -221,9 +227,10 @@ export class SharedEditor {
       }),
     );
     this.view.dom.dataset.language = language.name;
+    this.view.dom.dataset.file = fileId;
     this.syncChanged(entry);
     void modeFor(language.editor_mode).then((mode) => {
-      if (this.shown !== language) return; // another language was shown meanwhile
+      if (this.shown !== shown) return; // another file was shown meanwhile
       this.view.dispatch({ effects: this.modeSetting.reconfigure(mode) });
     });
   }
@@ -236,14 +243,24 @@ export class SharedEditor {
    * copy is the only consistent state.
    */
   resync(): void {
-    const language = this.shown;
+    const shown = this.shown;
     for (const entry of this.docs.values()) {
       entry.provider.destroy();
       entry.doc.destroy();
     }
     this.docs.clear();
     this.current = null;
-    if (language) this.show(language);
+    if (shown) this.show(shown.language, shown.fileId);
+  }
+
+  /** A file was deleted: drop its document (the page shows another file first). */
+  forget(language: string, fileId: string): void {
+    const key = `${language}/${fileId}`;
+    const entry = this.docs.get(key);
+    if (!entry || entry === this.current) return;
+    entry.provider.destroy();
+    entry.doc.destroy();
+    this.docs.delete(key);
   }
 
   setUser(user: EditorUser): void {
@@ -292,14 +309,14 @@ export class SharedEditor {
     this.current.provider.awareness.setLocalStateField("typing", this.typingCount);
   }
 
-  syncChanged(entry: LanguageDoc | null): void {
+  syncChanged(entry: FileDoc | null): void {
     if (entry !== this.current) return;
     const state = entry ? entry.syncState : "offline";
     this.view.dom.dataset.sync = state;
     this.events.sync(state);
   }
 
-  private applyUser(entry: LanguageDoc): void {
+  private applyUser(entry: FileDoc): void {
     if (!this.user) return;
     const { memberId, name, color } = this.user;
     entry.provider.awareness.setLocalStateField("user", {

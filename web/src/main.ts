@@ -3,10 +3,13 @@
 import "./style.css";
 import { ChatPanel } from "./chat";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
+import { FileBar } from "./files";
 import { PlotsPanel } from "./plots";
 import {
   CLOSE_CODES,
   CloseCode,
+  type FileInfo,
+  type FilesChanged,
   type LanguageInfo,
   MAX_CODE,
   MAX_EDITOR_MESSAGE,
@@ -75,6 +78,18 @@ class RoomPage {
   });
   private readonly plots: PlotsPanel;
   private readonly languageSelect = byId<HTMLSelectElement>("language");
+  /** Each language's files (the server's lists), and the file this member shows of each. */
+  private files: Record<string, FileInfo[]> = {};
+  private readonly shownFiles = new Map<string, string>();
+  private readonly fileBar = new FileBar(byId("filename"), {
+    select: (fileId) => this.showFile(fileId),
+    create: (path) => this.connection.send({ type: "file_create", language: this.language, path }),
+    rename: (file, path) =>
+      this.connection.send({ type: "file_rename", language: this.language, file, path }),
+    remove: (file) => this.connection.send({ type: "file_delete", language: this.language, file }),
+    upload: (chosen) => void this.addFiles(chosen),
+    zip: () => void this.downloadZip(),
+  });
 
   private name: string;
   private readonly nameWasStored: boolean;
@@ -173,7 +188,7 @@ class RoomPage {
         run: () => this.run(),
         activity: (memberId, what) => this.members.active(memberId, what),
         sync: (state) => this.showSync(state),
-        closed: (language, closed) => this.editorClosed(language, closed),
+        closed: (language, _fileId, closed) => this.editorClosed(language, closed),
       });
     } catch (error) {
       toast(`The editor could not be loaded: ${(error as Error).message}`, "error");
@@ -208,7 +223,7 @@ class RoomPage {
     }
     editor.connect(this.editorEndpoint.path, this.editorEndpoint.ticket);
     const info = this.languages.get(this.language);
-    if (info) editor.show(info);
+    if (info) editor.show(info, this.currentFile());
   }
 
   private get canWrite(): boolean {
@@ -241,6 +256,7 @@ class RoomPage {
     byId<HTMLButtonElement>("run").disabled = !online || !runAllowed;
     byId<HTMLButtonElement>("restart").disabled = !online || !write;
     byId<HTMLButtonElement>("upload").disabled = !write;
+    this.fileBar.setWritable(online && write);
     this.languageSelect.disabled = !online || !languageAllowed;
     const asking = byId<HTMLButtonElement>("request-write");
     asking.hidden = !this.you || this.you.role !== "member" || write;
@@ -305,6 +321,7 @@ class RoomPage {
     const { cols, rows } = message.room;
     this.terminal.setSharedSize(cols && rows ? { cols, rows } : null);
     this.editorEndpoint = message.editor ?? null;
+    this.files = message.files ?? {};
     this.switchTo(message.room.language);
     showReplStatus(message.room.sandbox, message.room.repl, this.title(message.room.language));
     if (readOnly && this.welcomed === 1) {
@@ -368,6 +385,9 @@ class RoomPage {
         break;
       case "chat":
         this.chat.add(message.message, message.message.member === this.you?.id);
+        break;
+      case "files":
+        this.filesChanged(message);
         break;
       case "plot":
         this.plots.add(message.plot);
@@ -606,7 +626,8 @@ class RoomPage {
       toast(`The code is too long to run (over ${MAX_CODE / 1024} KiB).`, "error");
       return;
     }
-    if (!this.connection.send({ type: "run", code, language: this.language })) {
+    const file = this.currentFile();
+    if (!this.connection.send({ type: "run", code, language: this.language, file })) {
       toast("Not connected: the code was not run.", "warning");
     }
   }
@@ -626,10 +647,72 @@ class RoomPage {
     this.language = language;
     this.languageSelect.value = language;
     if (!info) return;
-    byId("filename").textContent = info.filename;
+    this.showFiles();
     byId("terminal-title").textContent = `${info.title} REPL`;
     document.title = `${info.title} · replroom`;
     this.syncEditor();
+  }
+
+  /** The id of the file this member shows of the current language (its first by default). */
+  private currentFile(): string {
+    const files = this.files[this.language] ?? [];
+    const shown = this.shownFiles.get(this.language);
+    return files.find((file) => file.id === shown)?.id ?? files[0]?.id ?? "main";
+  }
+
+  private showFile(fileId: string): void {
+    this.shownFiles.set(this.language, fileId);
+    this.showFiles();
+    this.syncEditor();
+  }
+
+  private showFiles(): void {
+    const info = this.languages.get(this.language);
+    const files = this.files[this.language] ?? (info ? [{ id: "main", path: info.filename }] : []);
+    this.fileBar.set(files, this.currentFile());
+  }
+
+  private filesChanged(message: FilesChanged): void {
+    this.files[message.language] = message.files;
+    const mine = message.member === this.you?.id;
+    // A file this member made is the one they want to edit next.
+    if (mine && message.event === "created") this.shownFiles.set(message.language, message.file);
+    if (message.language === this.language) {
+      this.showFiles();
+      this.syncEditor();
+    }
+    // Shown no more (the page moved to another file above): its document can go.
+    if (message.event === "deleted") this.editor?.forget(message.language, message.file);
+    if (!mine) {
+      const what = { created: "created", renamed: "renamed a file to", deleted: "deleted" };
+      toast(`${message.by} ${what[message.event]} ${message.path}`, "info", 3000, "files");
+    }
+  }
+
+  /** Files from the member's disk become files of the room's language, named as on disk. */
+  private async addFiles(chosen: File[]): Promise<void> {
+    for (const file of chosen) {
+      if (file.size > MAX_CODE) {
+        toast(`${file.name} is too large for the editor (over ${MAX_CODE / 1024} KiB).`, "error");
+        continue;
+      }
+      const content = await file.text();
+      const language = this.language;
+      if (!this.connection.send({ type: "file_create", language, path: file.name, content })) return;
+    }
+  }
+
+  /** All the language's files as one zip, made by the server from the shared documents. */
+  private async downloadZip(): Promise<void> {
+    const language = this.language;
+    try {
+      const address = `/api/rooms/${encodeURIComponent(this.roomId)}/files/${language}.zip`;
+      const response = await fetch(address, { headers: { Authorization: `Bearer ${this.token}` } });
+      if (!response.ok) throw new Error(`the server answered ${response.status}`);
+      saveBlob(await response.blob(), `${this.roomId}-${language}.zip`);
+    } catch (error) {
+      toast(`Could not download the files: ${(error as Error).message}`, "error");
+    }
   }
 
   private title(language: string): string {
@@ -715,16 +798,10 @@ class RoomPage {
   }
 
   private download(): void {
-    const info = this.languages.get(this.language);
+    const file = (this.files[this.language] ?? []).find((f) => f.id === this.currentFile());
+    const name = file?.path.split("/").pop() ?? this.languages.get(this.language)?.filename;
     const blob = new Blob([this.editor?.text() ?? ""], { type: "text/plain;charset=utf-8" });
-    const url = URL.createObjectURL(blob);
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = info?.filename ?? "code.txt";
-    document.body.append(link);
-    link.click();
-    link.remove();
-    window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+    saveBlob(blob, name ?? "code.txt");
   }
 
   private async upload(file: File): Promise<void> {
@@ -843,3 +920,15 @@ function start(): void {
 }
 
 start();
+
+/** Save a blob as a download named ``name``. */
+function saveBlob(blob: Blob, name: string): void {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+}

@@ -8,6 +8,7 @@ export const MAX_CODE = 1048576; // 1 MiB
 export const MAX_NAME = 40;
 export const MAX_TOKEN = 200;
 export const MAX_LANGUAGE = 40;
+export const MAX_FILE_PATH = 128;
 export const MIN_COLS = 10;
 export const MAX_COLS = 1000;
 export const MIN_ROWS = 2;

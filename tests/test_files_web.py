@@ -1,0 +1,102 @@
+"""Several files per room in a real browser (Debian's Chromium through Playwright) against
+a real server on 127.0.0.1 with real sandboxes (bwrap): a second file made in one page,
+edited in another, imported by Run."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
+
+from tests.client import Server
+from tests.test_web import People, link
+from tests.web_fixtures import RoomPage, launch_chromium, web_client_built
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+) -> Iterator[Server]:
+    if not web_client_built():
+        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
+    started = Server(tmp_path_factory.mktemp("files-web-data"), runtime_dir)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
+    made = People(browser, server)
+    yield made
+    await made.close()
+
+
+def answer_prompts(page: Page, answer: str) -> None:
+    """Answer the next prompt (a file's name) with ``answer``."""
+
+    async def accept(dialog: Dialog) -> None:
+        await dialog.accept(answer)
+
+    page.once("dialog", accept)
+
+
+def tab(page: RoomPage, path: str) -> Locator:
+    return page.page.locator(".file-tab", has_text=path)
+
+
+async def test_a_second_file_is_made_switched_to_and_imported_by_run(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    owner = await people.join(room, "owner", "Owner")
+    other = await people.join(room, "invite", "Other")
+    viewer = await RoomPage.open(await people.context("Viewer"), link(server, room, "spectator"))
+    await owner.wait_screen(">>> ")
+    await expect(tab(owner, "main.py")).to_have_attribute("aria-selected", "true")
+
+    answer_prompts(owner.page, "helper.py")
+    await owner.page.click("#file-new")
+    # The maker's page shows the new file; everyone's list has it.
+    await expect(tab(owner, "helper.py")).to_have_attribute("aria-selected", "true")
+    await expect(tab(other, "helper.py")).to_have_attribute("aria-selected", "false")
+    await expect(tab(viewer, "helper.py")).to_be_visible()
+    await expect(owner.page.locator("#editor .cm-editor")).to_have_attribute(
+        "data-file", await tab(owner, "helper.py").get_attribute("data-file-id") or ""
+    )
+    await owner.insert_code("def greet():\n    return 'from the ' + 'first helper'\n")
+
+    await tab(owner, "main.py").click()
+    await owner.wait_editor("(doc) => doc === ''")
+    await owner.insert_code("import helper\nprint(helper.greet())\n")
+    await owner.page.click("#run")
+    await owner.wait_screen("from the first helper")
+
+    # Another member edits the helper; the next Run has their version.
+    await tab(other, "helper.py").click()
+    await other.wait_editor_contains("first helper")
+    await other.insert_code("def greet():\n    return 'from the ' + 'second helper'\n")
+    await owner.page.click(".file-tab:has-text('helper.py')")
+    await owner.wait_editor_contains("second helper")
+    await tab(owner, "main.py").click()
+    await owner.wait_editor_contains("import helper")
+    await owner.page.click("#run")
+    await other.wait_screen("from the second helper")
+
+    # A spectator sees the files but may not change them (the server refuses anyway).
+    for button in ("#file-new", "#file-rename", "#file-delete", "#file-upload"):
+        await expect(viewer.page.locator(button)).to_be_disabled()
+    await expect(viewer.page.locator("#file-zip")).to_be_enabled()
+    await owner.screenshot("files-two")

@@ -3,7 +3,9 @@
 A language that draws (:data:`DRAWING`) gets, before its REPL starts, the
 files that send its plots to :data:`PLOTS_DIR` in the sandbox, and the
 environment that loads them: for Python a matplotlib backend
-(replroom/libraries/replroom_plots.py, ``MPLBACKEND=module://replroom_plots``).
+(replroom/libraries/replroom_plots.py, ``MPLBACKEND=module://replroom_plots``),
+for R a profile that draws on a device of its own and sends what changed after
+each top-level call (replroom/libraries/replroom_plots.R, ``R_PROFILE_USER``).
 The server takes the images from that directory from outside the sandbox
 (``Sandbox.take_files``, replroom/room/plots.py): nothing goes through the
 terminal. The files are written at every start of the REPL, so that a room
@@ -42,6 +44,10 @@ DRAWING: dict[str, Drawing] = {
             "PYTHONPATH": LIB_DIR,
             "REPLROOM_PLOTS_DIR": PLOTS_DIR,
         },
+    ),
+    "r": Drawing(
+        files=("replroom_plots.R",),
+        env={"R_PROFILE_USER": f"{LIB_DIR}/replroom_plots.R", "REPLROOM_PLOTS_DIR": PLOTS_DIR},
     ),
 }
 

@@ -1,6 +1,6 @@
 """matplotlib in a Python room draws into the page: plt.show(), a figure left at the end
-of Run, interactive mode. A real server with bwrap rooms; the python pack's matplotlib
-(replroom/libraries/python.txt) and the backend the server writes into each sandbox."""
+of Run, interactive mode; R too. A real server with bwrap and docker+runc rooms; the
+python pack's matplotlib and the hooks the server writes into each sandbox."""
 
 from __future__ import annotations
 
@@ -100,3 +100,31 @@ async def test_interactive_mode_shows_each_change(
     await client.wait_until(lambda: len(plots(client)) == 1, "a plot in interactive mode")
     await client.type("plt.title('changed')\r")
     await client.wait_until(lambda: len(plots(client)) == 2, "the changed plot")
+
+
+async def test_r_plots_draw_into_the_page(
+    server: Server, ada: tuple[dict[str, Any], RoomClient]
+) -> None:
+    room, client = ada
+    await client.send({"type": "language", "language": "r"})
+    await client.wait_message("status", language="r", repl="running")
+    await client.wait_output("> ")
+    await client.type("plot(1:10)\r")
+    shown = (await client.wait_message("plot"))["plot"]
+    assert (shown["language"], shown["mime"]) == ("r", "image/png")
+    response = await fetch(server, room["id"], shown["id"], room["invite_token"])
+    assert response.content.startswith(b"\x89PNG\r\n\x1a\n")
+    # A change to the plot shows it again; a line that draws nothing does not.
+    await client.type("lines(10:1)\r")
+    await client.wait_until(lambda: len(plots(client)) == 2, "the changed plot")
+    mark = len(client.output)
+    await client.type("cat('after', 6 * 7, '\\n')\r")
+    await client.wait_output("after 42", after=mark)
+    await client.send({"type": "run", "code": "barplot(c(3, 1, 2))\n", "language": "r"})
+    await client.wait_until(lambda: len(plots(client)) == 3, "the plot of a Run")
+    # A device of the user's own is theirs.
+    await client.type(
+        "png('/tmp/mine.png'); plot(1); invisible(dev.off()); file.exists('/tmp/mine.png')\r"
+    )
+    await client.wait_output("[1] TRUE")
+    assert len(plots(client)) == 3

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -36,6 +37,7 @@ LOW_WATER = 64 * 1024
 HARD_LIMIT = 1024 * 1024
 FRAME_LIMIT = 64 * 1024  # queued output is sent in frames of up to this size
 PROMPT_TAIL = 512  # the latest output looked at for a REPL's prompt
+CONTROLS = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\r")  # CSI sequences and carriage returns
 DEFAULT_SCROLLBACK = 1000
 SKIP_SECONDS = 3.0  # longest a Ctrl-C drops a flood's output
 SKIP_TAIL = 4096
@@ -212,9 +214,17 @@ class Pane:
                 self._recent = b""
 
     def at_prompt(self, chunk: bytes) -> bool:
-        """Whether the REPL shows its prompt again after ``chunk`` (a line has ended)."""
+        """Whether the REPL shows its prompt again after ``chunk`` (a line has ended).
+
+        Line editors switch modes between the end of a line and the next prompt
+        (R ends bracketed paste after the line and starts it again before "> "),
+        which a prompt pattern made for the first prompt does not expect: the
+        tail is looked at without control sequences as well.
+        """
         self._tail = (self._tail + chunk[-PROMPT_TAIL:])[-PROMPT_TAIL:]
-        return self.language.ready(self._tail)
+        if self.language.ready(self._tail):
+            return True
+        return self.language.ready(CONTROLS.sub(b"", self._tail))
 
     def clear(self) -> None:
         """A blank screen (the REPL is restarted)."""

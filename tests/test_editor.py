@@ -455,6 +455,35 @@ async def test_room_unloads_when_its_last_client_leaves(url: str, editor: Editor
         assert str(c.text) == "x" * 20
 
 
+async def test_a_created_document_holds_its_text_for_its_first_client(
+    url: str, editor: EditorSync
+) -> None:
+    name = f"{ROOM}/python/helper"
+    await editor.create(name, "def helper():\n    return 'ü'\n")
+    assert doc_rows(editor._db_path, name) == 1
+    async with clients(f"{url}/{name}") as (client,):
+        assert str(client.text) == "def helper():\n    return 'ü'\n"
+    await editor.create(f"{ROOM}/python/empty", "")  # an empty file needs no row
+    assert doc_rows(editor._db_path, f"{ROOM}/python/empty") == 0
+
+
+async def test_a_deleted_document_closes_its_clients_and_leaves_the_others(
+    url: str, editor: EditorSync
+) -> None:
+    gone, kept = f"{ROOM}/python/gone", f"{ROOM}/python/main"
+    async with clients(f"{url}/{gone}", f"{url}/{kept}") as (a, b):
+        await a.insert(0, "bye\n")
+        await b.insert(0, "stays\n")
+        await eventually(lambda: doc_rows(editor._db_path, gone) > 0)
+        await editor.delete_document(gone)
+        assert await a.wait_closed() == CloseCode.NOT_FOUND
+        await b.insert(0, "# ")
+        await eventually(lambda: doc_rows(editor._db_path, kept) == 2)
+    assert doc_rows(editor._db_path, gone) == 0
+    assert await editor.text(gone) == ""
+    assert await editor.text(kept) == "# stays\n"
+
+
 async def test_edit_then_immediate_disconnect_is_kept(url: str, editor: EditorSync) -> None:
     for i in range(10):
         client = await YClient.open(f"{url}/{ROOM}/python")

@@ -15,6 +15,7 @@ import pytest
 import websockets
 
 from replroom import protocol
+from replroom.room.files import check_path
 from tests.client import RoomClient, Server
 from tests.test_editor import YClient
 from tests.test_host_controls import BWRAP, join, new_key
@@ -329,3 +330,24 @@ async def test_the_files_download_as_one_zip(
         other = url.replace("python.zip", "cobol.zip")
         auth = {"Authorization": f"Bearer {room['invite_token']}"}
         assert (await http.get(other, headers=auth)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "path", ["main.py", "lib/helper.py", "a/b/c/d.rb", ".env", "données.json", "x" * 128]
+)
+def test_paths_that_name_files(path: str) -> None:
+    assert check_path(path) == path
+
+
+def test_the_files_message_and_welcome_match_their_types() -> None:
+    files: list[protocol.FileInfo] = [{"id": "main", "path": "main.py"}]
+    changed = protocol.files_changed("python", files, "created", files[0], member_id="m", by="A")
+    assert protocol.server_message_adapter.validate_python(changed) == changed
+    parsed = protocol.parse_client_message(
+        '{"type": "file_create", "language": "python", "path": "a.py", "content": "x"}'
+    )
+    assert isinstance(parsed, protocol.FileCreate)
+    with pytest.raises(protocol.BadMessage):
+        protocol.parse_client_message(
+            '{"type": "file_delete", "language": "python", "file": "a/b"}'
+        )

@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from replroom.room.members import Members
+from replroom.room.plots import HISTORY, HISTORY_BYTES, Plots
+from replroom.room.tasks import Background
+from replroom.sandbox.base import TakenFile
 from tests.client import RoomClient, Server
 
 pytestmark = pytest.mark.timeout(120)
@@ -217,3 +221,20 @@ async def test_plots_on_docker_runc(
             await client.close()
     finally:
         await server.stop_async()
+
+
+async def test_the_room_keeps_its_latest_plots_within_a_budget() -> None:
+    plots = Plots(Members("r"), Background("r"), lambda: None, 8 * 1024 * 1024)
+    small = png()
+    for i in range(HISTORY + 5):
+        plots._add(TakenFile(f"{i}.png", len(small), small), "python")
+    assert len(plots.history) == HISTORY
+    first = plots.infos()[0]["id"]
+    assert plots.get(first) is not None
+    # Large ones push out the oldest: no more than the budget is kept.
+    large = small + bytes(7 * 1024 * 1024)
+    for i in range(3):
+        plots._add(TakenFile(f"large{i}.png", len(large), large), "python")
+    assert sum(len(plot.data) for plot in plots.history) <= HISTORY_BYTES
+    assert plots.get(first) is None
+    assert plots.history[-1].data == large

@@ -6,7 +6,8 @@ again (the end of a Run, of ``plt.show()``, of any line), the room takes the
 images from outside the sandbox (``Sandbox.take_files``: a file's size is
 looked at before it is read; one over ``plot_max_bytes`` is removed unread and
 the members are told at once). Each image is checked to be what its name
-says (PNG or SVG), kept in memory (the latest :data:`HISTORY` per room) and
+says (PNG or SVG), kept in memory (the latest :data:`HISTORY` per room, at
+most :data:`HISTORY_BYTES` of them) and
 announced with a ``plot`` message; its bytes are fetched over HTTP
 (``GET /api/rooms/{room}/plots/{id}``), and a late joiner's welcome lists
 the ones kept.
@@ -34,6 +35,9 @@ from replroom.sandbox.base import TakenFile
 log = logging.getLogger(__name__)
 
 HISTORY = 20  # plots kept per room
+# Bytes of plots kept per room (at least one plot of the largest size): a room
+# drawing large images must not hold much of the server's memory.
+HISTORY_BYTES = 16 * 1024 * 1024
 TAKE_COUNT = 8  # files taken from the sandbox at once (at most this many images in memory)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,7 +77,8 @@ class Plots:
         self.tasks = tasks
         self._sandbox = sandbox
         self.max_bytes = max_bytes
-        self.history: deque[Plot] = deque(maxlen=HISTORY)
+        self.history: deque[Plot] = deque()
+        self._kept_bytes = 0
         self.by: tuple[str, str] = ("", "")  # (member id, name)
         self._taking: asyncio.Task[None] | None = None
         self._again = False
@@ -131,4 +136,8 @@ class Plots:
             "at": time.time(),
         }
         self.history.append(Plot(info, found.data))
+        self._kept_bytes += len(found.data)
+        budget = max(HISTORY_BYTES, self.max_bytes)
+        while len(self.history) > HISTORY or self._kept_bytes > budget:
+            self._kept_bytes -= len(self.history.popleft().data)
         self.members.broadcast(protocol.plot_shown(info))

@@ -66,8 +66,9 @@ from replroom.image import (
 
 SERVER_REPOSITORY = "replroom-server"
 # libseccomp2: the bwrap backend's module loads it when imported, and the
-# server imports every backend.
-BASE_PACKAGES = ("python3", "libseccomp2")
+# server imports every backend. nodejs: the exact screen's sidecar
+# (web/dist/screen-sidecar.cjs; without it late joiners get the byte replay).
+BASE_PACKAGES = ("python3", "libseccomp2", "nodejs")
 # Bump when the trimming of the base changes what ends up in it.
 BASE_VERSION = 1
 # Bump when the layout under /opt/replroom or the import's settings change.

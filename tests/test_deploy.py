@@ -328,6 +328,16 @@ async def test_compose_serves_a_docker_room(
         # made through the socket from the room image.
         made = await _containers(engine, f"{LABEL_INSTANCE}={instance}")
         assert made and {c["Image"] for c in made} == {room_image.docker_tag}
+        # The exact screen's sidecar can run there: the image's own node and the
+        # bundled script (without them late joiners would get the byte replay).
+        server_container = await engine.containers.get(container["Id"])
+        check = await server_container.exec(
+            ["sh", "-c", "node --version && test -f /opt/replroom/web/dist/screen-sidecar.cjs"]
+        )
+        async with check.start(detach=False) as stream:
+            while await stream.read_out() is not None:
+                pass
+        assert (await check.inspect())["ExitCode"] == 0
         await asyncio.wait_for(_wait_healthy(engine, container["Id"]), 120)
 
         started = time.monotonic()

@@ -266,13 +266,17 @@ _PERL_INTERRUPT = 'BEGIN { require "perl5db.pl"; $SIG{INT} = sub { die "interrup
 
 BASH_PS1 = r"room:\w\$ "
 
-# Drops the modules imported from /home/room (and the import system's cache of
-# directory listings, which would miss a file added since), in a namespace of
-# its own: nothing is left defined, nothing printed.
+# Drops the modules and packages imported from /home/room (a folder without
+# __init__.py is a namespace package: no __file__, a __path__; left in place it
+# would hand `from lib import util` its old submodule) and the import system's
+# cache of directory listings, which would miss a file added since. In a
+# namespace of its own: nothing is left defined, nothing printed.
 _PYTHON_REFRESH = (
-    'exec("import sys, importlib\\nfor n, m in list(sys.modules.items()):\\n'
-    " if (getattr(m, '__file__', None) or '').startswith('/home/room/'): del sys.modules[n]"
-    '\\nimportlib.invalidate_caches()", {{}}); {load}'
+    'exec("import sys, importlib\\ndef room(m):\\n try: return any(str(p).startswith('
+    "'/home/room/') for p in [getattr(m, '__file__', None) or '',"
+    " *(getattr(m, '__path__', None) or ())])\\n except Exception: return False\\n"
+    "for n in [n for n, m in list(sys.modules.items()) if room(m)]: del sys.modules[n]\\n"
+    'importlib.invalidate_caches()", {{}}); {load}'
 )
 _NODE_REFRESH = (
     "Object.keys(require.cache).forEach((k) => {{"

@@ -5,6 +5,7 @@ of the server on the same data directory."""
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -245,9 +246,10 @@ async def test_files_survive_a_restart(
 
 RUNS = {
     # language: (helper path, helper v1, helper v2, main code, what v1 prints, v2 prints)
-    "python": ("helper.py", "def greet():\n    return 'one-' + 'py'\n",
+    # A folder without __init__.py: a namespace package, the hard case to refresh.
+    "python": ("pkg/helper.py", "def greet():\n    return 'one-' + 'py'\n",
                "def greet():\n    return 'two-' + 'py'\n",
-               "import helper\nprint(helper.greet())\n", "one-py", "two-py"),
+               "from pkg import helper\nprint(helper.greet())\n", "one-py", "two-py"),
     "node": ("helper.js", "module.exports = () => 'one-' + 'js';\n",
              "module.exports = () => 'two-' + 'js';\n",
              "console.log(require('./helper')())\n", "one-js", "two-js"),
@@ -351,3 +353,42 @@ def test_the_files_message_and_welcome_match_their_types() -> None:
         protocol.parse_client_message(
             '{"type": "file_delete", "language": "python", "file": "a/b"}'
         )
+
+
+@pytest.mark.docker
+async def test_run_with_files_on_docker_runc(
+    tmp_path: Path, runtime_dir: Path, room_image: object
+) -> None:
+    """The same through the Engine: files written by exec into nested folders, removed files
+    gone, a helper's edit seen by the next Run."""
+    if not os.environ.get("DOCKER_HOST"):
+        pytest.skip("no Docker Engine: run scripts/dockerd start and export DOCKER_HOST")
+    env = {"REPLROOM_BACKEND": "docker", "REPLROOM_DOCKER_RUNTIME": "runc"}
+    server = Server(tmp_path / "data", runtime_dir, env=env)
+    server.start()
+    opened: list[Any] = []
+    try:
+        room = await server.create_room()
+        alice = await join(server, room, opened, "alice", key=new_key())
+        create = {"type": "file_create", "language": "python"}
+        made = await change(alice, {**create, "path": "lib/util.py", "content": "V = 'one'\n"})
+        await change(alice, {**create, "path": "gone.py"})
+        code = "from lib import util\nimport os\nprint('got', util.V, os.path.exists('gone.py'))\n"
+        run = {"type": "run", "code": code, "language": "python", "file": "main"}
+        await alice.send(run)
+        await alice.wait_output("got one True", timeout=90)
+        doc = await file_doc(server, room, alice, "python", made["file"], opened)
+        await doc.insert(0, "V = 'two'\n# ")
+        watcher = await file_doc(server, room, alice, "python", made["file"], opened)
+        await watcher.wait_text("V = 'two'\n# V = 'one'\n")
+        listing = (await alice.wait_message("files", path="gone.py"))["files"]
+        await change(
+            alice, {"type": "file_delete", "language": "python", "file": listing[-1]["id"]}
+        )
+        mark = len(alice.output)
+        await alice.send(run)
+        await alice.wait_output("got two False", after=mark)
+    finally:
+        for client in opened:
+            await client.close()
+        await server.stop_async()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -46,6 +47,8 @@ from replroom.room.terminal import Sender, SharedTerminal
 from replroom.sandbox import Process, Sandbox, SandboxError
 from replroom.sandbox.base import SANDBOX_HOME
 from replroom.storage import RoomRecord, StorageError, Store, hash_token
+
+log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 15.0  # seconds to wait for a new REPL's prompt before typing anyway
 # What a member's terminal sends by itself, in answer to the REPL's queries (cursor
@@ -363,10 +366,14 @@ class Room:
         stale = sorted(self._written.get(language, set()) - current)
         self._written[language] = paths
         if stale:
-            process = await sandbox.spawn(
-                ["rm", "-f", "--", *(f"{SANDBOX_HOME}/{path}" for path in stale)], tty=False
-            )
-            await process.wait()
+            try:
+                process = await sandbox.spawn(
+                    ["rm", "-f", "--", *(f"{SANDBOX_HOME}/{path}" for path in stale)], tty=False
+                )
+                await process.wait()
+            except SandboxError as error:
+                # A leftover file does not keep the Run from running.
+                log.warning("room %s: removing old files failed: %s", self.id, error)
 
     # -- files -----------------------------------------------------------------
 

@@ -275,6 +275,25 @@ class Settings(BaseSettings):
         description="lines of scrollback the server keeps of each REPL's screen, which a late "
         "joiner or a reconnecting member gets above the screen",
     )
+    recording: bool = Field(
+        True,
+        description="rooms record their sessions (terminal output, markers, editor updates; "
+        "docs/operations.md) unless an owner turns it off for the room",
+    )
+    recording_retention: float = Field(
+        7 * 86400, ge=0, description="seconds a part of a room's recording is kept"
+    )
+    recording_max_bytes: Size = Field(
+        64 * MiB,
+        ge=1 * MiB,
+        description="disk one room's recording may use; past it its oldest parts are dropped",
+    )
+    recordings_max_bytes: Size = Field(
+        4 * GiB,
+        ge=1 * MiB,
+        description="disk all rooms' recordings may use together; past it the oldest parts "
+        "(of any room) are dropped",
+    )
     health_interval: float = Field(2.0, gt=0, description="seconds between sandbox health checks")
     pool_size: int | None = Field(
         None,

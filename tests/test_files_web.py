@@ -4,6 +4,8 @@ edited in another, imported by Run."""
 
 from __future__ import annotations
 
+import asyncio
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -100,3 +102,31 @@ async def test_a_second_file_is_made_switched_to_and_imported_by_run(
         await expect(viewer.page.locator(button)).to_be_disabled()
     await expect(viewer.page.locator("#file-zip")).to_be_enabled()
     await owner.screenshot("files-two")
+
+    # Rename: the same document under its new name, for everyone.
+    await tab(other, "helper.py").click()
+    await other.wait_editor_contains("second helper")
+    answer_prompts(other.page, "tools.py")
+    await other.page.click("#file-rename")
+    await expect(tab(owner, "tools.py")).to_be_visible()
+    await expect(tab(other, "tools.py")).to_have_attribute("aria-selected", "true")
+    await other.wait_editor_contains("second helper")
+
+    # The zip holds every file as the editor has it.
+    async with owner.page.expect_download() as downloading:
+        await owner.page.click("#file-zip")
+    saved = await (await downloading.value).path()
+    with zipfile.ZipFile(saved) as archive:
+        assert sorted(archive.namelist()) == ["main.py", "tools.py"]
+        assert "second helper" in archive.read("tools.py").decode()
+
+    # Delete: the page that showed the file moves to the first one.
+    await tab(owner, "tools.py").click()
+    owner.page.once("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+    await owner.page.click("#file-delete")
+    for page in (owner, other, viewer):
+        await expect(page.page.locator(".file-tab")).to_have_count(1)
+    await expect(tab(other, "main.py")).to_have_attribute("aria-selected", "true")
+    await other.wait_editor_contains("import helper")
+    await other.wait_toast("Owner deleted tools.py")
+    await expect(owner.page.locator("#file-delete")).to_be_disabled()  # the last file stays

@@ -14,7 +14,9 @@ written into the sandbox's working directory at Run, below ``/home/room``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import logging
 import secrets
 import zipfile
 from collections.abc import Callable
@@ -25,6 +27,8 @@ from replroom.languages import get_language
 from replroom.protocol import MAX_FILE_DEPTH, MAX_FILE_PATH, ErrorCode, FileInfo
 from replroom.room.controls import Refusal
 from replroom.storage import Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_ID = "main"
 """The id of a language's default file, whose document the language had before files."""
@@ -182,8 +186,14 @@ class RoomFiles:
                 self.check_size(await self.texts(language), len(content.encode()))
             file: FileInfo = {"id": secrets.token_urlsafe(9), "path": path}
             # The document first: a member told of the file may open it at once.
-            await self._editor().create(self.doc(language, file["id"]), content)
-            await self._store_list(language, [*files, file])
+            documents = self._editor()
+            await documents.create(self.doc(language, file["id"]), content)
+            try:
+                await self._store_list(language, [*files, file])
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await documents.delete_document(self.doc(language, file["id"]))
+                raise
             return file
 
     async def rename(self, language: str, file_id: str, path: str) -> FileInfo:
@@ -207,8 +217,12 @@ class RoomFiles:
             if len(files) == 1:
                 raise bad_file("a language keeps at least one file: rename it or empty it")
             await self._store_list(language, [other for other in files if other["id"] != file_id])
-        # After the list: whoever opens it now is refused (the file is unknown).
-        await self._editor().delete_document(self.doc(language, file_id))
+        # After the list: whoever opens it now is refused (the file is unknown). Should
+        # this fail, the file is still gone; its document goes with the room.
+        try:
+            await self._editor().delete_document(self.doc(language, file_id))
+        except Exception:
+            log.exception("room %s: deleting a file's document failed", self.room_id)
         return file
 
     async def zip(self, language: str) -> bytes:

@@ -174,3 +174,18 @@ def test_servers_starting_together_mount_it_once(small: tuple[RoomImage, list[st
     assert [start.wait(timeout=60) for start in starts] == [0, 0, 0, 0]
     mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
     assert sum(f" {image.rootfs} " in line for line in mountinfo) == 1
+
+
+def test_the_cli_lists_and_refuses_unknown_languages(tmp_path: Path) -> None:
+    env = {**os.environ, "REPLROOM_IMAGE_DIR": str(tmp_path)}
+    refused = subprocess.run(
+        [sys.executable, "-m", "replroom.cli", "image", "build", "--languages", "python,cobol"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0
+    assert "unknown language 'cobol'" in refused.stderr, refused.stderr
+    listing = subprocess.run(
+        [sys.executable, "-m", "replroom.cli", "image", "list"],
+        capture_output=True, text=True, env=env, check=True,
+    ).stdout  # fmt: skip
+    assert listing.splitlines()[0] == "base images:" and "language packs:" in listing

@@ -479,18 +479,6 @@ async def test_pages_reconnect_after_a_server_restart(
         server.stop()
 
 
-async def test_phone_layout_stacks_editor_and_terminal(people: People, server: Server) -> None:
-    room = await server.create_room()
-    context = await people.context("Phone", width=390, height=800)
-    phone = await RoomPage.open(context, link(server, room, "invite"))
-    await phone.wait_screen(">>> ")
-    editor = await phone.page.locator(".editor-pane").bounding_box()
-    terminal = await phone.page.locator(".terminal-pane").bounding_box()
-    assert editor and terminal
-    assert terminal["y"] >= editor["y"] + editor["height"] - 1, (editor, terminal)
-    await phone.screenshot("phone")
-
-
 async def test_toolbar_upload_download_clear_restart_and_clipboard(
     people: People, server: Server
 ) -> None:

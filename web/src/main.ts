@@ -4,6 +4,7 @@ import "./style.css";
 import { ChatPanel } from "./chat";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
 import { FileBar } from "./files";
+import { setUpPhone } from "./phone";
 import { PlotsPanel } from "./plots";
 import {
   CLOSE_CODES,
@@ -169,6 +170,7 @@ class RoomPage {
     });
     performance.mark("replroom:terminal");
     this.bindControls();
+    setUpPhone(this.terminal);
     // index.html has joined already, normally: this takes its connection over.
     this.connection.start();
     this.terminal.focus();

@@ -142,6 +142,7 @@ async def test_phone_name_dialog_toolbar_menu_and_tabs(
 ) -> None:
     # An owner opens the site on a phone: a room, a prompt, and their name asked.
     context = await phone_context(browser, contexts, None)
+    await context.grant_permissions(["clipboard-read", "clipboard-write"], origin=server.url)
     owner = await RoomPage.open(context, f"{server.url}/")
     page = owner.page
     await owner.wait_screen(">>> ")
@@ -240,6 +241,26 @@ async def test_phone_name_dialog_toolbar_menu_and_tabs(
     await page.keyboard.press("ArrowRight")
     await expect(terminal_pane).to_be_visible()
     await screenshot(page, "terminal")
+
+    # The member list: the owner's buttons reachable (the list scrolls sideways).
+    await toggle.tap()
+    await menu.locator("#copy-invite").tap()
+    await expect(menu).to_be_hidden()
+    await page.locator(".toast.success").first.wait_for()
+    invite = str(await page.evaluate("navigator.clipboard.readText()"))
+    assert invite.startswith(f"{server.url}/r/{owner.room_id}#t="), invite
+    desk = await new_context(browser, "Max")
+    contexts.append(desk)
+    await RoomPage.open(desk, invite)
+    max_chip = page.locator("#members .member", has_text="Max")
+    read_only = max_chip.locator('button[data-action="read_only"]')
+    await read_only.scroll_into_view_if_needed()
+    assert inside(await box(read_only), **_size(PHONE))
+    await screenshot(page, "members")
+    members_box = await box(page.locator(".people"))
+    await read_only.tap()
+    await expect(max_chip.locator(".badge.read-only")).to_be_visible()
+    assert await box(page.locator(".people")) == members_box  # one line, whatever it holds
 
     # The chat covers the panes; its input and button within the phone.
     await page.locator("#chat-toggle").tap()

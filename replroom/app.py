@@ -20,7 +20,7 @@ from replroom.editor import EditorSync
 from replroom.host import open_backend
 from replroom.protocol import CloseCode
 from replroom.room import RoomManager
-from replroom.routes import editor_socket, http, room_socket
+from replroom.routes import editor_socket, http, recording, room_socket
 from replroom.routes.guards import HttpGuard, install_client_fault_filter
 from replroom.routes.http import WEB_DIST
 from replroom.storage import StorageError, Store
@@ -41,6 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(http.router)
     app.include_router(room_socket.router)
     app.include_router(editor_socket.router)
+    app.include_router(recording.router)
     return app
 
 
@@ -54,7 +55,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.info("removed %d sandbox(es) left by an earlier run", removed)
     manager = RoomManager(settings, backend, store)
     editor = EditorSync(
-        settings.data_dir / "editor.sqlite3", on_store_failure=manager.editor_not_saved
+        settings.data_dir / "editor.sqlite3",
+        on_store_failure=manager.editor_not_saved,
+        on_loaded=manager.recordings.document_loaded,
     )
     await editor.start()
     manager.editor = editor

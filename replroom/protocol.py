@@ -440,6 +440,8 @@ class Controls(Message):
     run_locked: bool | None = None  # only owners may Run
     language_locked: bool | None = None  # only owners may switch the language
     spectator_chat: bool | None = None  # spectators may write in the chat
+    recording: bool | None = None  # the room records its session (docs/operations.md)
+    recording_spectators: bool | None = None  # spectators may replay and download it
 
 
 MemberActionName = Literal["read_only", "write", "owner", "not_owner", "remove", "refuse"]
@@ -555,6 +557,8 @@ class RoomControls(TypedDict):
     run_locked: bool
     language_locked: bool
     spectator_chat: bool
+    recording: bool  # the room's session is being recorded: every page shows it
+    recording_spectators: bool
 
 
 class ChatEntry(TypedDict):

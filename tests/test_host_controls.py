@@ -175,6 +175,9 @@ async def test_lock_leaves_only_the_owners_writing_and_a_request_can_be_granted(
     # bob asks too and is refused.
     await bob.send({"type": "request_write"})
     await until_member(owner, "bob", requested=True)
+    # bob's own list shows the request first: otherwise his list from before it
+    # would show the refusal at once.
+    await until_member(bob, "bob", requested=True)
     await act(owner, "bob", "refuse")
     await until_member(bob, "bob", requested=False, write=False)
     before = len(bob.messages)
@@ -351,6 +354,7 @@ async def test_decisions_outlive_a_server_restart(
         assert welcome["you"]["write"] is False
         assert welcome["room"]["controls"] == {
             "locked": False, "run_locked": True, "language_locked": False, "spectator_chat": False,
+            "recording": True, "recording_spectators": False,
         }  # fmt: skip
         carol = await join(server, room, opened, "carol", key=carol_key)
         assert (await carol.wait_message("welcome"))["you"]["role"] == "owner"

@@ -69,6 +69,8 @@ def test_the_messages_the_server_builds_match_their_types() -> None:
             "run_locked": False,
             "language_locked": False,
             "spectator_chat": False,
+            "recording": True,
+            "recording_spectators": False,
         },
     }
     messages = [

@@ -29,9 +29,14 @@ class EditorServer:
     """
 
     def __init__(
-        self, database: Database, on_store_failure: Callable[[str], None] | None = None
+        self,
+        database: Database,
+        on_store_failure: Callable[[str], None] | None = None,
+        on_loaded: Callable[[Document], None] | None = None,
     ) -> None:
         self.documents: dict[str, Document] = {}
+        # Told of each document once it is loaded (the recordings follow its updates).
+        self._on_loaded = on_loaded
         self.closing = False
         self._database = database
         self._on_store_failure = on_store_failure
@@ -150,6 +155,8 @@ class EditorServer:
         # In only now, with the stored content in place: the first client's sync
         # step 1 is answered from the whole document.
         self.documents[name] = document
+        if self._on_loaded is not None:
+            self._on_loaded(document)
         return document
 
     def _loaded(self, name: str, loading: asyncio.Future[Document]) -> None:

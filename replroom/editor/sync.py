@@ -13,7 +13,7 @@ from starlette.websockets import WebSocket
 
 from replroom.editor.channel import Channel, close_quietly
 from replroom.editor.database import Database
-from replroom.editor.document import TEXT_NAME, apply_stored, text_of
+from replroom.editor.document import TEXT_NAME, Document, apply_stored, text_of
 from replroom.editor.server import EditorServer, Unavailable, is_panic
 from replroom.protocol import CloseCode
 
@@ -27,12 +27,18 @@ class EditorSync:
     """The editor documents of all rooms: serves y-websocket clients and persists to SQLite."""
 
     def __init__(
-        self, db_path: Path, *, on_store_failure: Callable[[str], None] | None = None
+        self,
+        db_path: Path,
+        *,
+        on_store_failure: Callable[[str], None] | None = None,
+        on_loaded: Callable[[Document], None] | None = None,
     ) -> None:
         """``on_store_failure(doc_name)`` is called when a document's updates cannot be
-        stored (a full disk), once until storing works again."""
+        stored (a full disk), once until storing works again; ``on_loaded(document)``
+        when a document comes into memory (the recordings follow it)."""
         self._db_path = Path(db_path)
         self._on_store_failure = on_store_failure
+        self._on_loaded = on_loaded
         self._database: Database | None = None
         self._server: EditorServer | None = None
 
@@ -43,7 +49,7 @@ class EditorSync:
         database = Database(self._db_path)
         await database.open()
         self._database = database
-        self._server = EditorServer(database, self._on_store_failure)
+        self._server = EditorServer(database, self._on_store_failure, self._on_loaded)
 
     async def stop(self) -> None:
         """Disconnect every client (1012), save and unload every document, close the database."""

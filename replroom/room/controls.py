@@ -4,7 +4,8 @@ The owners (the holder of the owner's link, and the co-owners they made) may
 lock the room (everyone else read-only), keep Run and the language switch to
 themselves, make a member read-only or give write access back, grant a
 member's request for write access in a locked room, make co-owners, and
-remove a member (their key is refused until an owner lets it back). A
+remove a member (their key is refused until an owner lets it back), and
+turn the room's recording off or on and let spectators replay it. A
 co-owner cannot act on an owner: only the owner's link can unmake a co-owner.
 
 Every decision is stored before it applies (a failed write changes nothing
@@ -27,7 +28,14 @@ from replroom.room.members import Member, Members
 from replroom.storage import KeyState, RoomRecord, Store
 
 REF_LENGTH = 16  # hex digits of a key's hash that name it to owners (64 bits)
-CONTROL_NAMES = ("locked", "run_locked", "language_locked", "spectator_chat")
+CONTROL_NAMES = (
+    "locked",
+    "run_locked",
+    "language_locked",
+    "spectator_chat",
+    "recording",
+    "recording_spectators",
+)
 REMOVED_REASON = "an owner removed you from this room"
 REQUEST_PAUSE = 10.0  # seconds before a member key may ask for write access again
 
@@ -59,8 +67,11 @@ def ref_of(key_hash: str) -> str:
 
 
 class HostControls:
-    def __init__(self, record: RoomRecord, members: Members, store: Store) -> None:
+    def __init__(
+        self, record: RoomRecord, members: Members, store: Store, *, recording: bool = True
+    ) -> None:
         self.record = record
+        self.recording_default = recording  # the server's setting, until an owner decides
         self.members = members
         self.store = store
         self._asked: dict[str, float] = {}  # by key hash: when it last asked for write access
@@ -74,7 +85,13 @@ class HostControls:
             "run_locked": bool(settings.get("run_locked")),
             "language_locked": bool(settings.get("language_locked")),
             "spectator_chat": bool(settings.get("spectator_chat")),
+            "recording": self.recording,
+            "recording_spectators": bool(settings.get("recording_spectators")),
         }
+
+    @property
+    def recording(self) -> bool:
+        return bool(self.record.settings.get("recording", self.recording_default))
 
     def removed(self) -> list[RemovedKey]:
         return [

@@ -27,6 +27,7 @@ from replroom.protocol import CloseCode, EditorInfo, Links, MemberRole
 from replroom.room.controls import REMOVED_REASON
 from replroom.room.files import Documents
 from replroom.room.members import Member
+from replroom.room.recording import Recordings
 from replroom.room.room import Room
 from replroom.room.supervisor import RETRY_FIRST, RETRY_MAX, AtCapacity, Backoff
 from replroom.room.terminal import Sender
@@ -95,6 +96,7 @@ class RoomManager:
         self.pool.refill()
         self._tickets: dict[str, Member] = {}  # editor ticket -> its member
         self.editor: Documents | None = None  # the app sets it once the editor has started
+        self.recordings = Recordings(settings)
         self._closing = False
 
     @property
@@ -318,7 +320,11 @@ class RoomManager:
         for room_id in list(self.rooms):  # rooms in use now are not unused
             await self.touch(room_id)
         cutoff = time.time() - self.settings.room_retention
-        return await self.store.delete_inactive(cutoff)
+        removed = await self.store.delete_inactive(cutoff)
+        for room_id in removed:
+            await self.recordings.delete(room_id)
+        self.recordings.enforce()  # the recordings' retention and global cap
+        return removed
 
     def disconnect_everyone(self, code: int, reason: str) -> None:
         for room in list(self.rooms.values()):

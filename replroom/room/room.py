@@ -41,6 +41,7 @@ from replroom.room.controls import HostControls, read_only_reason
 from replroom.room.files import Documents, RoomFiles
 from replroom.room.members import Member, Members
 from replroom.room.plots import Plots
+from replroom.room.recording import Recordings, RoomRecording
 from replroom.room.supervisor import AtCapacity, SandboxHost, Supervisor
 from replroom.room.tasks import Background
 from replroom.room.terminal import Sender, SharedTerminal
@@ -72,6 +73,10 @@ class RoomHost(SandboxHost, Protocol):
     def editor(self) -> Documents | None:
         """The shared editor's documents (None until the app has started it)."""
 
+    @property
+    def recordings(self) -> Recordings:
+        """Every room's session recording (replroom.room.recording)."""
+
     async def touch(self, room_id: str) -> None:
         """Note the room's use (its record is kept ``room_retention`` after the last)."""
 
@@ -102,7 +107,9 @@ class Room:
         # Sandbox failures in the background were told to the members (and logged).
         self.tasks = Background(record.id, told=(SandboxError, AtCapacity))
         self.supervisor = Supervisor(host, record, self.members, self.terminal, self.tasks)
-        self.controls = HostControls(record, self.members, host.store)
+        self.controls = HostControls(
+            record, self.members, host.store, recording=host.settings.recording
+        )
         self.chat = Chat(record, self.members, host.store, chat or [])
         self.plots = Plots(
             self.members, self.tasks, lambda: self.sandbox, host.settings.plot_max_bytes
@@ -120,6 +127,30 @@ class Room:
         self._written_to: Sandbox | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._typist: str | None = None  # the id of who typed into the terminal last
+        self._runs = 0
+        self.recording = self._start_recording()
+
+    def _start_recording(self) -> RoomRecording:
+        recording = self.host.recordings.start(
+            self.id,
+            enabled=lambda: self.controls.recording,
+            snapshot=self._recording_snapshot,
+            size=lambda: (self.terminal.cols, self.terminal.rows),
+            on_dropped=lambda text: self.notice(text, "warning"),
+        )
+        self.terminal.on_output = recording.output
+        self.terminal.on_note = recording.marker
+        return recording
+
+    def _recording_snapshot(self) -> list[tuple[str, str, str]]:
+        """What a recording's part starts with: each REPL's screen, each document's state."""
+        size = (self.terminal.cols, self.terminal.rows)
+        events = []
+        for name, pane in self.terminal.panes.items():
+            frames = pane.screen.frames(size)
+            screen = b"".join(frame for frame in frames if isinstance(frame, bytes))
+            events.append(("S", name, screen.decode("utf-8", "replace")))
+        return events + self.host.recordings.document_states(self.id)
 
     @property
     def language(self) -> str:
@@ -199,6 +230,7 @@ class Room:
         )  # fmt: skip
         member.outbox.send_json(welcome)
         self.members.announce("joined", member)
+        self.recording.marker(f"{member.name} joined")
         await self._fit_terminal()
         self.terminal.redraw([member.outbox])
         # Beside the REPL's start, not before it: a database write is not worth the wait.
@@ -213,6 +245,7 @@ class Room:
             on_leave()
         self.host.members_changed()
         self.members.announce("left", member)
+        self.recording.marker(f"{member.name} left")
         await self._fit_terminal()
         self.terminal.resume()  # the one who was behind may be gone
         self.terminal.update_flow()
@@ -248,6 +281,7 @@ class Room:
         if size is None or size == (self.terminal.cols, self.terminal.rows):
             return
         self.terminal.cols, self.terminal.rows = size
+        self.recording.resize(*size)
         await self.supervisor.resize(*size)
         self.members.broadcast(protocol.terminal_size(*size))
 
@@ -267,6 +301,7 @@ class Room:
         self.terminal.typed(repl.pane, data)
         if not TERMINAL_ANSWERS.fullmatch(data):
             self._typed_by(member)
+            self.recording.typing(member.id, member.name)  # who, never what
         await _type(repl.process, data)
 
     def refuse_edit(self, member: Member, where: Literal["terminal", "editor"]) -> None:
@@ -310,6 +345,7 @@ class Room:
             return
         self.record.language = language.name
         self.members.broadcast(protocol.language_changed(language.name, member.name))
+        self.recording.marker(f"{member.name} switched to {language.title}")
         await self.supervisor.ensure_repl(language.name)
         self.terminal.redraw()
         self.terminal.resume()
@@ -340,6 +376,8 @@ class Room:
             raise SandboxError(f"{language.title} is not running")
         self._typed_by(member)
         self.members.broadcast(protocol.activity("run", language.name, member.id, member.name))
+        self._runs += 1
+        self.recording.marker(f"Run #{self._runs} by {member.name} ({file['path']})")
         load = language.load_line(f"{SANDBOX_HOME}/{file['path']}")
         if len(texts) > 1 and language.refresh_format:
             load = language.refresh_format.format(load=load)
@@ -412,11 +450,14 @@ class Room:
             self.members.broadcast(
                 protocol.activity("restart", self.language, member.id, member.name)
             )
+        self.recording.marker(f"{member.name if member else 'the server'} restarted the REPL")
+        self.recording.output(self.language, b"\x1bc")  # its screen starts blank again
         await self.supervisor.restart_repl(self.language)
 
     async def close(self) -> None:
         if self._idle_timer:
             self._idle_timer.cancel()
+        self.recording.close()
         await self.supervisor.close()
 
 

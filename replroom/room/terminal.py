@@ -283,6 +283,9 @@ class SharedTerminal:
         self._output_allowed.set()
         # Called, by language, when its REPL shows its prompt again (not its first).
         self.on_prompt: dict[str, Callable[[], None]] = {}
+        # The room's recording: every pane's output (language, bytes), and our notes.
+        self.on_output: Callable[[str, bytes], None] | None = None
+        self.on_note: Callable[[str], None] | None = None
 
     def pane(self, language: Language) -> Pane:
         pane = self.panes.get(language.name)
@@ -316,6 +319,9 @@ class SharedTerminal:
         """Put a note of ours (not the REPL's) on a pane, as if the REPL had printed it."""
         data = text.encode()
         pane.record(data, (self.cols, self.rows))
+        if self.on_output is not None and self.on_note is not None:
+            self.on_output(pane.language.name, data)
+            self.on_note(text.strip("\r\n[] "))
         if self.is_shown(pane):
             for outbox in self._outboxes():
                 outbox.send_output(data, self.screen)
@@ -354,6 +360,8 @@ class SharedTerminal:
                 await self._rate.spend(len(chunk))
             started = pane.prompt_shown.is_set()
             pane.record(chunk, (self.cols, self.rows))
+            if self.on_output is not None:
+                self.on_output(pane.language.name, chunk)
             on_prompt = self.on_prompt.get(pane.language.name)
             if on_prompt is not None and started and pane.at_prompt(chunk):
                 on_prompt()

@@ -72,6 +72,8 @@ class RoomPage {
     run_locked: false,
     language_locked: false,
     spectator_chat: false,
+    recording: false,
+    recording_spectators: false,
   };
   private readonly chat = new ChatPanel({
     send: (text) => this.connection.send({ type: "chat", text }),
@@ -480,6 +482,19 @@ class RoomPage {
     byId<HTMLInputElement>("lock-run").checked = this.controls.run_locked;
     byId<HTMLInputElement>("lock-language").checked = this.controls.language_locked;
     byId<HTMLInputElement>("chat-spectators").checked = this.controls.spectator_chat;
+    byId<HTMLInputElement>("record-session").checked = this.controls.recording;
+    byId<HTMLInputElement>("recording-spectators").checked = this.controls.recording_spectators;
+    this.showRecording();
+  }
+
+  /** The pill that tells everyone the session is recorded; it opens the replay for those
+   *  who may see it (owners and members; spectators if the owners let them). */
+  private showRecording(): void {
+    const pill = byId<HTMLAnchorElement>("recording-pill");
+    pill.hidden = !this.controls.recording;
+    const mayReplay = this.you?.role !== "spectator" || this.controls.recording_spectators;
+    if (mayReplay) pill.href = `/r/${encodeURIComponent(this.roomId)}/replay#t=${this.token}`;
+    else pill.removeAttribute("href");
   }
 
   /** A chat code block's "Copy to editor": it replaces the editor's text (one undo step). */
@@ -504,6 +519,8 @@ class RoomPage {
         toast(text, "info", 5000, "controls");
       } else if (controls.run_locked !== before.run_locked) {
         toast(`${by} ${controls.run_locked ? "kept Run to the owners" : "let everyone Run"}`);
+      } else if (controls.recording !== before.recording) {
+        toast(`${by} ${controls.recording ? "started recording" : "stopped recording"} the session`);
       } else if (controls.spectator_chat !== before.spectator_chat) {
         const what = controls.spectator_chat ? "let spectators chat" : "made the chat members-only";
         toast(`${by} ${what}`);
@@ -858,6 +875,8 @@ class RoomPage {
     control("lock-run", "run_locked");
     control("lock-language", "language_locked");
     control("chat-spectators", "spectator_chat");
+    control("record-session", "recording");
+    control("recording-spectators", "recording_spectators");
     byId("request-write").addEventListener("click", () => {
       if (this.connection.send({ type: "request_write" })) {
         toast("Asked the owners for write access.", "info", 3000);

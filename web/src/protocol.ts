@@ -198,6 +198,8 @@ export interface Controls {
   run_locked?: boolean | null;
   language_locked?: boolean | null;
   spectator_chat?: boolean | null;
+  recording?: boolean | null;
+  recording_spectators?: boolean | null;
 }
 /**
  * Owners: act on one member (by their `id`), for as long as their member key lasts.
@@ -336,6 +338,8 @@ export interface RoomControls {
   run_locked: boolean;
   language_locked: boolean;
   spectator_chat: boolean;
+  recording: boolean;
+  recording_spectators: boolean;
 }
 /**
  * Where this member's editor documents are synced: `{path}/{language}/{file id}?ticket=…`.

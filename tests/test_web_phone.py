@@ -258,6 +258,17 @@ async def test_phone_name_dialog_toolbar_menu_and_tabs(
     assert inside(await box(read_only), **_size(PHONE))
     await screenshot(page, "members")
     members_box = await box(page.locator(".people"))
+    # Output while the editor's tab is shown marks the terminal's tab until it is shown.
+    await editor_tab.tap()
+    await expect(terminal_tab).not_to_have_class("unseen")
+    max_page = desk.pages[0]
+    await max_page.locator(TEXTAREA).focus()
+    await max_page.keyboard.type("'typed by Max'\n")
+    await expect(terminal_tab).to_have_class("unseen")
+    await screenshot(page, "unseen-output")
+    await terminal_tab.tap()
+    await expect(terminal_tab).not_to_have_class("unseen")
+    await owner.wait_screen("'typed by Max'", 2)
     await read_only.tap()
     await expect(max_chip.locator(".badge.read-only")).to_be_visible()
     assert await box(page.locator(".people")) == members_box  # one line, whatever it holds

@@ -23,6 +23,11 @@ export function setUpPhone(terminal: TerminalView): void {
   const narrow = window.matchMedia(NARROW);
   new Menu(narrow);
   const tabs = new PaneTabs(narrow);
+  // Output while the editor's tab is shown (another member typing, a Run): the
+  // terminal's tab says so until it is shown.
+  terminal.term.onWriteParsed(() => {
+    if (narrow.matches && !tabs.showing("terminal")) tabs.unseen("terminal", true);
+  });
   // Run shows its output: on a narrow window that is the terminal's tab.
   byId("run").addEventListener("click", () => {
     if (narrow.matches) tabs.select("terminal");
@@ -141,8 +146,21 @@ class PaneTabs {
     narrow.addEventListener("change", () => this.roles(narrow.matches));
   }
 
+  showing(name: PaneName): boolean {
+    return this.panes.dataset.tab === name;
+  }
+
+  /** Mark a tab as having news the member has not seen (or not any more). */
+  unseen(name: PaneName, unseen: boolean): void {
+    const tab = this.tabs[name];
+    if (tab.classList.contains("unseen") === unseen) return;
+    tab.classList.toggle("unseen", unseen);
+    tab.title = unseen ? "New output since you last looked" : "";
+  }
+
   select(name: PaneName): void {
     this.panes.dataset.tab = name;
+    this.unseen(name, false);
     for (const [other, tab] of Object.entries(this.tabs)) {
       tab.setAttribute("aria-selected", String(other === name));
       tab.tabIndex = other === name ? 0 : -1;

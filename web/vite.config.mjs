@@ -79,7 +79,7 @@ function precompress() {
   };
 }
 
-export default defineConfig({
+export default defineConfig(({ mode }) => ({
   base: "/",
   plugins: [inlineEntryCss(), precompress()],
   build: {
@@ -89,6 +89,13 @@ export default defineConfig({
     target: "es2020",
     sourcemap: true,
     chunkSizeWarningLimit: 1500,
+    // `--mode replay` builds the replay page (replay.html) beside the room page: a build of
+    // its own, so that its player, Yjs and CodeMirror share no chunk with the room page,
+    // whose first load stays index + the lazy editor.
+    ...(mode === "replay" && {
+      emptyOutDir: false,
+      rollupOptions: { input: new URL("replay.html", import.meta.url).pathname },
+    }),
   },
   server: {
     host: "127.0.0.1",
@@ -98,4 +105,4 @@ export default defineConfig({
       "/yjs": { target: backend, ws: true },
     },
   },
-});
+}));

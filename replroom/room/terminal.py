@@ -281,7 +281,7 @@ class SharedTerminal:
         self._rate = RateLimit(rate)
         self._output_allowed = asyncio.Event()
         self._output_allowed.set()
-        # Called, by language, when its REPL shows its prompt again (not its first).
+        # Called, by language, when its REPL shows its prompt.
         self.on_prompt: dict[str, Callable[[], None]] = {}
         # The room's recording: every pane's output (language, bytes), and our notes.
         self.on_output: Callable[[str, bytes], None] | None = None
@@ -358,12 +358,13 @@ class SharedTerminal:
                     continue
             else:
                 await self._rate.spend(len(chunk))
-            started = pane.prompt_shown.is_set()
             pane.record(chunk, (self.cols, self.rows))
             if self.on_output is not None:
                 self.on_output(pane.language.name, chunk)
             on_prompt = self.on_prompt.get(pane.language.name)
-            if on_prompt is not None and started and pane.at_prompt(chunk):
+            # Every prompt, the first too: it may come in one chunk with the line typed
+            # ahead and that line's output (a plot) and next prompt.
+            if on_prompt is not None and pane.at_prompt(chunk):
                 on_prompt()
             if self.is_shown(pane):
                 outboxes = list(self._outboxes())

@@ -30,6 +30,11 @@ export function rememberToken(roomId: string, token: string, role: string): void
   }
 }
 
+/** The token the room's page remembered (the replay page, /r/{id}/replay, reads it too). */
+export function storedToken(roomId: string): string | null {
+  return load(tokenKey(roomId));
+}
+
 export function forgetToken(roomId: string): void {
   try {
     localStorage.removeItem(tokenKey(roomId));

@@ -1,0 +1,130 @@
+"""The replay page in a real browser (Debian's Chromium) against a real server with bwrap
+rooms (issue 10 §3): two members type, edit, Run and switch the language; the replay,
+seeked to a marker, shows the terminal and the editor as they were at that instant."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.client import Server
+from tests.test_web import People
+from tests.web_fixtures import WAIT_MS, launch_chromium, web_client_built
+
+pytestmark = pytest.mark.timeout(240)
+
+SAME = "(text, want) => text === want"
+# The player's screen as text, one row a line.
+TERMINAL_JS = """() => Array.from(document.querySelectorAll('#replay-player .ap-line'))
+    .map(row => row.textContent.replace(/\\u00a0/g, ' ').replace(/\\s+$/, '')).join('\\n')"""
+EDITOR_JS = """() => Array.from(document.querySelectorAll('#replay-editor .cm-line'))
+    .map(line => line.textContent).join('\\n')"""
+
+
+@pytest.fixture(scope="module")
+def server(
+    tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
+) -> Iterator[Server]:
+    if not web_client_built():
+        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
+    started = Server(tmp_path_factory.mktemp("replay-web"), runtime_dir)
+    started.start()
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
+    made = People(browser, server)
+    yield made
+    await made.close()
+
+
+async def seek_to(replay: Page, label: str) -> None:
+    await replay.locator("#replay-markers button", has_text=label).first.click()
+
+
+async def wait_terminal(replay: Page, text: str, *, present: bool = True) -> None:
+    check = f"() => ({TERMINAL_JS})().includes({text!r}) === {str(present).lower()}"
+    try:
+        await replay.wait_for_function(check, timeout=WAIT_MS)
+    except Exception as error:
+        shown = await replay.evaluate(TERMINAL_JS)
+        raise AssertionError(f"{text!r} {'not ' if present else ''}on {shown!r}") from error
+
+
+async def wait_editor(replay: Page, text: str) -> None:
+    try:
+        await replay.wait_for_function(f"() => ({EDITOR_JS})() === {text!r}", timeout=WAIT_MS)
+    except Exception as error:
+        shown = await replay.evaluate(EDITOR_JS)
+        raise AssertionError(f"editor {shown!r}, not {text!r}") from error
+
+
+async def test_replay_shows_terminal_and_editor_at_a_marker(people: People, server: Server) -> None:
+    room = await server.create_room()
+    ada = await people.join(room, "owner", "Ada")
+    bob = await people.join(room, "invite", "Bob")
+    await ada.wait_screen(">>> ")
+    await expect(ada.page.locator("#recording-pill")).to_be_visible()
+    await expect(bob.page.locator("#recording-pill")).to_be_visible()
+    await bob.type_terminal("print('bob says', 2 + 2)\n")
+    await ada.wait_screen("bob says 4")
+    await ada.wait_synced()
+    await ada.insert_code("x = 6 * 7\n")
+    await bob.wait_editor(SAME, "x = 6 * 7\n")
+    await ada.page.locator("#run").click()
+    await ada.type_terminal("print('answer', x)\n")
+    await ada.wait_screen("answer 42")
+    await bob.insert_code("x = 6 * 7\ny = 1\n")
+    await ada.wait_editor(SAME, "x = 6 * 7\ny = 1\n")
+    await ada.page.locator("#language").select_option("ruby")
+    await bob.wait_screen("irb")
+
+    replay = await ada.page.context.new_page()
+    await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['owner_token']}")
+    await replay.wait_for_function("() => document.body.dataset.ready === 'true'")
+    await expect(replay.locator("#replay-message")).to_be_hidden()
+    labels = await replay.locator("#replay-markers button").all_text_contents()
+    assert any("Run #1 by Ada" in label for label in labels), labels
+    assert any("Ada switched to Ruby" in label for label in labels), labels
+
+    # At Run #1: Bob's line has run, the editor holds what was run, nothing after it.
+    await seek_to(replay, "Run #1 by Ada")
+    await wait_terminal(replay, "bob says 4")
+    await wait_terminal(replay, "answer 42", present=False)
+    await wait_editor(replay, "x = 6 * 7\n")
+    await expect(replay.locator("#replay-typist")).to_have_text("⌨ Bob")
+    # At the language switch: Ada's answer is there, and Bob's edit.
+    await seek_to(replay, "Ada switched to Ruby")
+    await wait_terminal(replay, "answer 42")
+    await wait_editor(replay, "x = 6 * 7\ny = 1\n")
+    await expect(replay.locator("#replay-typist")).to_have_text("⌨ Ada")
+    # And back: seeking is both ways.
+    await seek_to(replay, "Bob typing")
+    await wait_terminal(replay, "answer 42", present=False)
+    await wait_editor(replay, "")
+
+
+async def test_replay_of_a_room_without_recording_says_so(people: People, server: Server) -> None:
+    room = await server.create_room()
+    context = await people.context("Eve")
+    replay = await context.new_page()
+    await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['spectator_token']}")
+    await expect(replay.locator("#replay-message")).to_contain_text(
+        "have not let spectators see its recording"
+    )
+    await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['invite_token']}")
+    await replay.reload()
+    await expect(replay.locator("#replay-message")).to_contain_text("no recording")

@@ -1,0 +1,351 @@
+// The replay page (/r/{id}/replay): a room's recording played back, the terminal by
+// asciinema-player and the editor as it was at the same instant, rebuilt with Yjs from
+// the recorded updates. Loaded only by replay.html: the room page never bundles this.
+import "asciinema-player/dist/bundle/asciinema-player.css";
+import "./replay.css";
+
+import { EditorState } from "@codemirror/state";
+import { EditorView, lineNumbers } from "@codemirror/view";
+import * as AsciinemaPlayer from "asciinema-player";
+import * as Y from "yjs";
+
+import { storedToken } from "./session";
+
+/** Yjs snapshots of a document every this many updates: a seek applies at most this many. */
+const SNAPSHOT_EVERY = 100;
+const TEXT_NAME = "codemirror"; // the Y.Text the room's editor binds (src/editor.ts)
+const TICK_MS = 100;
+
+interface Marker {
+  t: number;
+  label: string;
+}
+
+interface Summary {
+  start: number;
+  duration: number;
+  dropped: boolean;
+  damaged: number;
+  languages: string[];
+  documents: string[];
+  markers: Marker[];
+  recording: boolean;
+}
+
+interface EditorEvent {
+  t: number;
+  doc: string;
+  update: string;
+}
+
+interface EditorTimeline extends Summary {
+  events: EditorEvent[];
+}
+
+/** One document's history: its updates in time order, and its state every SNAPSHOT_EVERY. */
+export class DocumentHistory {
+  private readonly times: number[] = [];
+  private readonly updates: Uint8Array[] = [];
+  private readonly snapshots: Uint8Array[] = []; // [k]: the state after updates[0 .. (k+1)N-1]
+
+  constructor(events: EditorEvent[]) {
+    const doc = new Y.Doc();
+    for (const event of events) {
+      const update = fromBase64(event.update);
+      this.times.push(event.t);
+      this.updates.push(update);
+      Y.applyUpdate(doc, update);
+      if (this.updates.length % SNAPSHOT_EVERY === 0) {
+        this.snapshots.push(Y.encodeStateAsUpdate(doc));
+      }
+    }
+    doc.destroy();
+  }
+
+  /** How many updates had happened at ``t`` seconds. */
+  countAt(t: number): number {
+    let low = 0;
+    let high = this.times.length;
+    while (low < high) {
+      const middle = (low + high) >> 1;
+      if (this.times[middle] <= t) low = middle + 1;
+      else high = middle;
+    }
+    return low;
+  }
+
+  /** The text after the first ``count`` updates: the nearest snapshot, then the rest. */
+  textAfter(count: number): string {
+    const doc = new Y.Doc();
+    const snapshot = Math.floor(count / SNAPSHOT_EVERY);
+    let from = 0;
+    if (snapshot > 0) {
+      Y.applyUpdate(doc, this.snapshots[snapshot - 1]);
+      from = snapshot * SNAPSHOT_EVERY;
+    }
+    for (let i = from; i < count; i++) Y.applyUpdate(doc, this.updates[i]);
+    const text = doc.getText(TEXT_NAME).toString();
+    doc.destroy();
+    return text;
+  }
+}
+
+function fromBase64(text: string): Uint8Array {
+  const binary = atob(text);
+  const bytes = new Uint8Array(binary.length);
+  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
+  return bytes;
+}
+
+function byId<T extends HTMLElement = HTMLElement>(id: string): T {
+  const element = document.getElementById(id);
+  if (!element) throw new Error(`replay.html has no #${id}`);
+  return element as T;
+}
+
+function clock(seconds: number): string {
+  const whole = Math.max(0, Math.floor(seconds));
+  const minutes = Math.floor(whole / 60);
+  return `${minutes}:${String(whole % 60).padStart(2, "0")}`;
+}
+
+/** The document's name as people know it: "python/main" of "room/python/main". */
+function documentLabel(name: string): string {
+  return name.split("/").slice(1).join("/") || name;
+}
+
+class ReplayPage {
+  private player: AsciinemaPlayer.Player | null = null;
+  private cast = "";
+  private histories = new Map<string, DocumentHistory>();
+  private shown: { doc: string; count: number } | null = null;
+  private playing = false;
+  private typing: Marker[] = []; // the "… typing" markers, in time order
+  private readonly editor = new EditorView({
+    parent: byId("replay-editor"),
+    state: EditorState.create({
+      doc: "",
+      extensions: [lineNumbers(), EditorState.readOnly.of(true), EditorView.editable.of(false)],
+    }),
+  });
+
+  constructor(
+    private readonly roomId: string,
+    private readonly token: string,
+  ) {}
+
+  async start(): Promise<void> {
+    const summary = await this.fetchJson<Summary>("");
+    if (!summary) return;
+    if (summary.dropped) {
+      this.say("The beginning of this recording was dropped (its size cap or retention).");
+    } else if (summary.damaged) {
+      this.say(`${summary.damaged} damaged line(s) of the recording were skipped.`);
+    }
+    this.fillSelect("replay-language", summary.languages, (name) => name);
+    this.showMarkers(summary.markers);
+    const timeline = await this.fetchJson<EditorTimeline>("/editor.json");
+    const byDoc = new Map<string, EditorEvent[]>();
+    for (const event of timeline?.events ?? []) {
+      const list = byDoc.get(event.doc) ?? [];
+      list.push(event);
+      byDoc.set(event.doc, list);
+    }
+    for (const [name, events] of byDoc) this.histories.set(name, new DocumentHistory(events));
+    const documents = [...this.histories.keys()].sort(
+      (a, b) => (byDoc.get(b)?.length ?? 0) - (byDoc.get(a)?.length ?? 0),
+    );
+    this.fillSelect("replay-document", documents, documentLabel);
+    this.bind();
+    if (summary.languages.length === 0) {
+      this.say("The recording holds no terminal output.");
+    } else {
+      await this.loadCast(summary.languages[0]);
+    }
+    window.setInterval(() => this.tick(), TICK_MS);
+    document.body.dataset.ready = "true";
+  }
+
+  private bind(): void {
+    byId<HTMLSelectElement>("replay-language").addEventListener("change", (event) => {
+      void this.loadCast((event.target as HTMLSelectElement).value);
+    });
+    byId<HTMLSelectElement>("replay-document").addEventListener("change", () => {
+      this.shown = null;
+      this.tick();
+    });
+    byId<HTMLSelectElement>("replay-speed").addEventListener("change", () => this.makePlayer());
+    byId("replay-play").addEventListener("click", () => {
+      if (!this.player) return;
+      void (this.playing ? this.player.pause() : this.player.play());
+    });
+    byId("replay-cast").addEventListener("click", (event) => {
+      event.preventDefault();
+      const language = byId<HTMLSelectElement>("replay-language").value;
+      void this.download(`/${language}.cast`, `${this.roomId}-${language}.cast`);
+    });
+    byId("replay-editor-json").addEventListener("click", (event) => {
+      event.preventDefault();
+      void this.download("/editor.json", `${this.roomId}-editor.json`);
+    });
+  }
+
+  private async loadCast(language: string): Promise<void> {
+    const response = await this.fetch(`/${encodeURIComponent(language)}.cast`);
+    if (!response) return;
+    this.cast = await response.text();
+    this.makePlayer();
+  }
+
+  /** A new player at the current instant (a speed or a terminal chosen anew). */
+  private makePlayer(): void {
+    const at = this.player ? this.player.getCurrentTime() : 0;
+    const wasPlaying = this.playing;
+    this.player?.dispose();
+    const speed = Number(byId<HTMLSelectElement>("replay-speed").value) || 1;
+    const player = AsciinemaPlayer.create({ data: this.cast }, byId("replay-player"), {
+      autoPlay: wasPlaying,
+      preload: true,
+      speed,
+      startAt: at,
+      fit: "width",
+      terminalFontSize: "small",
+    });
+    player.addEventListener("play", () => this.setPlaying(true));
+    player.addEventListener("playing", () => this.setPlaying(true));
+    player.addEventListener("pause", () => this.setPlaying(false));
+    player.addEventListener("ended", () => this.setPlaying(false));
+    this.player = player;
+    this.setPlaying(wasPlaying);
+  }
+
+  private setPlaying(playing: boolean): void {
+    this.playing = playing;
+    byId("replay-play").textContent = playing ? "❚❚ Pause" : "▶ Play";
+  }
+
+  /** Show what belongs to the player's current time: editor text, clock, who typed. */
+  private tick(): void {
+    const t = this.player?.getCurrentTime() ?? 0;
+    byId("replay-time").textContent = clock(t);
+    const doc = byId<HTMLSelectElement>("replay-document").value;
+    const history = this.histories.get(doc);
+    if (history) {
+      const count = history.countAt(t);
+      if (this.shown?.doc !== doc || this.shown.count !== count) {
+        this.shown = { doc, count };
+        const text = history.textAfter(count);
+        this.editor.dispatch({
+          changes: { from: 0, to: this.editor.state.doc.length, insert: text },
+        });
+      }
+    }
+    this.showTypist(t);
+    for (const item of byId("replay-markers").children) {
+      const marker = item as HTMLElement;
+      marker.classList.toggle("past", Number(marker.dataset.t) <= t);
+    }
+  }
+
+  private showMarkers(markers: Marker[]): void {
+    this.typing = markers.filter((m) => m.label.endsWith(" typing"));
+    const list = byId("replay-markers");
+    list.replaceChildren(
+      ...markers.map((marker) => {
+        const item = document.createElement("li");
+        item.dataset.t = String(marker.t);
+        const button = document.createElement("button");
+        button.textContent = `${clock(marker.t)} ${marker.label}`;
+        button.addEventListener("click", () => void this.seek(marker.t));
+        item.append(button);
+        return item;
+      }),
+    );
+  }
+
+  /** Who typed last at ``t`` (the recording keeps who, never what). */
+  private showTypist(t: number): void {
+    let last: Marker | undefined;
+    for (const marker of this.typing) {
+      if (marker.t > t) break;
+      last = marker;
+    }
+    const typist = byId("replay-typist");
+    typist.hidden = !last;
+    if (last) typist.textContent = `⌨ ${last.label.replace(/ typing$/, "")}`;
+  }
+
+  async seek(t: number): Promise<void> {
+    if (!this.player) return;
+    await this.player.seek(t);
+    this.tick();
+  }
+
+  private fillSelect(id: string, values: string[], label: (value: string) => string): void {
+    byId<HTMLSelectElement>(id).replaceChildren(
+      ...values.map((value) => new Option(label(value), value)),
+    );
+  }
+
+  private async download(path: string, name: string): Promise<void> {
+    const response = await this.fetch(path);
+    if (!response) return;
+    const url = URL.createObjectURL(await response.blob());
+    const link = document.createElement("a");
+    link.href = url;
+    link.download = name;
+    link.click();
+    window.setTimeout(() => URL.revokeObjectURL(url), 10_000);
+  }
+
+  private async fetchJson<T>(path: string): Promise<T | null> {
+    const response = await this.fetch(path);
+    return response ? ((await response.json()) as T) : null;
+  }
+
+  /** GET a recording route with the token; a refusal or a damaged recording is said. */
+  private async fetch(path: string): Promise<Response | null> {
+    const address = `/api/rooms/${encodeURIComponent(this.roomId)}/recording${path}`;
+    let response: Response;
+    try {
+      response = await fetch(address, { headers: { Authorization: `Bearer ${this.token}` } });
+    } catch {
+      this.say("The server cannot be reached.");
+      return null;
+    }
+    if (response.ok) return response;
+    let message = `the server answered ${response.status}`;
+    try {
+      const body = (await response.json()) as { message?: string; detail?: string };
+      message = body.message ?? body.detail ?? message;
+    } catch {
+      // not JSON: the status says it
+    }
+    this.say(`Cannot replay: ${message}.`);
+    return null;
+  }
+
+  private say(text: string): void {
+    const note = byId("replay-message");
+    note.textContent = note.hidden ? text : `${note.textContent} ${text}`;
+    note.hidden = false;
+  }
+}
+
+function main(): void {
+  const match = /^\/r\/([^/]+)\/replay\/?$/.exec(location.pathname);
+  const roomId = match ? decodeURIComponent(match[1]) : "";
+  const token =
+    new URLSearchParams(location.hash.replace(/^#/, "")).get("t") || storedToken(roomId);
+  if (!roomId || !token) {
+    const note = byId("replay-message");
+    note.textContent = "Open the replay from the room's page, or with an invitation link.";
+    note.hidden = false;
+    return;
+  }
+  const page = new ReplayPage(roomId, token);
+  (window as unknown as { replroomReplay: ReplayPage }).replroomReplay = page;
+  void page.start();
+}
+
+main();

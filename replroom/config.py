@@ -331,6 +331,15 @@ class Settings(BaseSettings):
         kind = self.backend if self.backend != "docker" else f"docker with {self.docker_runtime}"
         return min(_POOL_SIZES[kind], self.max_sandboxes - 1)
 
+    @field_validator("default_language")
+    @classmethod
+    def _known_language(cls, name: str) -> str:
+        from replroom.languages import LANGUAGES  # noqa: PLC0415 - languages imports nothing of ours
+
+        if name not in LANGUAGES:
+            raise ValueError(f"unknown language {name!r} (known: {', '.join(LANGUAGES)})")
+        return name
+
     @field_validator("languages", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:

@@ -79,7 +79,7 @@ async def test_serve_makes_a_missing_runtime_dir_and_its_parents(
          " (looked in /nonexistent/images)"),
         ({"REPLROOM_DEFAULT_LANGUAGE": "cobol"}, [], 2,
          "replroom: error: default_language: unknown language 'cobol'"
-         " (known: python, node, ruby, bash)"),
+         " (known: python, node, ruby, bash, lua, php, perl, sqlite, scheme, commonlisp,"),
         ({"REPLROOM_POOL_SIZE": "2", "REPLROOM_MEMORY_BUDGET": "512m"}, [], 2,
          "replroom: error: pool_size 2 leaves no room for rooms: the memory budget (512 MiB)"
          " holds 2 sandbox(es) of 256 MiB; lower pool_size or raise memory_budget"),

@@ -23,10 +23,20 @@ import { scheme } from "@codemirror/legacy-modes/mode/scheme";
 import { shell } from "@codemirror/legacy-modes/mode/shell";
 import { sqlite } from "@codemirror/legacy-modes/mode/sql";
 import { highlightSelectionMatches, searchKeymap } from "@codemirror/search";
-import { Compartment, EditorState, type Extension, Prec } from "@codemirror/state";
+import {
+  Compartment,
+  EditorState,
+  type Extension,
+  Prec,
+  type Range,
+  StateEffect,
+  StateField,
+} from "@codemirror/state";
 import { oneDark } from "@codemirror/theme-one-dark";
 import {
   crosshairCursor,
+  Decoration,
+  type DecorationSet,
   drawSelection,
   dropCursor,
   EditorView,
@@ -60,7 +70,68 @@ export interface EditorEvents {
   sync(state: SyncState): void;
   /** The server closed a document's socket with a code after which it is not reconnected. */
   closed(language: string, fileId: string, closed: { code: number; reason: string }): void;
+  /** Another member's place (file, cursor, selection) may have changed (follow mode). */
+  presence(): void;
+  /** This member edited, selected, clicked or scrolled in the editor. */
+  own(): void;
 }
+
+/**
+ * Where a page is, published in the awareness of every document it has open
+ * (not only the shown one): awareness is per document, and a follower who
+ * shares any document with this page learns which file it shows.
+ */
+interface At {
+  language: string;
+  file: string;
+  /** This page (a member may have several tabs open). */
+  tab: string;
+  /** When the page showed this file (ms): the member's latest tab wins. */
+  time: number;
+}
+
+/** A member's place, as this page last heard it (follow mode). */
+export interface Presence {
+  language: string;
+  fileId: string;
+  /** Their selection in that file, if they have placed a cursor in it. */
+  cursor: { anchor: number; head: number } | null;
+}
+
+interface AwarenessState {
+  user?: { memberId?: unknown };
+  at?: At;
+  cursor?: { anchor?: unknown; head?: unknown } | null;
+}
+
+/** The followed member's selection and line, drawn above their own caret (follow mode). */
+const setFollowed = StateEffect.define<{ from: number; to: number; head: number } | null>();
+
+const followedMark = Decoration.mark({ class: "cm-followSelection" });
+const followedLine = Decoration.line({ class: "cm-followLine" });
+
+const followedField = StateField.define<DecorationSet>({
+  create: () => Decoration.none,
+  update(decorations, tr) {
+    let next = decorations.map(tr.changes);
+    for (const effect of tr.effects) {
+      if (!effect.is(setFollowed)) continue;
+      const range = effect.value;
+      if (!range) {
+        next = Decoration.none;
+        continue;
+      }
+      const marks: Range<Decoration>[] = [followedLine.range(tr.state.doc.lineAt(range.head).from)];
+      if (range.to > range.from) marks.push(followedMark.range(range.from, range.to));
+      next = Decoration.set(marks, true);
+    }
+    return next;
+  },
+  provide: (field) => EditorView.decorations.from(field),
+});
+
+/** Transactions a member makes themselves (remote edits and programmatic scrolls carry none). */
+const OWN_EVENTS = ["input", "delete", "move", "select", "undo", "redo"];
 
 interface Seen {
   cursor: string;
@@ -126,6 +197,8 @@ class FileDoc {
 
   private watch({ added, updated, removed }: AwarenessChanges): void {
     const states = this.provider.awareness.getStates();
+    const others = [...added, ...updated, ...removed].some((id) => id !== this.doc.clientID);
+    if (others) this.owner.events.presence();
     for (const clientId of removed) this.seen.delete(clientId);
     if (added.some((clientId) => clientId !== this.doc.clientID)) this.announce();
     for (const clientId of [...added, ...updated]) {
@@ -166,6 +239,11 @@ export class SharedEditor {
   private lastTyping = 0;
   private readonly readOnlySetting = new Compartment();
   private readonly modeSetting = new Compartment();
+  /** This page's place, published in the awareness of every open document (follow mode). */
+  private at: At | null = null;
+  private readonly tab = Math.random().toString(36).slice(2);
+  /** Documents open only so that a follower hears where the followed member is. */
+  private readonly watched = new Set<string>();
 
   constructor(
     parent: HTMLElement,
@@ -175,6 +253,12 @@ export class SharedEditor {
       parent,
       state: EditorState.create({ doc: "", extensions: [this.base(), EditorState.readOnly.of(true)] }),
     });
+    // Scrolling by hand (wheel, touch, the scrollbar) or a click is the member's
+    // own doing; the editor's own scrolls fire none of these events.
+    const own = () => this.events.own();
+    this.view.dom.addEventListener("wheel", own, { passive: true });
+    this.view.dom.addEventListener("touchmove", own, { passive: true });
+    this.view.dom.addEventListener("mousedown", own);
   }
 
   /** Connect (or reconnect) every document with this member's ticket. */
@@ -202,15 +286,13 @@ export class SharedEditor {
   show(language: LanguageInfo, fileId: string): void {
     if (this.current?.language === language.name && this.current.fileId === fileId) return;
     if (!this.endpoint) return;
-    if (this.current) this.current.provider.awareness.setLocalStateField("cursor", null);
-    const key = `${language.name}/${fileId}`;
-    let entry = this.docs.get(key);
-    if (!entry) {
-      const { serverUrl, ticket } = this.endpoint;
-      entry = new FileDoc(language.name, fileId, serverUrl, ticket, this);
-      this.docs.set(key, entry);
-      this.applyUser(entry);
-    }
+    const entry = this.open(language.name, fileId);
+    if (!entry) return;
+    this.watched.delete(`${language.name}/${fileId}`);
+    this.at = { language: language.name, file: fileId, tab: this.tab, time: Date.now() };
+    for (const open of this.docs.values()) this.publishAt(open);
+    // After the new place: a follower who sees the cursor go knows where it went.
+    this.current?.provider.awareness.setLocalStateField("cursor", null);
     this.current = entry;
     const shown = { language, fileId };
     this.shown = shown;
@@ -235,6 +317,101 @@ export class SharedEditor {
     });
   }
 
+  /** This file's document, opened (and connected) if it is not yet. */
+  private open(language: string, fileId: string): FileDoc | null {
+    const key = `${language}/${fileId}`;
+    let entry = this.docs.get(key);
+    if (!entry && this.endpoint) {
+      const { serverUrl, ticket } = this.endpoint;
+      entry = new FileDoc(language, fileId, serverUrl, ticket, this);
+      this.docs.set(key, entry);
+      this.applyUser(entry);
+      this.publishAt(entry);
+    }
+    return entry ?? null;
+  }
+
+  /**
+   * Follow mode: keep these files' documents open besides the shown one, to
+   * hear from their awareness where the followed member is; `[]` closes the
+   * ones that were opened for this alone.
+   */
+  watch(language: string, fileIds: string[]): void {
+    const keys = new Set(fileIds.map((fileId) => `${language}/${fileId}`));
+    for (const key of [...this.watched]) {
+      if (keys.has(key)) continue;
+      this.watched.delete(key);
+      const entry = this.docs.get(key);
+      if (entry && entry !== this.current) this.close(key, entry);
+    }
+    for (const fileId of fileIds) {
+      const key = `${language}/${fileId}`;
+      if (this.docs.has(key)) continue;
+      if (this.open(language, fileId)) this.watched.add(key);
+    }
+  }
+
+  /** Where this member is, as the awareness of the open documents tells (their latest tab). */
+  locate(memberId: string): Presence | null {
+    let latest: At | null = null;
+    for (const entry of this.docs.values()) {
+      for (const [clientId, state] of entry.provider.awareness.getStates()) {
+        const { user, at } = state as AwarenessState;
+        if (clientId === entry.doc.clientID || user?.memberId !== memberId || !isAt(at)) continue;
+        if (!latest || at.time > latest.time) latest = at;
+      }
+    }
+    if (!latest) return null;
+    const place: Presence = { language: latest.language, fileId: latest.file, cursor: null };
+    const entry = this.docs.get(`${latest.language}/${latest.file}`);
+    if (!entry) return place;
+    for (const [clientId, state] of entry.provider.awareness.getStates()) {
+      const { user, at, cursor } = state as AwarenessState;
+      if (clientId === entry.doc.clientID || user?.memberId !== memberId) continue;
+      if (at?.tab !== latest.tab || !cursor) continue;
+      const anchor = absolute(entry, cursor.anchor);
+      const head = absolute(entry, cursor.head);
+      if (anchor !== null && head !== null) place.cursor = { anchor, head };
+    }
+    return place;
+  }
+
+  /**
+   * Follow mode: scroll the shown file to another member's cursor and mark
+   * their selection and line (`null` takes the marks away). No selection of
+   * this member's changes, and nothing is published.
+   */
+  reveal(cursor: { anchor: number; head: number } | null): void {
+    if (!cursor) {
+      this.view.dispatch({ effects: setFollowed.of(null) });
+      return;
+    }
+    const length = this.view.state.doc.length;
+    const anchor = Math.min(cursor.anchor, length);
+    const head = Math.min(cursor.head, length);
+    this.view.dispatch({
+      effects: [
+        setFollowed.of({ from: Math.min(anchor, head), to: Math.max(anchor, head), head }),
+        EditorView.scrollIntoView(head, { y: "nearest", yMargin: 48 }),
+      ],
+    });
+  }
+
+  /** The shown file, as `language/file id`. */
+  shownKey(): string | null {
+    return this.current ? `${this.current.language}/${this.current.fileId}` : null;
+  }
+
+  private close(key: string, entry: FileDoc): void {
+    entry.provider.destroy();
+    entry.doc.destroy();
+    this.docs.delete(key);
+  }
+
+  private publishAt(entry: FileDoc): void {
+    if (this.at) entry.provider.awareness.setLocalStateField("at", this.at);
+  }
+
   /**
    * Throw the local documents away and load them again from the server. After
    * the server dropped an edit of this member (they had lost write access), the
@@ -249,6 +426,7 @@ export class SharedEditor {
       entry.doc.destroy();
     }
     this.docs.clear();
+    this.watched.clear();
     this.current = null;
     if (shown) this.show(shown.language, shown.fileId);
   }
@@ -258,9 +436,8 @@ export class SharedEditor {
     const key = `${language}/${fileId}`;
     const entry = this.docs.get(key);
     if (!entry || entry === this.current) return;
-    entry.provider.destroy();
-    entry.doc.destroy();
-    this.docs.delete(key);
+    this.watched.delete(key);
+    this.close(key, entry);
   }
 
   setUser(user: EditorUser): void {
@@ -343,6 +520,12 @@ export class SharedEditor {
       crosshairCursor(),
       highlightActiveLine(),
       highlightSelectionMatches(),
+      followedField,
+      EditorView.updateListener.of((update) => {
+        if (update.transactions.some((tr) => OWN_EVENTS.some((event) => tr.isUserEvent(event)))) {
+          this.events.own();
+        }
+      }),
       Prec.highest(
         keymap.of([
           {
@@ -369,6 +552,26 @@ export class SharedEditor {
       }),
     ];
   }
+}
+
+function isAt(value: unknown): value is At {
+  const at = value as At | undefined;
+  return (
+    typeof at?.language === "string" &&
+    typeof at.file === "string" &&
+    typeof at.tab === "string" &&
+    typeof at.time === "number"
+  );
+}
+
+/** A cursor position from another member's awareness, as an index into this document. */
+function absolute(entry: FileDoc, json: unknown): number | null {
+  if (!json || typeof json !== "object") return null;
+  const position = Y.createAbsolutePositionFromRelativePosition(
+    Y.createRelativePositionFromJSON(json),
+    entry.doc,
+  );
+  return position && position.type === entry.text ? position.index : null;
 }
 
 /** Read-only, yet focusable: a spectator can select, copy and point with the cursor. */

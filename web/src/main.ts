@@ -4,6 +4,7 @@ import "./style.css";
 import { ChatPanel } from "./chat";
 import type { EditorUser, SharedEditor, SyncState } from "./editor";
 import { FileBar } from "./files";
+import { FollowMode } from "./follow";
 import { setUpPhone } from "./phone";
 import { PlotsPanel } from "./plots";
 import {
@@ -84,8 +85,24 @@ class RoomPage {
   /** Each language's files (the server's lists), and the file this member shows of each. */
   private files: Record<string, FileInfo[]> = {};
   private readonly shownFiles = new Map<string, string>();
+  private readonly follow = new FollowMode(
+    {
+      editor: () => this.editor,
+      member: (memberId) => this.members.find(memberId),
+      you: () => this.you?.id,
+      language: () => this.language,
+      title: (language) => this.title(language),
+      files: () => (this.files[this.language] ?? []).map((file) => file.id),
+      showFile: (fileId) => this.showFile(fileId),
+    },
+    byId("members"),
+    byId("editor-pane"),
+  );
   private readonly fileBar = new FileBar(byId("filename"), {
-    select: (fileId) => this.showFile(fileId),
+    select: (fileId) => {
+      this.follow.stop(); // the member chose a file themselves
+      this.showFile(fileId);
+    },
     create: (path) => this.connection.send({ type: "file_create", language: this.language, path }),
     rename: (file, path) =>
       this.connection.send({ type: "file_rename", language: this.language, file, path }),
@@ -191,8 +208,13 @@ class RoomPage {
       this.editor = new SharedEditor(byId("editor"), {
         run: () => this.run(),
         activity: (memberId, what) => this.members.active(memberId, what),
-        sync: (state) => this.showSync(state),
+        sync: (state) => {
+          this.showSync(state);
+          this.follow.changed();
+        },
         closed: (language, _fileId, closed) => this.editorClosed(language, closed),
+        presence: () => this.follow.changed(),
+        own: () => this.follow.stop(),
       });
     } catch (error) {
       toast(`The editor could not be loaded: ${(error as Error).message}`, "error");
@@ -457,6 +479,7 @@ class RoomPage {
       }
     }
     this.members.set(list, you?.id ?? "");
+    this.follow.changed(); // the followed member may have left
     this.applyAccess();
   }
 
@@ -702,6 +725,7 @@ class RoomPage {
     }
     // Shown no more (the page moved to another file above): its document can go.
     if (message.event === "deleted") this.editor?.forget(message.language, message.file);
+    this.follow.changed();
     if (!mine) {
       const what = { created: "created", renamed: "renamed a file to", deleted: "deleted" };
       toast(`${message.by} ${what[message.event]} ${message.path}`, "info", 3000, "files");

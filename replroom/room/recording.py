@@ -284,7 +284,9 @@ class RoomRecording:
                 if (match := PART_NAME.fullmatch(name))
             ]
             path = self.directory / f"part-{max(numbers, default=0) + 1:06d}.jsonl"
-            self._file = open(path, "ab")  # noqa: SIM115 - open for the part's life
+            # Only the server reads it: it holds everything the room's REPLs printed.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            self._file = os.fdopen(fd, "ab")
         except OSError as error:
             self._fail(error)
             return False

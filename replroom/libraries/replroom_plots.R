@@ -12,8 +12,8 @@ local({
   send <- function(plot) {
     dir.create(dir, showWarnings = FALSE, recursive = TRUE)
     count <<- count + 1L
-    # Name order is drawing order (as the Python backend names them).
-    name <- sprintf("%020.0f-%d-%d.png", as.numeric(Sys.time()) * 1e9, Sys.getpid(), count)
+    # Name order is drawing order, and the name says who drew it (as Python's).
+    name <- sprintf("%020.0f-r-%d-%d.png", as.numeric(Sys.time()) * 1e9, Sys.getpid(), count)
     # Written under a hidden name and renamed: the server never takes half a file.
     hidden <- file.path(dir, paste0(".", name))
     screen <- dev.cur()

@@ -33,9 +33,10 @@ _numbers = itertools.count(1)
 
 
 def send(figure) -> None:
-    """Write ``figure`` for the server to take: named so that name order is drawing order."""
+    """Write ``figure`` for the server to take: named so that name order is drawing order,
+    and with the language that drew it."""
     os.makedirs(PLOTS_DIR, exist_ok=True)
-    name = f"{time.time_ns():020d}-{os.getpid()}-{next(_numbers)}.png"
+    name = f"{time.time_ns():020d}-python-{os.getpid()}-{next(_numbers)}.png"
     # Written under a hidden name and renamed: the server never takes half a file.
     hidden = os.path.join(PLOTS_DIR, "." + name)
     try:

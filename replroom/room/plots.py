@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from replroom import protocol
 from replroom.config import format_size
-from replroom.plotting import PLOTS_DIR
+from replroom.plotting import DRAWING, PLOTS_DIR
 from replroom.protocol import PlotInfo, PlotMime
 from replroom.room.members import Members
 from replroom.room.tasks import Background
@@ -39,6 +39,10 @@ HISTORY = 20  # plots kept per room
 # drawing large images must not hold much of the server's memory.
 HISTORY_BYTES = 16 * 1024 * 1024
 TAKE_COUNT = 8  # files taken from the sandbox at once (at most this many images in memory)
+# Seconds between the starts of two takes: a take is an exec on docker and kubernetes
+# (~65 ms of the Engine's work here); a burst of prompts (lines pasted) makes one take
+# now and one at the end, not one per line.
+TAKE_INTERVAL = 0.25
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -81,7 +85,9 @@ class Plots:
         self._kept_bytes = 0
         self.by: tuple[str, str] = ("", "")  # (member id, name)
         self._taking: asyncio.Task[None] | None = None
-        self._again = False
+        # A prompt shown while a take runs: the language to take for once more.
+        self._again: str | None = None
+        self._last_take = float("-inf")  # when the last take started (monotonic)
 
     def infos(self) -> list[PlotInfo]:
         return [plot.info for plot in self.history]
@@ -92,13 +98,17 @@ class Plots:
     def prompt_shown(self, language: str) -> None:
         """``language``'s REPL shows its prompt: take what it drew (one taker at a time)."""
         if self._taking is not None and not self._taking.done():
-            self._again = True  # the running take may have listed the directory already
+            self._again = language  # the running take may have listed the directory already
             return
         self._taking = self.tasks.spawn(self._take(language), "taking its plots")
 
     async def _take(self, language: str) -> None:
         while True:
-            self._again = False
+            await asyncio.sleep(self._last_take + TAKE_INTERVAL - time.monotonic())
+            self._last_take = time.monotonic()
+            # What appeared since is named after the REPL that showed its prompt last,
+            # when its name does not say.
+            language, self._again = self._again or language, None
             sandbox = self._sandbox()
             if sandbox is None:
                 return
@@ -110,7 +120,7 @@ class Plots:
                 return
             for found in taken:
                 self._add(found, language)
-            if len(taken) < TAKE_COUNT and not self._again:
+            if len(taken) < TAKE_COUNT and self._again is None:
                 return
 
     def _add(self, found: TakenFile, language: str) -> None:
@@ -126,6 +136,11 @@ class Plots:
             self.members.notice(f"plot refused: {found.name} is not a PNG or SVG image", "error")
             return
         member, name = self.by
+        # The hooks name the language in the file's name (time-language-…): another
+        # REPL's prompt may be the one that found it.
+        parts = found.name.split("-")
+        if len(parts) > 2 and parts[1] in DRAWING:
+            language = parts[1]
         info: PlotInfo = {
             "id": secrets.token_urlsafe(9),
             "language": language,

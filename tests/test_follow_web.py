@@ -93,6 +93,7 @@ async def test_a_member_follows_another_across_lines_and_files_until_they_type(
     bar = bob.page.locator("#follow-bar")
     await expect(bar).to_be_visible()
     await expect(bar).to_contain_text("Following Alice")
+    await expect(bob.page.locator("#members li.member.followed")).to_contain_text("Alice")
     await expect(line(bob, "value_0 = 0")).to_be_in_viewport()
     await expect(line(bob, bottom)).to_have_count(0)  # far below: not even drawn
 
@@ -168,6 +169,13 @@ async def test_own_scroll_or_escape_stops_following(people: People, server: Serv
     await member(bob, "Alice").click()
     await bob.page.click("#follow-stop")
     await expect(bar).to_be_hidden()
+
+    # Choosing a file oneself stops it too.
+    await member(bob, "Alice").click()
+    await expect(bar).to_be_visible()
+    await bob.page.locator(".file-tab", has_text="main.py").click()
+    await expect(bar).to_be_hidden()
+    await expect(bob.page.locator("#members li.member.followed")).to_have_count(0)
 
     # Clicking oneself follows nobody.
     await member(bob, "Bob").click()

@@ -32,7 +32,7 @@ export class FollowMode {
 
   constructor(
     private readonly host: FollowHost,
-    members: HTMLElement,
+    private readonly members: HTMLElement,
     editorPane: HTMLElement,
   ) {
     this.bar = document.createElement("div");
@@ -60,6 +60,8 @@ export class FollowMode {
       if (memberId && memberId !== this.host.you()) this.start(memberId);
     });
     members.title = "Click a member to follow them in the editor";
+    // The list is redrawn by its own timers too (activity): mark the followed one after each.
+    new MutationObserver(() => this.mark()).observe(members, { childList: true });
     document.addEventListener("keydown", (event) => {
       if (event.key === "Escape") this.stop();
     });
@@ -73,7 +75,7 @@ export class FollowMode {
     if (this.followed === memberId) return;
     this.followed = memberId;
     this.bar.hidden = false;
-    document.body.dataset.following = memberId;
+    this.mark();
     this.update();
   }
 
@@ -81,7 +83,7 @@ export class FollowMode {
     if (!this.followed) return;
     this.followed = null;
     this.bar.hidden = true;
-    delete document.body.dataset.following;
+    this.mark();
     const editor = this.host.editor();
     editor?.reveal(null);
     editor?.watch(this.host.language(), []);
@@ -133,6 +135,17 @@ export class FollowMode {
     this.say(`Following ${member.name}`, member.color);
     if (editor.shownKey() !== `${place.language}/${place.fileId}`) this.host.showFile(place.fileId);
     editor.reveal(place.cursor);
+  }
+
+  /** The followed member's row in the list is marked (and says so to screen readers). */
+  private mark(): void {
+    for (const item of this.members.querySelectorAll<HTMLElement>("li.member")) {
+      const followed = item.dataset.memberId === this.followed;
+      if (item.classList.contains("followed") === followed) continue;
+      item.classList.toggle("followed", followed);
+      if (followed) item.setAttribute("aria-current", "true");
+      else item.removeAttribute("aria-current");
+    }
   }
 
   private say(text: string, color: string): void {

@@ -161,8 +161,9 @@ async def test_own_scroll_or_escape_stops_following(people: People, server: Serv
     await expect(bar).to_be_hidden()
     await expect(bob.page.locator("#editor .cm-followLine")).to_have_count(0)
 
-    # Escape stops it as well, and Stop in the bar.
-    await member(bob, "Alice").click()
+    # Escape stops it as well, and Stop in the bar. (From the keyboard: Enter on her row.)
+    await member(bob, "Alice").focus()
+    await bob.page.keyboard.press("Enter")
     await expect(bar).to_be_visible()
     await bob.page.keyboard.press("Escape")
     await expect(bar).to_be_hidden()

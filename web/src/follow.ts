@@ -51,13 +51,19 @@ export class FollowMode {
     this.bar.append(this.text, stop);
     const editor = editorPane.querySelector("#editor");
     editorPane.insertBefore(this.bar, editor);
-    // The list is drawn anew at every change: one listener on the list itself.
-    members.addEventListener("click", (event) => {
+    // The list is drawn anew at every change: listeners on the list itself.
+    const choose = (event: Event) => {
       const target = event.target as HTMLElement;
-      if (target.closest("button")) return; // an owner's action on the member
+      if (target.closest("button")) return false; // an owner's action on the member
       const item = target.closest<HTMLElement>("li.member");
       const memberId = item?.dataset.memberId;
-      if (memberId && memberId !== this.host.you()) this.start(memberId);
+      if (!memberId || memberId === this.host.you()) return false;
+      this.start(memberId);
+      return true;
+    };
+    members.addEventListener("click", choose);
+    members.addEventListener("keydown", (event) => {
+      if ((event.key === "Enter" || event.key === " ") && choose(event)) event.preventDefault();
     });
     members.title = "Click a member to follow them in the editor";
     // The list is redrawn by its own timers too (activity): mark the followed one after each.
@@ -137,9 +143,14 @@ export class FollowMode {
     editor.reveal(place.cursor);
   }
 
-  /** The followed member's row in the list is marked (and says so to screen readers). */
+  /**
+   * The followed member's row in the list is marked (and says so to screen
+   * readers); the others' rows take the keyboard's focus (Enter follows).
+   */
   private mark(): void {
+    const you = this.host.you();
     for (const item of this.members.querySelectorAll<HTMLElement>("li.member")) {
+      if (item.dataset.memberId !== you && item.tabIndex !== 0) item.tabIndex = 0;
       const followed = item.dataset.memberId === this.followed;
       if (item.classList.contains("followed") === followed) continue;
       item.classList.toggle("followed", followed);

@@ -509,3 +509,20 @@ async def test_a_click_below_a_shrunk_terminal_focuses_it(
     await desk.page.keyboard.type("x = 'typed'\nx\n")
     await desk.wait_screen("'typed'")
     assert not desk.errors, desk.errors
+
+
+@pytest.mark.parametrize("width", [820, 1280])
+async def test_the_name_dialog_never_covers_the_toolbar(
+    browser: Browser, contexts: list[BrowserContext], server: Server, width: int
+) -> None:
+    # A first visit (no name yet) to a window where the toolbar wraps, and to a wide one.
+    context = await new_context(browser, None, width=width, height=700)
+    contexts.append(context)
+    room = await server.create_room()
+    page = await RoomPage.open(context, link(server, room, "invite"))
+    dialog = page.page.locator("#name-dialog")
+    await expect(dialog).to_be_visible()
+    topbar, dialog_box = await box(page.page.locator(".topbar")), await box(dialog)
+    assert not overlap(dialog_box, topbar), (dialog_box, topbar)
+    assert inside(dialog_box, width, 700), dialog_box
+    await page.screenshot(f"name-dialog-{width}")

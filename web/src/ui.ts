@@ -274,6 +274,10 @@ export function askName(current: string, save: (name: string) => void): void {
       save(current);
     }
   };
+  // Under the top bar however many lines it wraps to (a narrow window's
+  // style.css puts the dialog in the page's flow instead, where this is unused).
+  const topbar = document.querySelector(".topbar");
+  if (topbar) dialog.style.top = `${Math.ceil(topbar.getBoundingClientRect().bottom) + 8}px`;
   if (!dialog.open) dialog.show();
   input.focus();
   input.select();

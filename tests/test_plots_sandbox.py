@@ -7,7 +7,9 @@ import pytest
 from replroom.sandbox import Sandbox
 from tests.sandboxes import BackendUnderTest, python
 
-pytestmark = pytest.mark.parametrize("backend", ["bwrap", "docker-runc"], indirect=True)
+pytestmark = pytest.mark.parametrize(
+    "backend", ["bwrap", "docker-runc", "docker-runsc"], indirect=True
+)
 
 DIR = "/tmp/.replroom/plots"
 

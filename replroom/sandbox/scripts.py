@@ -38,9 +38,13 @@ def put_file_argv(target: str, mode: int, size: int) -> list[str]:
 # each, a line "size name", then, when size <= $2, exactly size bytes (padded
 # with zeros or cut, should the room change the file meanwhile), and the file
 # is removed. Entries with other names are removed; hidden ones (a file being
-# written) and directories stay.
+# written) and directories stay. Its stderr goes nowhere: an exec's output is
+# stdout and stderr merged, and only the list may be in it. The size comes from
+# wc -c on the open file (its size, not a read, for a regular file; gVisor has
+# no statx flags for stat(1)).
 TAKE_FILES = """
-dir=$(realpath -e -- "$1" 2>/dev/null) || exit 0
+exec 2>/dev/null
+dir=$(realpath -e -- "$1") || exit 0
 case "$dir/" in
     /home/room/*|/tmp/*) ;;
     *) exit 0 ;;
@@ -58,7 +62,7 @@ for name in *; do
     fi
     [ "$n" -lt "$3" ] || break
     n=$((n + 1))
-    size=$(stat -c %s -- "$name")
+    size=$(wc -c <"$name") || continue
     printf '%s %s\\n' "$size" "$name"
     if [ "$size" -le "$2" ]; then
         { head -c "$size" -- "$name"; head -c "$size" /dev/zero; } | head -c "$size"

@@ -4,12 +4,17 @@ seeked to a marker, shows the terminal and the editor as they were at that insta
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
+from pycrdt import Doc, Text
 
+from replroom.editor.document import TEXT_NAME
 from tests.client import Server
 from tests.test_web import People
 from tests.web_fixtures import WAIT_MS, launch_chromium, web_client_built
@@ -17,11 +22,16 @@ from tests.web_fixtures import WAIT_MS, launch_chromium, web_client_built
 pytestmark = pytest.mark.timeout(240)
 
 SAME = "(text, want) => text === want"
+# A seek, as the page's marker list does it: the player, then the editor; its time in ms.
+SEEK_JS = """async (t) => {
+    const started = performance.now();
+    await window.replroomReplay.seek(t);
+    return performance.now() - started;
+}"""
 # The player's screen as text, one row a line.
 TERMINAL_JS = """() => Array.from(document.querySelectorAll('#replay-player .ap-line'))
     .map(row => row.textContent.replace(/\\u00a0/g, ' ').replace(/\\s+$/, '')).join('\\n')"""
-EDITOR_JS = """() => Array.from(document.querySelectorAll('#replay-editor .cm-line'))
-    .map(line => line.textContent).join('\\n')"""
+EDITOR_JS = "() => window.replroomReplay.editorText()"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +71,7 @@ async def wait_terminal(replay: Page, text: str, *, present: bool = True) -> Non
         await replay.wait_for_function(check, timeout=WAIT_MS)
     except Exception as error:
         shown = await replay.evaluate(TERMINAL_JS)
-        raise AssertionError(f"{text!r} {'not ' if present else ''}on {shown!r}") from error
+        raise AssertionError(f"{text!r} {'not ' if present else ''}on {shown[-500:]!r}") from error
 
 
 async def wait_editor(replay: Page, text: str) -> None:
@@ -69,7 +79,7 @@ async def wait_editor(replay: Page, text: str) -> None:
         await replay.wait_for_function(f"() => ({EDITOR_JS})() === {text!r}", timeout=WAIT_MS)
     except Exception as error:
         shown = await replay.evaluate(EDITOR_JS)
-        raise AssertionError(f"editor {shown!r}, not {text!r}") from error
+        raise AssertionError(f"editor {shown[-200:]!r}, not {text[-200:]!r}") from error
 
 
 async def test_replay_shows_terminal_and_editor_at_a_marker(people: People, server: Server) -> None:
@@ -128,3 +138,47 @@ async def test_replay_of_a_room_without_recording_says_so(people: People, server
     await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['invite_token']}")
     await replay.reload()
     await expect(replay.locator("#replay-message")).to_contain_text("no recording")
+
+
+def hour_long_recording(directory: Path, room_id: str) -> dict[float, str]:
+    """A one-hour recording written as the server writes one (docs/protocol.md, Recordings):
+    an update to the editor every 0.2 s and a line of output every second. Returns the
+    editor's text at a few instants."""
+    directory.mkdir(parents=True)
+    start = 1_800_000_000.0
+    doc: Doc[Any] = Doc()
+    text = doc.get(TEXT_NAME, type=Text)
+    lines = [json.dumps({"format": "replroom-recording", "version": 1, "room": room_id,
+                         "start": start, "cols": 80, "rows": 24})]  # fmt: skip
+    expected: dict[float, str] = {}
+    probes = {600.0, 1799.9, 3599.9}
+    for step in range(18_000):
+        t = step * 0.2
+        before = doc.get_state()
+        text.insert(len(text), f"{step % 10}" if step % 50 else "\n")
+        update = base64.b64encode(doc.get_update(before)).decode()
+        lines.append(json.dumps([start + t, "y", f"{room_id}/python/main", update]))
+        if step % 5 == 0:
+            lines.append(json.dumps([start + t, "o", "python", f"second {step // 5}\r\n"]))
+        for probe in probes:
+            if t <= probe < t + 0.2:
+                expected[probe] = str(text)
+    (directory / "part-000001.jsonl").write_text("\n".join(lines) + "\n")
+    return expected
+
+
+async def test_seeking_in_an_hour_long_session(people: People, server: Server) -> None:
+    room = await server.create_room()
+    assert server.data_dir is not None
+    expected = hour_long_recording(server.data_dir / "recordings" / room["id"], room["id"])
+    context = await people.context("Ada")
+    replay = await context.new_page()
+    await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['owner_token']}")
+    await replay.wait_for_function("() => document.body.dataset.ready === 'true'")
+    timings = []
+    for t in (3599.9, 600.0, 1799.9):
+        took = await replay.evaluate(SEEK_JS, t)
+        timings.append(round(took))
+        await wait_editor(replay, expected[t])
+        await wait_terminal(replay, f"second {int(t)}")
+    print(f"seek times in a one-hour session (ms): {timings}")

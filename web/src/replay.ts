@@ -120,6 +120,9 @@ class ReplayPage {
   private histories = new Map<string, DocumentHistory>();
   private shown: { doc: string; count: number } | null = null;
   private playing = false;
+  // A seek's instant: the player reports the time of its last frame before it (the
+  // terminal changed then), while the editor must show that instant itself.
+  private seeked: { to: number; reported: number } | null = null;
   private typing: Marker[] = []; // the "… typing" markers, in time order
   private readonly editor = new EditorView({
     parent: byId("replay-editor"),
@@ -199,7 +202,7 @@ class ReplayPage {
 
   /** A new player at the current instant (a speed or a terminal chosen anew). */
   private makePlayer(): void {
-    const at = this.player ? this.player.getCurrentTime() : 0;
+    const at = this.player ? this.now() : 0;
     const wasPlaying = this.playing;
     this.player?.dispose();
     const speed = Number(byId<HTMLSelectElement>("replay-speed").value) || 1;
@@ -226,7 +229,7 @@ class ReplayPage {
 
   /** Show what belongs to the player's current time: editor text, clock, who typed. */
   private tick(): void {
-    const t = this.player?.getCurrentTime() ?? 0;
+    const t = this.now();
     byId("replay-time").textContent = clock(t);
     const doc = byId<HTMLSelectElement>("replay-document").value;
     const history = this.histories.get(doc);
@@ -275,10 +278,24 @@ class ReplayPage {
     if (last) typist.textContent = `⌨ ${last.label.replace(/ typing$/, "")}`;
   }
 
+  /** The editor's whole text (its DOM holds only the lines in view). */
+  editorText(): string {
+    return this.editor.state.doc.toString();
+  }
+
   async seek(t: number): Promise<void> {
     if (!this.player) return;
     await this.player.seek(t);
+    this.seeked = { to: t, reported: this.player.getCurrentTime() };
     this.tick();
+  }
+
+  /** The instant shown: the player's, or the one seeked to until the player moves on. */
+  private now(): number {
+    const reported = this.player?.getCurrentTime() ?? 0;
+    if (this.seeked && this.seeked.reported === reported) return this.seeked.to;
+    this.seeked = null;
+    return reported;
   }
 
   private fillSelect(id: string, values: string[], label: (value: string) => string): void {

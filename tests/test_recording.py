@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,34 @@ async def test_damaged_and_truncated_parts_are_read_around(tmp_path: Path) -> No
         Timeline.read("room2", directory.parent / "room2")
     with pytest.raises(RecordingError):
         recordings.directory("../etc")
+
+
+async def test_retention_the_global_cap_and_deletion(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, recording_retention=3600, recordings_max_bytes="1m")
+    recordings = Recordings(settings)
+    root = tmp_path / "recordings"
+    parts = {}
+    for room_id, age in (("old", 7200), ("older", 5000), ("big", 60), ("new", 10)):
+        directory = root / room_id
+        directory.mkdir(parents=True)
+        part = directory / "part-000001.jsonl"
+        part.write_bytes(b"x" * (700 * 1024 if room_id == "big" else 1000))
+        stamp = time.time() - age
+        os.utime(part, (stamp, stamp))
+        parts[room_id] = part
+    live = recorder(recordings, "new", [])
+    live.marker("still here")  # its open part is never deleted
+    recordings.enforce()
+    # Expired: old and older; then 700 KiB + the rest fit the 1 MiB cap.
+    assert not parts["old"].exists() and not parts["older"].exists()
+    assert parts["big"].exists() and parts["new"].exists()
+    (root / "new" / "part-000003.jsonl").write_bytes(b"y" * (500 * 1024))
+    recordings.enforce()  # over the cap: the oldest part (big's) goes first
+    assert not parts["big"].exists() and parts["new"].exists()
+    await recordings.delete("new")
+    assert not (root / "new").exists() and live.closed
+    live.marker("after the room was deleted")  # nothing is written any more
+    assert not (root / "new").exists()
 
 
 @needs_asciinema

@@ -1,6 +1,6 @@
 """The replay page in a real browser (Debian's Chromium) against a real server with bwrap
-rooms (issue 10 §3): two members type, edit, Run and switch the language; the replay,
-seeked to a marker, shows the terminal and the editor as they were at that instant."""
+rooms (issue 10 §3): two members type, edit, Run, draw with curses and switch the language;
+the replay, seeked to a marker, shows the terminal and the editor as they were then."""
 
 from __future__ import annotations
 
@@ -61,8 +61,9 @@ async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
     await made.close()
 
 
-async def seek_to(replay: Page, label: str) -> None:
-    await replay.locator("#replay-markers button", has_text=label).first.click()
+async def seek_to(replay: Page, label: str, *, last: bool = False) -> None:
+    markers = replay.locator("#replay-markers button", has_text=label)
+    await (markers.last if last else markers.first).click()
 
 
 async def wait_terminal(replay: Page, text: str, *, present: bool = True) -> None:
@@ -99,6 +100,15 @@ async def test_replay_shows_terminal_and_editor_at_a_marker(people: People, serv
     await ada.wait_screen("answer 42")
     await bob.insert_code("x = 6 * 7\ny = 1\n")
     await ada.wait_editor(SAME, "x = 6 * 7\ny = 1\n")
+    # A curses program, ended by a key of Bob's (so a marker falls while it draws).
+    await ada.type_terminal("import curses\n")
+    await ada.type_terminal(
+        "curses.wrapper(lambda s: (s.box(), s.addstr(2, 2, 'CURSES BOX'), s.refresh(),"
+        " s.getch()))\n"
+    )
+    await bob.wait_screen("CURSES BOX")
+    await bob.type_terminal("q")
+    await ada.wait_screen("None, 113)")
     await ada.page.locator("#language").select_option("ruby")
     await bob.wait_screen("irb")
 
@@ -120,7 +130,11 @@ async def test_replay_shows_terminal_and_editor_at_a_marker(people: People, serv
     await seek_to(replay, "Ada switched to Ruby")
     await wait_terminal(replay, "answer 42")
     await wait_editor(replay, "x = 6 * 7\ny = 1\n")
-    await expect(replay.locator("#replay-typist")).to_have_text("⌨ Ada")
+    await expect(replay.locator("#replay-typist")).to_have_text("⌨ Bob")  # his "q"
+    # While the curses program drew: its screen, not what came after.
+    await seek_to(replay, "Bob typing", last=True)
+    await wait_terminal(replay, "CURSES BOX")
+    await wait_terminal(replay, "None, 113)", present=False)
     # And back: seeking is both ways.
     await seek_to(replay, "Bob typing")
     await wait_terminal(replay, "answer 42", present=False)

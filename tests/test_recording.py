@@ -93,6 +93,29 @@ async def test_parts_over_the_cap_are_dropped_oldest_first(tmp_path: Path) -> No
     assert (header["version"], header["width"], header["height"]) == (2, 100, 30)
     # The first part's screen snapshot starts the cast: the part stands on its own.
     assert json.loads(cast[1]) == [0.0, "o", ">>> "]
+    # The later parts continue it: their snapshots are not played again.
+    assert sum(1 for line in cast if '"o", ">>> "' in line or "\\u001bc" in line) == 1
+
+
+async def test_a_gap_with_recording_off_is_bridged_by_the_screen(tmp_path: Path) -> None:
+    recordings = Recordings(Settings(data_dir=tmp_path))
+    on = [True]
+    recording = recordings.start(
+        "room1", enabled=lambda: on[0], snapshot=lambda: [("S", "python", "SCREEN")],
+        size=lambda: (80, 24), on_dropped=lambda text: None,
+    )  # fmt: skip
+    recording.output("python", b"before ")
+    on[0] = False
+    recording.output("python", b"while off ")
+    on[0] = True
+    recording.output("python", b"after")
+    recording.close()
+    timeline = await recordings.read("room1")
+    events = [json.loads(line)[1:] for line in timeline.cast("python").splitlines()[1:]]
+    assert events == [
+        ["o", "SCREEN"], ["o", "before "], ["m", "recording turned off"],
+        ["o", "\x1bcSCREEN"], ["o", "after"],
+    ]  # fmt: skip
 
 
 async def test_damaged_and_truncated_parts_are_read_around(tmp_path: Path) -> None:

@@ -16,6 +16,12 @@ appended and never rewritten (docs/operations.md, Recordings):
   ``[t, "Y", document, base64]``: a document's whole state (when it loads, and
   at a part's start).
 
+The header is ``{"format": "replroom-recording", "version": 1, "room", "start",
+"cols", "rows", "continues"}``; ``continues`` says the part follows the one
+before without a gap (that one ended at its size), so its snapshots repeat
+what was drawn already; otherwise (recording turned back on, the room back in
+memory) they bridge what was not recorded.
+
 ``t`` is Unix time in seconds, one clock for all of it. Writes are buffered and
 go to the file every second (or 64 KiB); a part is fsynced when it ends. A crash
 loses at most the last second, and leaves at most one truncated line, which the
@@ -227,6 +233,7 @@ class RoomRecording:
         self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._typing: dict[str, float] = {}  # member id: their last keystroke
         self._last_typist: str | None = None
+        self._continues = False
         self._failed = False
         self.closed = False
         settings = recordings.settings
@@ -270,6 +277,7 @@ class RoomRecording:
         self._append(time.time(), kind, where, data)
         if self._part_bytes >= self._part_limit:
             self._end_part()
+            self._continues = True  # the next part follows this one without a gap
             self._drop_over_cap()
             self.recordings.enforce()
 
@@ -294,8 +302,9 @@ class RoomRecording:
         self._part_bytes = 0
         now = time.time()
         cols, rows = self._size()
-        header = {"format": FORMAT, "version": VERSION, "room": self.room_id,
-                  "start": now, "cols": cols, "rows": rows}  # fmt: skip
+        header = {"format": FORMAT, "version": VERSION, "room": self.room_id, "start": now,
+                  "cols": cols, "rows": rows, "continues": self._continues}  # fmt: skip
+        self._continues = False
         self._write_line(json.dumps(header))
         for kind, where, data in self._snapshot():
             self._append(now, kind, where, data)
@@ -395,6 +404,9 @@ class Part:
     start: float
     cols: int
     rows: int
+    # It follows the part before without a gap (that one ended at its size, nothing was
+    # missed): its snapshots repeat what the events before it drew.
+    continues: bool
     events: list[Event] = field(default_factory=list)
 
 
@@ -450,6 +462,11 @@ class Timeline:
         for part in self.parts:
             yield from part.events
 
+    def _part_events(self) -> Iterable[tuple[Part, Event]]:
+        for part in self.parts:
+            for event in part.events:
+                yield part, event
+
     @property
     def languages(self) -> list[str]:
         seen: dict[str, None] = {}
@@ -481,9 +498,9 @@ class Timeline:
     def cast(self, language: str) -> str:
         """The REPL's terminal as asciicast v2: output, resizes and markers on the room's clock.
 
-        A part's screen snapshot is played only where the cast starts (or after a gap
-        in its output, when parts were dropped): elsewhere the output before it has
-        drawn the same screen.
+        A part's screen snapshot is played where the cast starts and after a gap (the
+        recording was off, the room left memory), after a terminal reset; a part that
+        continues the one before has its screen drawn already.
         """
         first = self.parts[0]
         header = {
@@ -497,13 +514,14 @@ class Timeline:
         lines = [json.dumps(header)]
         drawn = False
         at = 0.0
-        for t, kind, where, data in self.events():
+        for part, (t, kind, where, data) in self._part_events():
             at = max(round(t - self.start, 6), at)  # a clock set back must not play backwards
             if kind == "S" and where == language:
-                if drawn:
+                if drawn and part.continues:
                     continue
+                screen = "\x1bc" + data if drawn else data
                 drawn = True
-                lines.append(json.dumps([at, "o", data], ensure_ascii=False))
+                lines.append(json.dumps([at, "o", screen], ensure_ascii=False))
             elif kind == "o" and where == language:
                 drawn = True
                 lines.append(json.dumps([at, "o", data], ensure_ascii=False))
@@ -517,10 +535,10 @@ class Timeline:
         """The editor's history: each document's updates (base64 Yjs) and the markers."""
         events: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for t, kind, where, data in self.events():
+        for part, (t, kind, where, data) in self._part_events():
             if kind not in ("y", "Y") or not where:
                 continue
-            if kind == "Y" and where in seen:
+            if kind == "Y" and where in seen and part.continues:
                 continue  # the document's state is already there, update by update
             seen.add(where)
             events.append({"t": round(max(t - self.start, 0.0), 6), "doc": where,
@@ -554,7 +572,8 @@ def _parse_part(name: str, data: bytes) -> tuple[Part | None, int]:
     if not valid:
         return None, 1 if data else 0
     assert isinstance(header, dict)
-    part = Part(int(match.group(1)), float(header["start"]), header["cols"], header["rows"])
+    part = Part(int(match.group(1)), float(header["start"]), header["cols"], header["rows"],
+                continues=bool(header.get("continues")))  # fmt: skip
     bad = 0
     for line in lines[1:]:
         event = _event(line)

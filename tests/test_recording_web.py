@@ -140,6 +140,12 @@ async def test_replay_shows_terminal_and_editor_at_a_marker(people: People, serv
     await wait_terminal(replay, "answer 42", present=False)
     await wait_editor(replay, "")
 
+    # The owner turns recording off from the host controls: every page's pill goes.
+    await ada.page.locator("#record-session").uncheck()
+    await expect(bob.page.locator("#recording-pill")).to_be_hidden()
+    await expect(ada.page.locator("#recording-pill")).to_be_hidden()
+    await bob.wait_toast("Ada stopped recording the session")
+
 
 async def test_replay_of_a_room_without_recording_says_so(people: People, server: Server) -> None:
     room = await server.create_room()

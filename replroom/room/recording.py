@@ -515,7 +515,7 @@ class Timeline:
         drawn = False
         at = 0.0
         for part, (t, kind, where, data) in self._part_events():
-            at = max(round(t - self.start, 6), at)  # a clock set back must not play backwards
+            at = max(at, round(t - self.start, 6))  # a clock set back must not play backwards
             if kind == "S" and where == language:
                 if drawn and part.continues:
                     continue

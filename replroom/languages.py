@@ -390,6 +390,13 @@ LANGUAGES: dict[str, Language] = {
             # Globals and functions stay defined; the file's locals do not.
             load_format="dofile({path})",
             quote=lua_string,
+            # require() keeps modules in package.loaded by name: forget those
+            # that are files of the room.
+            refresh_format=(
+                "for k in pairs(package.loaded) do local f = io.open('/home/room/' .."
+                " k:gsub('%.', '/') .. '.lua') if f then f:close() package.loaded[k] = nil"
+                " end end {load}"
+            ),
         ),
         Language(
             name="php",
@@ -418,6 +425,11 @@ LANGUAGES: dict[str, Language] = {
             prompt=re.compile(rb"DB<+\d+>+ \Z"),
             load_format="do {path}; print $@ if $@;",
             quote=perl_string,
+            # require() keeps what it loaded in %INC: forget the room's files.
+            refresh_format=(
+                "delete $INC{{$_}} for grep {{ $INC{{$_}} =~ m{{^(?:/home/room/|\\./)}} }}"
+                " keys %INC; {load}"
+            ),
             # No underlined prompt: the debugger's "ornaments".
             repl_env=_frozen({"PERL_RL": "Gnu o=0", "PERL5DB": _PERL_INTERRUPT}),
         ),

@@ -58,6 +58,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.data_dir / "editor.sqlite3",
         on_store_failure=manager.editor_not_saved,
         on_loaded=manager.recordings.document_loaded,
+        files_limit=settings.max_files_bytes,
     )
     await editor.start()
     manager.editor = editor

@@ -253,7 +253,7 @@ class Settings(BaseSettings):
         ge=64 * KiB,
         le=256 * MiB,
         description="total size of a room's editor files of one language; a change past it "
-        "(a new file, an upload, a Run) is refused",
+        "(an edit, a new file, an upload, a Run) is refused",
     )
     output_rate: Size = Field(
         1 * MiB,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from pycrdt import create_update_message
 
 from replroom import protocol
 from replroom.room.files import check_path
@@ -209,6 +210,33 @@ async def test_limits_are_refused_with_their_numbers(
     text = await refused(alice, {"type": "run", "code": big, "language": "python", "file": first},
                          "files_limit")  # fmt: skip
     assert "64 KiB" in text
+
+
+async def test_typing_past_the_files_limit_is_refused_as_it_happens(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    """The files of a language share max_files_bytes (64 KiB here) at every edit too."""
+    alice = await join(server, room, opened, "alice", key=new_key())
+    made = await change(alice, {"type": "file_create", "language": "lua", "path": "b.lua"})
+    first = await file_doc(server, room, alice, "lua", "main", opened)
+    await first.insert(0, "a" * 40_000)
+    second = await file_doc(server, room, alice, "lua", made["file"], opened)
+    await second.insert(0, "b" * 20_000)  # 60 000 together: still within
+    watcher = await file_doc(server, room, alice, "lua", made["file"], opened)
+    await watcher.wait_text("b" * 20_000)
+    await second.insert(0, "c" * 10_000)  # 70 000: over
+    assert await second.wait_closed() == protocol.CloseCode.DOC_TOO_LARGE
+    # The server kept the files as they were: a new reader sees no "c".
+    reader = await file_doc(server, room, alice, "lua", made["file"], opened)
+    await reader.wait_text("b" * 20_000)
+    # Shortening the other file makes room again.
+    before = first.doc.get_state()
+    del first.text[0:30_000]
+    await first.ws.send(create_update_message(first.doc.get_update(before)))
+    again = await file_doc(server, room, alice, "lua", made["file"], opened)
+    await again.wait_text("b" * 20_000)
+    await again.insert(0, "d" * 10_000)
+    await watcher.wait_text("d" * 10_000 + "b" * 20_000)
 
 
 async def test_files_survive_a_restart(

@@ -44,6 +44,31 @@ COMPACT_BYTES = 4 * MAX_DOC_SIZE
 """The stored history is replaced by one snapshot past this many rows or bytes."""
 
 
+class SizeGroup:
+    """Documents whose texts share one limit: a room's files of one language.
+
+    An update is admitted at once while the encoded sizes (each at least its
+    text's bytes) plus the update (at most the text it adds) stay within the
+    limit; only near it are the texts measured, with the update applied to a
+    copy. A member of the group not in memory counts with the text it had when
+    it was last unloaded (one never loaded since the server started counts
+    nothing: Run and file uploads measure every file anyway).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.loaded: set[Document] = set()
+        self.unloaded: dict[str, int] = {}  # name -> its text's bytes when last seen
+
+    def admits(self, document: Document, update: bytes) -> bool:
+        away = sum(self.unloaded.values())
+        rough = away + sum(member._size for member in self.loaded) + len(update)
+        if rough <= self.limit:
+            return True
+        others = sum(member.text_bytes() for member in self.loaded if member is not document)
+        return away + others + document.text_bytes(with_update=update) <= self.limit
+
+
 @dataclass(frozen=True, slots=True)
 class _Reply:
     channel: Channel
@@ -82,6 +107,7 @@ class Document:
         self._wake = asyncio.Event()
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.group: SizeGroup | None = None  # set by the server for a room's files
 
     async def load(self) -> None:
         """Apply the stored updates, then start relaying (so none is echoed or stored again)."""
@@ -144,6 +170,13 @@ class Document:
                 limit = protocol.size_text(MAX_DOC_SIZE)
                 channel.refuse(CloseCode.DOC_TOO_LARGE, f"document too large (limit {limit})")
                 return
+            if self.group is not None and not self.group.admits(self, message.payload):
+                limit = protocol.size_text(self.group.limit)
+                channel.refuse(
+                    CloseCode.DOC_TOO_LARGE,
+                    f"this language's files are too large together (limit {limit})",
+                )
+                return
         try:
             reply = handle_sync_message(message.raw[1:], self.doc)
         except Exception as error:
@@ -170,6 +203,18 @@ class Document:
             self._changed = True  # the snapshot on unload tries again
             raise
         self._stored_rows, self._stored_bytes = 1, len(snapshot)
+
+    def text_bytes(self, *, with_update: bytes | None = None) -> int:
+        """The bytes of the document's text (UTF-8), with ``update`` applied to a copy."""
+        doc = self.doc
+        if with_update is not None:
+            doc = Doc()
+            doc.apply_update(self.doc.get_update())
+            try:
+                doc.apply_update(with_update)
+            except ValueError:
+                doc = self.doc  # malformed: applying it fails and closes the connection
+        return len(str(doc.get(TEXT_NAME, type=Text)).encode())
 
     def _admit(self, update: bytes) -> bool:
         """Whether the document stays within MAX_DOC_SIZE with this update applied."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from replroom.editor.channel import Channel
 from replroom.editor.database import Database
-from replroom.editor.document import Document
+from replroom.editor.document import Document, SizeGroup
 from replroom.protocol import CloseCode
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,13 @@ class EditorServer:
         database: Database,
         on_store_failure: Callable[[str], None] | None = None,
         on_loaded: Callable[[Document], None] | None = None,
+        files_limit: int | None = None,
     ) -> None:
         self.documents: dict[str, Document] = {}
+        # A room's files of one language (documents "<room>/<language>/<file>")
+        # share the files_limit (Settings.max_files_bytes), checked at every edit.
+        self._files_limit = files_limit
+        self._groups: dict[str, SizeGroup] = {}
         # Told of each document once it is loaded (the recordings follow its updates).
         self._on_loaded = on_loaded
         self.closing = False
@@ -92,6 +97,13 @@ class EditorServer:
         def dropped(name: str) -> bool:
             return name == key or room_of(name) == key
 
+        if "/" in key:
+            group = self._groups.get(key.rpartition("/")[0])
+            if group is not None:
+                group.unloaded.pop(key, None)
+        else:
+            for group_key in [k for k in self._groups if room_of(k) == key]:
+                del self._groups[group_key]
         try:
             # A load in flight would otherwise bring the rows back into memory.
             for name, loading in list(self._loading.items()):
@@ -155,6 +167,11 @@ class EditorServer:
         # In only now, with the stored content in place: the first client's sync
         # step 1 is answered from the whole document.
         self.documents[name] = document
+        group = self._group(name)
+        if group is not None:
+            group.unloaded.pop(name, None)
+            group.loaded.add(document)
+            document.group = group
         if self._on_loaded is not None:
             self._on_loaded(document)
         return document
@@ -178,6 +195,21 @@ class EditorServer:
         finally:
             if self.documents.get(document.name) is document:
                 del self.documents[document.name]
+            group = document.group
+            if group is not None:
+                group.loaded.discard(document)
+                if persist:  # else it is being deleted, or was never stored whole
+                    group.unloaded[document.name] = document.text_bytes()
+
+    def _group(self, name: str) -> SizeGroup | None:
+        parts = name.split("/")
+        if self._files_limit is None or len(parts) != 3:
+            return None
+        key = f"{parts[0]}/{parts[1]}"
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = SizeGroup(self._files_limit)
+        return group
 
 
 def room_of(doc_name: str) -> str:

@@ -32,13 +32,16 @@ class EditorSync:
         *,
         on_store_failure: Callable[[str], None] | None = None,
         on_loaded: Callable[[Document], None] | None = None,
+        files_limit: int | None = None,
     ) -> None:
         """``on_store_failure(doc_name)`` is called when a document's updates cannot be
         stored (a full disk), once until storing works again; ``on_loaded(document)``
-        when a document comes into memory (the recordings follow it)."""
+        when a document comes into memory (the recordings follow it); ``files_limit``:
+        the bytes a room's files of one language may hold together, checked at each edit."""
         self._db_path = Path(db_path)
         self._on_store_failure = on_store_failure
         self._on_loaded = on_loaded
+        self._files_limit = files_limit
         self._database: Database | None = None
         self._server: EditorServer | None = None
 
@@ -49,7 +52,9 @@ class EditorSync:
         database = Database(self._db_path)
         await database.open()
         self._database = database
-        self._server = EditorServer(database, self._on_store_failure, self._on_loaded)
+        self._server = EditorServer(
+            database, self._on_store_failure, self._on_loaded, files_limit=self._files_limit
+        )
 
     async def stop(self) -> None:
         """Disconnect every client (1012), save and unload every document, close the database."""

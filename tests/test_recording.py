@@ -189,6 +189,35 @@ async def test_asciinema_plays_a_recorded_cast(tmp_path: Path) -> None:
     assert "green" in shown and "π ≈ 3.14" in shown
 
 
+async def test_run_numbers_go_on_when_the_room_comes_back(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)
+    recordings = Recordings(settings)
+    first = recorder(recordings, "r1", [])
+    assert [await first.next_run(), await first.next_run()] == [1, 2]
+    first.marker("Run #2 by ann (main.py)")
+    first.close()
+    # Back in memory in the same server: the count is remembered, and in the part's header.
+    again = recorder(recordings, "r1", [])
+    again.marker("ann joined")
+    assert await again.next_run() == 3
+    again.close()
+    part = sorted((tmp_path / "recordings" / "r1").iterdir())[-1]
+    assert json.loads(part.read_text().splitlines()[0])["runs"] == 2
+    # After a restart: from the recording on disk (a Run not recorded is not known).
+    restarted = recorder(Recordings(settings), "r1", [])
+    assert await restarted.next_run() == 3
+    restarted.close()
+    # A recording from before the header had "runs": its markers count.
+    old = tmp_path / "recordings" / "r2"
+    old.mkdir()
+    header = {"format": "replroom-recording", "version": 1, "room": "r2", "start": 1.0,
+              "cols": 80, "rows": 24}  # fmt: skip
+    lines = [json.dumps(header), json.dumps([2.0, "m", None, "Run #7 by bob (a.py)"]),
+             json.dumps([3.0, "o", "python", '[4.0, "m", null, "Run #99 by x"]'])]  # fmt: skip
+    (old / "part-000001.jsonl").write_text("\n".join(lines) + "\n")
+    assert await recorder(Recordings(settings), "r2", []).next_run() == 8
+
+
 # -- end to end ---------------------------------------------------------------------------
 
 
@@ -236,7 +265,7 @@ def text_at(timeline: dict[str, Any], at: float) -> str:
     """The editor's main document as it was at ``at`` seconds, rebuilt from the updates."""
     doc: Doc[Any] = Doc()
     for event in timeline["events"]:
-        if event["t"] <= at and event["doc"].endswith("/python/main"):
+        if event["t"] <= at and event["doc"].endswith("/python/main") and "update" in event:
             doc.apply_update(base64.b64decode(event["update"]))
     return str(doc.get(TEXT_NAME, type=Text))
 
@@ -327,3 +356,44 @@ async def test_no_recording_is_a_clear_404(server: Server, room: dict[str, Any])
     async with httpx.AsyncClient() as http:
         bad = await http.get(f"{server.url}/api/rooms/{room['id']}/recording?token=nope")
     assert bad.status_code == 403
+
+
+async def test_who_wrote_what_is_the_member_the_server_knows(
+    server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    ann = await join(server, room, opened, "ann", token="owner", key=new_key())
+    bob = await join(server, room, opened, "bob", key=new_key())
+    you = {
+        name: (await client.wait_message("welcome"))["you"]
+        for name, client in (("ann", ann), ("bob", bob))
+    }
+    ann_doc = await editor_doc(server, room, ann, opened)
+    bob_doc = await editor_doc(server, room, bob, opened)
+    # Bob's page claims to be Ann: the recording names the member of his ticket.
+    await bob_doc.send_awareness({"user": {"name": "ann", "color": "#000000"}, "cursor": None})
+    await ann_doc.insert(0, "first = 1\n")
+    await bob_doc.wait_for(lambda: str(bob_doc.text) == "first = 1\n")
+    await bob_doc.insert(10, "second = 2\n")
+    await ann_doc.wait_for(lambda: str(ann_doc.text) == "first = 1\nsecond = 2\n")
+    await ann_doc.insert(0, "# top\n")
+    await bob_doc.wait_for(lambda: str(bob_doc.text).startswith("# top"))
+
+    timeline = (await fetch(server, room, "/editor.json", "owner")).json()
+    events = [e for e in timeline["events"] if e["doc"].endswith("/python/main")]
+    authors = [e["author"] for e in events if "author" in e]
+    by_client = {c: (a["member"], a["name"], a["color"]) for a in authors for c in a["clients"]}
+    assert by_client[ann_doc.doc.client_id] == (you["ann"]["id"], "ann", you["ann"]["color"])
+    assert by_client[bob_doc.doc.client_id] == (you["bob"]["id"], "bob", you["bob"]["color"])
+    # Each update follows the author event of whoever made it: Ann, Bob, Ann again.
+    editors = []
+    current = None
+    for event in events:
+        if "author" in event:
+            current = event["author"]["name"]
+        elif not event["state"]:
+            editors.append(current)
+    assert [name for i, name in enumerate(editors) if i == 0 or editors[i - 1] != name] == [
+        "ann",
+        "bob",
+        "ann",
+    ]

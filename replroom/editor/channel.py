@@ -64,8 +64,12 @@ class Channel:
         *,
         read_only: bool | Callable[[], bool],
         on_refused: Callable[[], None] | None = None,
+        author: Callable[[], tuple[str, str, str]] | None = None,
     ) -> None:
         self.doc_name = doc_name
+        # Who the server knows this client to be, (member id, name, colour) at the moment
+        # asked: the recordings note it beside the updates this client makes.
+        self.author = author
         # A callable is asked at each update: a member's write access changes while connected.
         self._read_only = read_only
         self._on_refused = on_refused

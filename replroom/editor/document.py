@@ -108,6 +108,8 @@ class Document:
         self._subscription: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.group: SizeGroup | None = None  # set by the server for a room's files
+        self.editing: Channel | None = None
+        """The client whose message is being applied (observers of the Doc see who edits)."""
 
     async def load(self) -> None:
         """Apply the stored updates, then start relaying (so none is echoed or stored again)."""
@@ -177,12 +179,15 @@ class Document:
                     f"this language's files are too large together (limit {limit})",
                 )
                 return
+        self.editing = channel
         try:
             reply = handle_sync_message(message.raw[1:], self.doc)
         except Exception as error:
             log.warning("editor %s: a client's message failed: %r", self.name, error)
             channel.close(CloseCode.BAD_DATA, "malformed y-protocol message")
             return
+        finally:
+            self.editing = None
         if reply is not None:  # to a sync step 1
             self._outgoing.append(_Reply(channel, reply))
             self._wake.set()

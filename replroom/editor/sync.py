@@ -74,12 +74,14 @@ class EditorSync:
         *,
         read_only: bool | Callable[[], bool],
         on_refused: Callable[[], None] | None = None,
+        author: Callable[[], tuple[str, str, str]] | None = None,
     ) -> None:
         """Run the y-websocket protocol on an accepted WebSocket until either side closes it.
 
         With ``read_only`` the client gets the document, its updates and awareness, and
         may send sync step 1 and awareness; document updates it sends are dropped (and
         ``on_refused`` called). A callable ``read_only`` is asked at each update.
+        ``author`` says who the client is (:attr:`Channel.author`).
         If the caller cancels this, the WebSocket is left open for the caller to close.
         """
         if not (0 < len(doc_name) <= MAX_DOC_NAME and doc_name.isprintable()):
@@ -89,7 +91,9 @@ class EditorSync:
         if server is None or server.closing:
             await close_quietly(websocket, CloseCode.RESTARTING, "the editor is not running")
             return
-        channel = Channel(websocket, doc_name, read_only=read_only, on_refused=on_refused)
+        channel = Channel(
+            websocket, doc_name, read_only=read_only, on_refused=on_refused, author=author
+        )
         writer = asyncio.create_task(channel.run_writer(), name=f"editor-writer {doc_name}")
         try:
             await server.serve(channel)

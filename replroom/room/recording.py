@@ -14,10 +14,17 @@ appended and never rewritten (docs/operations.md, Recordings):
   memory, joined, left, who started typing);
 - ``[t, "y", document, base64]``: a Yjs update of an editor document;
   ``[t, "Y", document, base64]``: a document's whole state (when it loads, and
-  at a part's start).
+  at a part's start);
+- ``[t, "a", document, json]``: who makes the document's updates from here on,
+  as the server knows the member (not what their page claims):
+  ``{"member", "name", "color", "clients"}``, ``clients`` being the Yjs client
+  ids whose text is theirs. Written before the first update of another member
+  (or of a new client id), and at a part's start for every author known then.
 
 The header is ``{"format": "replroom-recording", "version": 1, "room", "start",
-"cols", "rows", "continues"}``; ``continues`` says the part follows the one
+"cols", "rows", "continues", "runs"}``; ``runs`` (when known) is how many Runs
+the room had before the part, so that "Run #n" goes on counting when the room
+comes back into memory; ``continues`` says the part follows the one
 before without a gap (that one ended at its size), so its snapshots repeat
 what was drawn already; otherwise (recording turned back on, the room back in
 memory) they bridge what was not recorded.
@@ -51,11 +58,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pycrdt import TransactionEvent
+from pycrdt import TransactionEvent, get_state
 
 from replroom.config import Settings, format_size
+from replroom.editor.wire import BadMessage, read_var_uint
 
 if TYPE_CHECKING:
+    from replroom.editor.channel import Channel
     from replroom.editor.document import Document
 
 log = logging.getLogger(__name__)
@@ -70,9 +79,14 @@ PARTS_PER_CAP = 8  # a part ends at this fraction of the room's cap: dropping on
 TYPING_PAUSE = 10.0  # seconds without keystrokes after which typing again is a new marker
 EMPTY_UPDATE = b"\x00\x00"  # a Yjs update that changes nothing
 ROOM_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# A Run marker as _append writes it, at the start of its line (never inside another event's
+# JSON string, where its quotes would be escaped).
+RUN_MARKER = re.compile(rb'^\[[-+.0-9eE]+, "m", null, "Run #(\d+) ', re.MULTILINE)
+KINDS = ("o", "S", "r", "m", "y", "Y", "a")
 
 Event = tuple[float, str, str | None, str]
 Snapshot = Callable[[], Iterable[tuple[str, str, str]]]  # (kind, where, data) at a part's start
+Author = tuple[str, str, str]  # a member as the server knows them: id, name, colour
 
 
 class RecordingError(Exception):
@@ -87,6 +101,11 @@ class Recordings:
         self.settings = settings
         self._live: dict[str, RoomRecording] = {}
         self._documents: dict[str, weakref.WeakValueDictionary[str, Document]] = {}
+        # Per room, per document: who each Yjs client id is, and who made the last update
+        # written since the part began (None: the next update says who again).
+        self._authors: dict[str, dict[str, dict[int, Author]]] = {}
+        self._editor: dict[str, Author | None] = {}
+        self._runs: dict[str, int] = {}  # rooms' Run counts, once known
 
     def directory(self, room_id: str) -> Path:
         if not ROOM_ID.fullmatch(room_id):
@@ -123,12 +142,18 @@ class Recordings:
         name = document.name
         room_id = name.partition("/")[0]
         self._documents.setdefault(room_id, weakref.WeakValueDictionary())[name] = document
+        loaded = weakref.ref(document)  # the Doc's callback must not keep the Document alive
 
         def changed(event: TransactionEvent) -> None:
             update: bytes = event.update
             recording = self._live.get(room_id)
-            if recording is not None and update != EMPTY_UPDATE:
-                recording.event("y", name, _b64(update))
+            if recording is None or update == EMPTY_UPDATE:
+                return
+            document = loaded()
+            channel = document.editing if document is not None else None
+            if channel is not None and channel.author is not None:
+                self._authored(recording, name, channel, update)
+            recording.event("y", name, _b64(update))
 
         # The document's own subscription stays the one it stores and relays by;
         # this one ends with the Doc.
@@ -139,15 +164,44 @@ class Recordings:
             if state != EMPTY_UPDATE:
                 recording.event("Y", name, _b64(state))
 
+    def _authored(
+        self, recording: RoomRecording, name: str, channel: Channel, update: bytes
+    ) -> None:
+        """A client's update is about to be recorded: say who made it, if that changed.
+
+        A client id seen first with this member is theirs; one already known keeps its
+        author unless it is the connection's own (announced in its awareness): a
+        reconnecting page re-sends text of others it had, which stays theirs.
+        """
+        assert channel.author is not None
+        author = channel.author()
+        known = self._authors.setdefault(recording.room_id, {}).setdefault(name, {})
+        fresh = False
+        for client in update_clients(update):
+            if known.get(client) != author and (
+                client not in known or client in channel.awareness_ids
+            ):
+                known[client] = author
+                fresh = True
+        if fresh or self._editor.get(name) != author:
+            self._editor[name] = author
+            recording.event("a", name, _author_data(author, known))
+
     def document_states(self, room_id: str) -> list[tuple[str, str, str]]:
-        """The state of each of the room's documents in memory, as ``Y`` events."""
+        """The state of each of the room's documents in memory, as ``Y`` events, each
+        followed by the ``a`` events of its authors known then."""
         documents = self._documents.get(room_id)
         if not documents:
             return []
-        return [
-            ("Y", name, _b64(document.doc.get_update()))
-            for name, document in sorted(documents.items())
-        ]
+        authors = self._authors.get(room_id, {})
+        events = []
+        for name, document in sorted(documents.items()):
+            events.append(("Y", name, _b64(document.doc.get_update())))
+            known = authors.get(name, {})
+            for author in dict.fromkeys(known.values()):
+                events.append(("a", name, _author_data(author, known)))
+            self._editor[name] = None  # the part's next update says who made it
+        return events
 
     # -- on disk -----------------------------------------------------------------------
 
@@ -156,6 +210,9 @@ class Recordings:
         recording = self._live.get(room_id)
         if recording is not None:
             recording.close()
+        self._runs.pop(room_id, None)
+        for name in self._authors.pop(room_id, {}):
+            self._editor.pop(name, None)
         with contextlib.suppress(RecordingError):
             directory = self.directory(room_id)
             await asyncio.to_thread(shutil.rmtree, directory, True)
@@ -235,6 +292,7 @@ class RoomRecording:
         self._last_typist: str | None = None
         self._continues = False
         self._failed = False
+        self._counting: asyncio.Future[int] | None = None  # the Run count, read from disk
         self.closed = False
         settings = recordings.settings
         self._part_limit = max(settings.recording_max_bytes // PARTS_PER_CAP, MIN_PART_BYTES)
@@ -254,6 +312,18 @@ class RoomRecording:
 
     def marker(self, label: str) -> None:
         self.event("m", None, label)
+
+    async def next_run(self) -> int:
+        """The next Run's number: the room's count goes on from its recording (or from
+        this server's memory of it), whether or not this Run is recorded."""
+        runs = self.recordings._runs
+        if self.room_id not in runs:
+            if self._counting is None:
+                self._counting = asyncio.ensure_future(asyncio.to_thread(last_run, self.directory))
+            found = await asyncio.shield(self._counting)
+            runs.setdefault(self.room_id, found)
+        runs[self.room_id] += 1
+        return runs[self.room_id]
 
     def typing(self, member_id: str, name: str) -> None:
         """A member typed into the terminal: a marker when they start (never the keys)."""
@@ -304,6 +374,9 @@ class RoomRecording:
         cols, rows = self._size()
         header = {"format": FORMAT, "version": VERSION, "room": self.room_id, "start": now,
                   "cols": cols, "rows": rows, "continues": self._continues}  # fmt: skip
+        runs = self.recordings._runs.get(self.room_id)
+        if runs is not None:
+            header["runs"] = runs
         self._continues = False
         self._write_line(json.dumps(header))
         for kind, where, data in self._snapshot():
@@ -532,10 +605,15 @@ class Timeline:
         return "\n".join(lines) + "\n"
 
     def editor(self) -> dict[str, Any]:
-        """The editor's history: each document's updates (base64 Yjs) and the markers."""
+        """The editor's history: each document's updates (base64 Yjs), who made them
+        (``author`` events: the member from here on, and their Yjs client ids), the markers."""
         events: list[dict[str, Any]] = []
         seen: set[str] = set()
         for part, (t, kind, where, data) in self._part_events():
+            if kind == "a" and where:
+                events.append({"t": round(max(t - self.start, 0.0), 6), "doc": where,
+                               "author": _author(data)})  # fmt: skip
+                continue
             if kind not in ("y", "Y") or not where:
                 continue
             if kind == "Y" and where in seen and part.continues:
@@ -594,7 +672,7 @@ def _event(line: bytes) -> Event | None:
     t, kind, where, data = value
     if not (
         isinstance(t, int | float)
-        and kind in ("o", "S", "r", "m", "y", "Y")
+        and kind in KINDS
         and (where is None or isinstance(where, str))
         and isinstance(data, str)
     ):
@@ -604,7 +682,73 @@ def _event(line: bytes) -> Event | None:
             base64.b64decode(data, validate=True)
         except ValueError:
             return None
+    if kind == "a" and _author(data) is None:
+        return None
     return float(t), kind, where, data
+
+
+def _author(data: str) -> dict[str, Any] | None:
+    """An ``a`` event's member, checked (what the replay page trusts it to hold)."""
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(value.get(key), str) for key in ("member", "name", "color"))
+        and isinstance(value.get("clients"), list)
+        and all(isinstance(c, int) and not isinstance(c, bool) for c in value["clients"])
+    ):
+        return None
+    return {key: value[key] for key in ("member", "name", "color", "clients")}
+
+
+def _author_data(author: Author, known: dict[int, Author]) -> str:
+    member, name, color = author
+    clients = sorted(client for client, whose in known.items() if whose == author)
+    return json.dumps({"member": member, "name": name, "color": color, "clients": clients},
+                      ensure_ascii=False)  # fmt: skip
+
+
+def update_clients(update: bytes) -> list[int]:
+    """The Yjs client ids whose insertions a (v1) update holds: its state vector's."""
+    try:
+        state = get_state(update)
+        count, pos = read_var_uint(state, 0)
+        clients = []
+        for _ in range(count):
+            client, pos = read_var_uint(state, pos)
+            _, pos = read_var_uint(state, pos)
+            clients.append(client)
+    except (ValueError, BadMessage):
+        return []  # malformed: applying it fails and closes the connection
+    return clients
+
+
+def last_run(directory: Path) -> int:
+    """The number of the room's last recorded Run (0: none): from the newest part that
+    has a Run marker, or whose header says how many Runs came before it."""
+    try:
+        names = sorted((p.name for p in directory.iterdir() if PART_NAME.fullmatch(p.name)),
+                       reverse=True)  # fmt: skip
+    except OSError:
+        return 0
+    for name in names:
+        try:
+            data = (directory / name).read_bytes()
+        except OSError:
+            continue
+        numbers = [int(number) for number in RUN_MARKER.findall(data)]
+        header, _, _ = data.partition(b"\n")
+        try:
+            before = json.loads(header).get("runs")
+        except (ValueError, AttributeError):
+            before = None
+        if isinstance(before, int) and not isinstance(before, bool):
+            numbers.append(before)
+        if numbers:
+            return max(numbers)
+    return 0
 
 
 def _b64(data: bytes) -> str:

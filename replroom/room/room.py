@@ -127,7 +127,6 @@ class Room:
         self._written_to: Sandbox | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
         self._typist: str | None = None  # the id of who typed into the terminal last
-        self._runs = 0
         self.recording = self._start_recording()
 
     def _start_recording(self) -> RoomRecording:
@@ -376,8 +375,8 @@ class Room:
             raise SandboxError(f"{language.title} is not running")
         self._typed_by(member)
         self.members.broadcast(protocol.activity("run", language.name, member.id, member.name))
-        self._runs += 1
-        self.recording.marker(f"Run #{self._runs} by {member.name} ({file['path']})")
+        number = await self.recording.next_run()  # counted on from the recording
+        self.recording.marker(f"Run #{number} by {member.name} ({file['path']})")
         load = language.load_line(f"{SANDBOX_HOME}/{file['path']}")
         if len(texts) > 1 and language.refresh_format:
             load = language.refresh_format.format(load=load)

@@ -83,6 +83,8 @@ async def _serve_editor(websocket: WebSocket, member: Member, doc_name: str) -> 
             doc_name,
             read_only=lambda: not member.can_write,
             on_refused=(lambda: room.refuse_edit(member, "editor")) if room is not None else None,
+            # Asked at each edit (a member may rename): the recording's "who wrote what".
+            author=lambda: (member.id, member.name, member.color),
         )
     )
     try:

@@ -202,3 +202,70 @@ async def test_seeking_in_an_hour_long_session(people: People, server: Server) -
         await wait_editor(replay, expected[t])
         await wait_terminal(replay, f"second {int(t)}")
     print(f"seek times in a one-hour session (ms): {timings}")
+
+
+# Each line of the replay's editor: the stretches tinted by author, as (name, colour, text).
+AUTHORED_LINES_JS = """() => Array.from(document.querySelectorAll('#replay-editor .cm-line'))
+    .map(line => Array.from(line.querySelectorAll('[data-author]'))
+        .map(mark => [mark.dataset.author, mark.dataset.color, mark.textContent,
+                      getComputedStyle(mark).backgroundColor]))"""
+
+
+async def member_color(page: Page, name: str) -> str:
+    """A member's colour as the room page's member list shows it (rgb(r, g, b))."""
+    dot = page.locator("li.member", has_text=name).locator(".dot")
+    color: str = await dot.evaluate("dot => getComputedStyle(dot).backgroundColor")
+    return color
+
+
+def rgb(hex_color: str) -> str:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return f"rgb({r}, {g}, {b})"
+
+
+async def test_replay_tints_each_members_text_in_their_colour(
+    people: People, server: Server
+) -> None:
+    room = await server.create_room()
+    ada = await people.join(room, "owner", "Ada")
+    bob = await people.join(room, "invite", "Bob")
+    await ada.wait_screen(">>> ")
+    await ada.wait_synced()
+    await bob.wait_synced()
+    await ada.insert_code("a = 1\n")
+    await bob.wait_editor(SAME, "a = 1\n")
+    await bob.click_editor_end()
+    await bob.page.keyboard.insert_text("b = 2\n")
+    await ada.wait_editor(SAME, "a = 1\nb = 2\n")
+    await ada.page.locator("#run").click()
+    await ada.type_terminal("print('sum', a + b)\n")
+    await ada.wait_screen("sum 3")
+    # After the marker Bob rewrites everything: the replay at the marker must not show it.
+    await bob.insert_code("c = 3\n")
+    await ada.wait_editor(SAME, "c = 3\n")
+    colors = {name: await member_color(ada.page, name) for name in ("Ada", "Bob")}
+    assert colors["Ada"] != colors["Bob"]
+
+    replay = await ada.page.context.new_page()
+    await replay.goto(f"{server.url}/r/{room['id']}/replay#t={room['invite_token']}")
+    await replay.wait_for_function("() => document.body.dataset.ready === 'true'")
+    await seek_to(replay, "Run #1 by Ada")
+    await wait_editor(replay, "a = 1\nb = 2\n")
+    lines = await replay.evaluate(AUTHORED_LINES_JS)
+    assert [[(name, text) for name, _, text, _ in line] for line in lines] == [
+        [("Ada", "a = 1")],
+        [("Bob", "b = 2")],
+        [],
+    ], lines
+    for line in lines[:2]:
+        for name, color, _, background in line:
+            assert rgb(color) == colors[name], (name, color, colors)
+            # A tint of that colour: its red, green and blue, with some transparency.
+            assert background.startswith(rgb(color).replace("rgb(", "rgba(")[:-1]), background
+    await expect(replay.locator("#replay-authors li")).to_have_text(["Ada", "Bob"])
+    await expect(replay.locator("#replay-last-edit")).to_have_text("last edit by Bob")
+    # Played on past Bob's rewrite: all of it his.
+    await replay.evaluate("() => window.replroomReplay.seek(1e9)")
+    await wait_editor(replay, "c = 3\n")
+    await expect(replay.locator("#replay-authors li")).to_have_text(["Bob"])
+    await expect(replay.locator("#replay-last-edit")).to_have_text("last edit by Bob")

@@ -4,8 +4,8 @@
 import "asciinema-player/dist/bundle/asciinema-player.css";
 import "./replay.css";
 
-import { EditorState } from "@codemirror/state";
-import { EditorView, lineNumbers } from "@codemirror/view";
+import { type Range, EditorState, StateEffect, StateField } from "@codemirror/state";
+import { Decoration, type DecorationSet, EditorView, lineNumbers } from "@codemirror/view";
 import * as AsciinemaPlayer from "asciinema-player";
 import * as Y from "yjs";
 
@@ -32,28 +32,64 @@ interface Summary {
   recording: boolean;
 }
 
+/** Who made a document's updates from an instant on, as the server knew the member. */
+export interface Author {
+  member: string;
+  name: string;
+  color: string;
+  clients: number[]; // the Yjs client ids whose text is theirs
+}
+
 interface EditorEvent {
   t: number;
   doc: string;
-  update: string;
+  update?: string; // a Yjs update (or with ``state``, a whole state)
+  state?: boolean;
+  author?: Author; // instead of an update: who makes the updates after it
+}
+
+/** A stretch of the document's text and the member who wrote it. */
+export interface AuthorRange {
+  from: number;
+  to: number;
+  author: Author | null; // null: a client the recording does not name
+}
+
+/** The document at an instant: its text, who wrote which part, who edited it last. */
+export interface DocumentAt {
+  text: string;
+  ranges: AuthorRange[];
+  lastEditor: Author | null;
 }
 
 interface EditorTimeline extends Summary {
   events: EditorEvent[];
 }
 
-/** One document's history: its updates in time order, and its state every SNAPSHOT_EVERY. */
+/** One document's history: its updates in time order, and its state every SNAPSHOT_EVERY;
+ * who made each update, and which member each Yjs client is. */
 export class DocumentHistory {
   private readonly times: number[] = [];
   private readonly updates: Uint8Array[] = [];
   private readonly snapshots: Uint8Array[] = []; // [k]: the state after updates[0 .. (k+1)N-1]
+  private readonly authors: { t: number; author: Author }[] = [];
+  // [i]: who made updates[i]; undefined for a state (no edit), null for an unnamed author.
+  private readonly madeBy: (Author | null | undefined)[] = [];
 
   constructor(events: EditorEvent[]) {
     const doc = new Y.Doc();
+    let editor: Author | null = null;
     for (const event of events) {
+      if (event.author) {
+        this.authors.push({ t: event.t, author: event.author });
+        editor = event.author;
+        continue;
+      }
+      if (event.update === undefined) continue;
       const update = fromBase64(event.update);
       this.times.push(event.t);
       this.updates.push(update);
+      this.madeBy.push(event.state ? undefined : editor);
       Y.applyUpdate(doc, update);
       if (this.updates.length % SNAPSHOT_EVERY === 0) {
         this.snapshots.push(Y.encodeStateAsUpdate(doc));
@@ -76,6 +112,11 @@ export class DocumentHistory {
 
   /** The text after the first ``count`` updates: the nearest snapshot, then the rest. */
   textAfter(count: number): string {
+    return this.at(count, Infinity).text;
+  }
+
+  /** The document after the first ``count`` updates, its authors as known at ``t``. */
+  at(count: number, t: number): DocumentAt {
     const doc = new Y.Doc();
     const snapshot = Math.floor(count / SNAPSHOT_EVERY);
     let from = 0;
@@ -84,10 +125,85 @@ export class DocumentHistory {
       from = snapshot * SNAPSHOT_EVERY;
     }
     for (let i = from; i < count; i++) Y.applyUpdate(doc, this.updates[i]);
-    const text = doc.getText(TEXT_NAME).toString();
+    const text = doc.getText(TEXT_NAME);
+    const who = this.clientsAt(t);
+    // The text's items in order: each inserted by one client; deleted ones are not shown.
+    const ranges: AuthorRange[] = [];
+    let position = 0;
+    for (let item = text._start; item !== null; item = item.right) {
+      if (item.deleted || !item.countable) continue;
+      const author = who.get(item.id.client) ?? null;
+      const last = ranges[ranges.length - 1];
+      if (last && last.to === position && last.author === author) last.to += item.length;
+      else ranges.push({ from: position, to: position + item.length, author });
+      position += item.length;
+    }
+    const result = {
+      text: text.toString(),
+      ranges,
+      lastEditor: this.lastEditor(count),
+    };
     doc.destroy();
-    return text;
+    return result;
   }
+
+  /** Who made the last of the first ``count`` updates that was an edit (not a state). */
+  private lastEditor(count: number): Author | null {
+    for (let i = count - 1; i >= 0; i--) {
+      const author = this.madeBy[i];
+      if (author !== undefined) return author;
+    }
+    return null;
+  }
+
+  /** Each Yjs client's member as said by ``t`` (a later name if none was said yet). */
+  private clientsAt(t: number): Map<number, Author> {
+    const who = new Map<number, Author>();
+    const later = new Map<number, Author>();
+    for (const { t: at, author } of this.authors) {
+      for (const client of author.clients) {
+        if (at <= t) who.set(client, author);
+        else if (!later.has(client)) later.set(client, author);
+      }
+    }
+    for (const [client, author] of later) if (!who.has(client)) who.set(client, author);
+    return who;
+  }
+}
+
+/** The decorations of the shown text: each author's stretches tinted in their colour. */
+const setAuthorship = StateEffect.define<DecorationSet>();
+const authorship = StateField.define<DecorationSet>({
+  create: () => Decoration.none,
+  update(value, transaction) {
+    for (const effect of transaction.effects) if (effect.is(setAuthorship)) return effect.value;
+    return value.map(transaction.changes);
+  },
+  provide: (field) => EditorView.decorations.from(field),
+});
+
+/** A tint of a member's colour (#rrggbb, as the server hands them out); a grey otherwise. */
+function tint(color: string): string {
+  return /^#[0-9a-fA-F]{6}$/.test(color) ? `${color}40` : "rgba(128, 128, 128, 0.25)";
+}
+
+function authorMarks(ranges: AuthorRange[]): DecorationSet {
+  const marks: Range<Decoration>[] = [];
+  for (const range of ranges) {
+    if (!range.author || range.from === range.to) continue;
+    const { name, color } = range.author;
+    const mark = Decoration.mark({
+      class: "replay-author",
+      attributes: {
+        style: `background-color: ${tint(color)}`,
+        "data-author": name,
+        "data-color": color,
+        title: `written by ${name}`,
+      },
+    });
+    marks.push(mark.range(range.from, range.to));
+  }
+  return Decoration.set(marks);
 }
 
 function fromBase64(text: string): Uint8Array {
@@ -128,7 +244,12 @@ class ReplayPage {
     parent: byId("replay-editor"),
     state: EditorState.create({
       doc: "",
-      extensions: [lineNumbers(), EditorState.readOnly.of(true), EditorView.editable.of(false)],
+      extensions: [
+        lineNumbers(),
+        EditorState.readOnly.of(true),
+        EditorView.editable.of(false),
+        authorship,
+      ],
     }),
   });
 
@@ -237,11 +358,17 @@ class ReplayPage {
       const count = history.countAt(t);
       if (this.shown?.doc !== doc || this.shown.count !== count) {
         this.shown = { doc, count };
-        const text = history.textAfter(count);
+        const at = history.at(count, t);
         this.editor.dispatch({
-          changes: { from: 0, to: this.editor.state.doc.length, insert: text },
+          changes: { from: 0, to: this.editor.state.doc.length, insert: at.text },
+          effects: setAuthorship.of(authorMarks(at.ranges)),
         });
+        this.showAuthors(at);
       }
+    } else if (this.shown !== null) {
+      this.shown = null;
+      this.editor.dispatch({ changes: { from: 0, to: this.editor.state.doc.length } });
+      this.showAuthors({ text: "", ranges: [], lastEditor: null });
     }
     this.showTypist(t);
     for (const item of byId("replay-markers").children) {
@@ -264,6 +391,27 @@ class ReplayPage {
         return item;
       }),
     );
+  }
+
+  /** The legend (who wrote the text shown, in their colours) and who edited it last. */
+  private showAuthors(at: DocumentAt): void {
+    const seen = new Map<string, Author>();
+    for (const range of at.ranges) if (range.author) seen.set(range.author.member, range.author);
+    byId("replay-authors").replaceChildren(
+      ...[...seen.values()].map((author) => {
+        const item = document.createElement("li");
+        item.dataset.member = author.member;
+        const swatch = document.createElement("span");
+        swatch.className = "replay-swatch";
+        swatch.style.backgroundColor = tint(author.color);
+        swatch.style.borderColor = author.color;
+        item.append(swatch, author.name);
+        return item;
+      }),
+    );
+    const last = byId("replay-last-edit");
+    last.hidden = !at.lastEditor;
+    last.textContent = at.lastEditor ? `last edit by ${at.lastEditor.name}` : "";
   }
 
   /** Who typed last at ``t`` (the recording keeps who, never what). */

@@ -4,9 +4,11 @@ own `asciinema` (`asciinema cat` plays it through without a terminal)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -397,3 +399,46 @@ async def test_who_wrote_what_is_the_member_the_server_knows(
         "bob",
         "ann",
     ]
+
+
+async def rooms_in_memory(server: Server) -> float:
+    async with httpx.AsyncClient() as http:
+        metrics = (await http.get(f"{server.url}/metrics")).text
+    match = re.search(r"^replroom_rooms_active (\S+)$", metrics, re.MULTILINE)
+    assert match is not None, metrics[:500]
+    return float(match.group(1))
+
+
+async def test_run_numbers_go_on_after_a_reload_and_a_restart(
+    tmp_path: Path, runtime_dir: Path, opened: list[Any], room_image: object
+) -> None:
+    # An empty room leaves memory at once: its next member loads it again.
+    server = Server(tmp_path / "data", runtime_dir, env={**BWRAP, "REPLROOM_IDLE_TIMEOUT": "0"})
+    server.start()
+    try:
+        room = await server.create_room()
+
+        async def run_once(name: str) -> list[str]:
+            """Join, Run, read the Run markers (while a member is in: a read loads the
+            room), leave, and wait until the room has left memory."""
+            member = await join(server, room, opened, name, token="owner", key=new_key())
+            await member.wait_output(">>> ")
+            await member.send({"type": "run", "code": "print('ran', 1 + 1)\n"})
+            await member.wait_output("ran 2")  # typed after the marker was written
+            summary = (await fetch(server, room, "", "owner")).json()
+            await member.close()
+            # A bounded poll: no event announces that a room left memory.
+            deadline = time.monotonic() + 30
+            while await rooms_in_memory(server):
+                assert time.monotonic() < deadline, "the room never left memory"
+                await asyncio.sleep(0.05)
+            return [m["label"] for m in summary["markers"] if m["label"].startswith("Run #")]
+
+        assert await run_once("ann") == ["Run #1 by ann (main.py)"]
+        assert (await run_once("bob"))[-1] == "Run #2 by bob (main.py)"
+        await server.stop_async()
+        server.start()
+        assert (await run_once("cid"))[-1] == "Run #3 by cid (main.py)"
+        assert (await fetch(server, room, "", "owner")).json()["parts"] >= 3
+    finally:
+        server.stop()

@@ -3,7 +3,8 @@ and the replay page (docs/protocol.md, Recordings).
 
 Readable with the owner's or the invitation link's token; with the spectator link's only
 where an owner allowed it (the room's ``recording_spectators`` control). A recording that
-cannot be read gets a 404 or 422 with a message for people, never a server error.
+cannot be read gets a 404 or 422 with a message for people, never a server error. Reading
+a recording never loads its room into memory: the stored record says who may.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from fastapi import APIRouter, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from replroom.protocol import MemberRole
-from replroom.room import Room
 from replroom.room.recording import RecordingError, Timeline
 from replroom.routes.common import manager_of, page
 from replroom.routes.http import REVALIDATE, built_files
+from replroom.storage import RoomRecord
 
 router = APIRouter()
 
@@ -34,12 +35,13 @@ async def recording_summary(
     token: str | None = None,
 ) -> Any:
     """What the recording holds: duration, languages, documents, markers; and whether it is on."""
-    room = await _readable_room(request, room_id, _bearer(authorization) or token)
+    record = await _readable_room(request, room_id, _bearer(authorization) or token)
+    recording = bool(record.settings.get("recording", manager_of(request).settings.recording))
     try:
-        timeline = await _timeline(request, room)
+        timeline = await _timeline(request, record)
     except RecordingError as error:
-        return _unreadable(error, recording=room.controls.recording)
-    return {**timeline.summary(), "recording": room.controls.recording}
+        return _unreadable(error, recording=recording)
+    return {**timeline.summary(), "recording": recording}
 
 
 @router.get("/api/rooms/{room_id}/recording/editor.json")
@@ -50,9 +52,9 @@ async def editor_timeline(
     token: str | None = None,
 ) -> Response:
     """Every editor document's Yjs updates with their times (base64), and the markers."""
-    room = await _readable_room(request, room_id, _bearer(authorization) or token)
+    record = await _readable_room(request, room_id, _bearer(authorization) or token)
     try:
-        timeline = await _timeline(request, room)
+        timeline = await _timeline(request, record)
     except RecordingError as error:
         return _unreadable(error)
     body = await anyio.to_thread.run_sync(lambda: json.dumps(timeline.editor()))
@@ -69,9 +71,9 @@ async def terminal_cast(
     token: str | None = None,
 ) -> Response:
     """One REPL's terminal as an asciicast v2 file (``asciinema play`` plays it)."""
-    room = await _readable_room(request, room_id, _bearer(authorization) or token)
+    record = await _readable_room(request, room_id, _bearer(authorization) or token)
     try:
-        timeline = await _timeline(request, room)
+        timeline = await _timeline(request, record)
     except RecordingError as error:
         return _unreadable(error)
     if language not in timeline.languages:
@@ -87,7 +89,7 @@ async def terminal_cast(
 @router.get("/r/{room_id}/replay", include_in_schema=False)
 async def replay_page(request: Request, room_id: str) -> Response:
     """The replay page; it reads its token from the address's #t= and asks the API."""
-    if await manager_of(request).get(room_id) is None:
+    if await _record(request, room_id) is None:
         return HTMLResponse(page("Room not found", "This room does not exist (any more)."),
                             status_code=404)  # fmt: skip
     built = await built_files.get("replay.html")
@@ -96,20 +98,27 @@ async def replay_page(request: Request, room_id: str) -> Response:
     return built.response(request, REVALIDATE)
 
 
-async def _readable_room(request: Request, room_id: str, token: str | None) -> Room:
-    room = await manager_of(request).get(room_id)
-    if room is None:
+async def _record(request: Request, room_id: str) -> RoomRecord | None:
+    """The room's record: its own if it is in memory (current), else the stored one."""
+    manager = manager_of(request)
+    room = manager.rooms.get(room_id)
+    return room.record if room is not None else await manager.store.get_room(room_id)
+
+
+async def _readable_room(request: Request, room_id: str, token: str | None) -> RoomRecord:
+    record = await _record(request, room_id)
+    if record is None:
         raise HTTPException(404, "room not found")
-    role = room.record.role_of(token or "") if token else None
+    role = record.role_of(token or "") if token else None
     if role is None:
         raise HTTPException(403, "a valid invitation link is needed")
-    if role is MemberRole.SPECTATOR and not room.controls.controls()["recording_spectators"]:
+    if role is MemberRole.SPECTATOR and not record.settings.get("recording_spectators"):
         raise HTTPException(403, "the room's owners have not let spectators see its recording")
-    return room
+    return record
 
 
-async def _timeline(request: Request, room: Room) -> Timeline:
-    return await manager_of(request).recordings.read(room.id)
+async def _timeline(request: Request, record: RoomRecord) -> Timeline:
+    return await manager_of(request).recordings.read(record.id)
 
 
 def _unreadable(error: RecordingError, **extra: Any) -> JSONResponse:

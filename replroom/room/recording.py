@@ -131,6 +131,13 @@ class Recordings:
     def ended(self, recording: RoomRecording) -> None:
         if self._live.get(recording.room_id) is recording:
             del self._live[recording.room_id]
+            self._forget_authors(recording.room_id)
+
+    def _forget_authors(self, room_id: str) -> None:
+        """Forget who a room's Yjs clients are (every page load is a new client): its
+        parts on disk say it, and the next part names the authors of the edits after it."""
+        for name in self._authors.pop(room_id, {}):
+            self._editor.pop(name, None)
 
     def live(self, room_id: str) -> RoomRecording | None:
         return self._live.get(room_id)
@@ -211,8 +218,7 @@ class Recordings:
         if recording is not None:
             recording.close()
         self._runs.pop(room_id, None)
-        for name in self._authors.pop(room_id, {}):
-            self._editor.pop(name, None)
+        self._forget_authors(room_id)
         with contextlib.suppress(RecordingError):
             directory = self.directory(room_id)
             await asyncio.to_thread(shutil.rmtree, directory, True)

@@ -9,11 +9,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from playwright.async_api import Browser, async_playwright
 
 from replroom.config import Limits, Settings
 from replroom.image import RoomImage, current_image
 from replroom.sandbox import Backend, Sandbox
+from tests.client import Server
 from tests.sandboxes import BackendUnderTest
+from tests.web_fixtures import People, launch_chromium
 
 BACKENDS = ["bwrap", "docker-runc", "docker-runsc"]
 
@@ -76,3 +79,19 @@ async def sandbox(backend: BackendUnderTest, room_id: str) -> AsyncIterator[Sand
     made = await backend.create(room_id, Limits(memory="128m", cpus=0.5, pids=64, disk="16m"))
     yield made
     await made.destroy()
+
+
+# The page's tests: one Chromium per module, a browser context per person.
+@pytest.fixture(scope="module")
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await launch_chromium(playwright)
+        yield launched
+        await launched.close()
+
+
+@pytest.fixture
+async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
+    made = People(browser, server)
+    yield made
+    await made.close()

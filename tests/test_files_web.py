@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Dialog, Locator, Page, async_playwright, expect
+from playwright.async_api import Dialog, Locator, Page, expect
 
 from tests.client import Server
-from tests.test_web import People, link
-from tests.web_fixtures import RoomPage, launch_chromium, web_client_built
+from tests.web_fixtures import People, RoomPage, link, web_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -23,27 +22,8 @@ pytestmark = pytest.mark.timeout(240)
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp("files-web-data"), runtime_dir)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
-    made = People(browser, server)
-    yield made
-    await made.close()
+    with web_server(tmp_path_factory, runtime_dir, "files-web-data") as started:
+        yield started
 
 
 def answer_prompts(page: Page, answer: str) -> None:

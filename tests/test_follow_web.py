@@ -4,16 +4,15 @@ and file, and stops following at their own edit, scroll or Escape."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Locator, async_playwright, expect
+from playwright.async_api import Locator, expect
 
 from tests.client import Server
 from tests.test_files_web import answer_prompts
-from tests.test_web import People
-from tests.web_fixtures import RoomPage, launch_chromium, web_client_built
+from tests.web_fixtures import People, RoomPage, web_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -24,27 +23,8 @@ LINES = 300
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp("follow-web-data"), runtime_dir)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
-    made = People(browser, server)
-    yield made
-    await made.close()
+    with web_server(tmp_path_factory, runtime_dir, "follow-web-data") as started:
+        yield started
 
 
 def line(page: RoomPage, text: str) -> Locator:

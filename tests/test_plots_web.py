@@ -4,16 +4,15 @@ image over the cap is refused at once with a clear message; an SVG stays an imag
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, async_playwright, expect
+from playwright.async_api import expect
 
 from tests.client import Server
 from tests.test_plots import MAX_BYTES, draw_line, png
-from tests.test_web import People
-from tests.web_fixtures import RoomPage, launch_chromium, web_client_built
+from tests.web_fixtures import People, RoomPage, web_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -26,30 +25,10 @@ NATURAL_WIDTH_JS += " return i && i.src.startsWith('blob:') && i.complete ? i.na
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(
-        tmp_path_factory.mktemp("plots-web"), runtime_dir,
-        env={"REPLROOM_PLOT_MAX_BYTES": str(MAX_BYTES)},
-    )  # fmt: skip
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
-    made = People(browser, server)
-    yield made
-    await made.close()
+    with web_server(
+        tmp_path_factory, runtime_dir, "plots-web", env={"REPLROOM_PLOT_MAX_BYTES": str(MAX_BYTES)}
+    ) as started:
+        yield started
 
 
 async def wait_plot_width(page: RoomPage, width: int) -> None:

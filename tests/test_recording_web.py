@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 from pycrdt import Doc, Text
 
 from replroom.editor.document import TEXT_NAME
 from tests.client import Server
-from tests.test_web import People
-from tests.web_fixtures import WAIT_MS, launch_chromium, web_client_built
+from tests.web_fixtures import WAIT_MS, People, web_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -38,27 +37,8 @@ EDITOR_JS = "() => window.replroomReplay.editorText()"
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp("replay-web"), runtime_dir)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
-
-
-@pytest.fixture
-async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
-    made = People(browser, server)
-    yield made
-    await made.close()
+    with web_server(tmp_path_factory, runtime_dir, "replay-web") as started:
+        yield started
 
 
 async def seek_to(replay: Page, label: str, *, last: bool = False) -> None:

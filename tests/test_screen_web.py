@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, async_playwright, expect
+from playwright.async_api import Browser, BrowserContext, expect
 
 from tests.client import Server
-from tests.web_fixtures import RoomPage, launch_chromium, new_context, web_client_built
+from tests.web_fixtures import RoomPage, new_context, web_server
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -33,20 +33,8 @@ POLL_SECONDS = 0.25
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp("screen-data"), runtime_dir)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
+    with web_server(tmp_path_factory, runtime_dir, "screen-data") as started:
+        yield started
 
 
 class Pair:

@@ -10,31 +10,22 @@ import json
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.async_api import (
     Browser,
-    BrowserContext,
     Response,
     Route,
     WebSocketRoute,
-    async_playwright,
     expect,
 )
 
 from replroom import protocol
 from tests.client import Server
-from tests.web_fixtures import (
-    WEB_DIST,
-    RoomPage,
-    launch_chromium,
-    new_context,
-    record_toasts,
-    web_client_built,
-)
+from tests.web_fixtures import WEB_DIST, People, RoomPage, link, web_server
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,53 +34,8 @@ pytestmark = pytest.mark.timeout(240)
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    if not web_client_built():
-        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp("web-data"), runtime_dir)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture(scope="module")
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await launch_chromium(playwright)
-        yield launched
-        await launched.close()
-
-
-class People:
-    """The people of a test: each a browser context of their own (storage, clipboard)."""
-
-    def __init__(self, browser: Browser, server: Server) -> None:
-        self.browser, self.server = browser, server
-        self.contexts: list[BrowserContext] = []
-
-    async def context(self, name: str | None, **size: int) -> BrowserContext:
-        """A person; ``name`` as if chosen on an earlier visit (None: never asked yet)."""
-        context = await new_context(self.browser, name, origin=self.server.url, **size)
-        await record_toasts(context)
-        self.contexts.append(context)
-        return context
-
-    async def join(self, room: dict, kind: str, name: str, **size: int) -> RoomPage:
-        return await RoomPage.open(await self.context(name, **size), link(self.server, room, kind))
-
-    async def close(self) -> None:
-        for context in self.contexts:
-            await context.close()
-
-
-@pytest.fixture
-async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
-    made = People(browser, server)
-    yield made
-    await made.close()
-
-
-def link(server: Server, room: dict, kind: str) -> str:
-    return f"{server.url}/r/{room['id']}#t={room[f'{kind}_token']}"
+    with web_server(tmp_path_factory, runtime_dir, "web-data") as started:
+        yield started
 
 
 async def test_owner_invites_and_both_share_the_terminal(people: People, server: Server) -> None:

@@ -12,10 +12,10 @@ import pytest
 from playwright.async_api import WebSocketRoute, expect
 
 from tests.client import Server
-from tests.test_web import People, browser, link, people, server
-from tests.web_fixtures import RoomPage
+from tests.test_web import server
+from tests.web_fixtures import People, RoomPage, link
 
-__all__ = ["browser", "people", "server"]  # the fixtures, shared with test_web.py
+__all__ = ["server"]  # the fixture, shared with test_web.py
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -3,12 +3,17 @@ driven by Playwright (never a downloaded browser), and a driver for one room pag
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Playwright
+
+from tests.client import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_DIST = ROOT / "web" / "dist"
@@ -219,3 +224,47 @@ class RoomPage:
         path = ARTIFACTS / f"web-{name}.png"
         await self.page.screenshot(path=str(path))
         return path
+
+
+@contextlib.contextmanager
+def web_server(
+    tmp_path_factory: pytest.TempPathFactory,
+    runtime_dir: Path,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """A server for the page's tests, with a data directory of its own (``name``)."""
+    if not web_client_built():
+        pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
+    started = Server(tmp_path_factory.mktemp(name), runtime_dir, env=env or {})
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+class People:
+    """The people of a test: each a browser context of their own (storage, clipboard)."""
+
+    def __init__(self, browser: Browser, server: Server) -> None:
+        self.browser, self.server = browser, server
+        self.contexts: list[BrowserContext] = []
+
+    async def context(self, name: str | None, **size: int) -> BrowserContext:
+        """A person; ``name`` as if chosen on an earlier visit (None: never asked yet)."""
+        context = await new_context(self.browser, name, origin=self.server.url, **size)
+        await record_toasts(context)
+        self.contexts.append(context)
+        return context
+
+    async def join(self, room: dict, kind: str, name: str, **size: int) -> RoomPage:
+        return await RoomPage.open(await self.context(name, **size), link(self.server, room, kind))
+
+    async def close(self) -> None:
+        for context in self.contexts:
+            await context.close()
+
+
+def link(server: Server, room: dict, kind: str) -> str:
+    return f"{server.url}/r/{room['id']}#t={room[f'{kind}_token']}"

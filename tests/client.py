@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,11 +11,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -114,6 +117,22 @@ class Server:
             response = await http.post(f"{self.url}/api/rooms")
             response.raise_for_status()
             return response.json()  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def serving(
+    tmp_path_factory: pytest.TempPathFactory,
+    runtime_dir: Path,
+    env: dict[str, str] | None = None,
+    name: str = "data",
+) -> Iterator[Server]:
+    """A started server with a data directory of its own (``name``), stopped afterwards."""
+    started = Server(tmp_path_factory.mktemp(name), runtime_dir, env=env or {})
+    started.start()
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 class Closed(Exception):

@@ -7,6 +7,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, async_playwright
@@ -95,3 +96,18 @@ async def people(browser: Browser, server: Server) -> AsyncIterator[People]:
     made = People(browser, server)
     yield made
     await made.close()
+
+
+# Tests of a real server: a module defines ``server``; these build on it.
+@pytest.fixture
+async def room(server: Server) -> dict[str, Any]:
+    return await server.create_room()
+
+
+@pytest.fixture
+async def opened() -> AsyncIterator[list[Any]]:
+    """Clients (room or editor) a test opened, closed after it."""
+    made: list[Any] = []
+    yield made
+    for client in made:
+        await client.close()

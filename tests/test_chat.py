@@ -3,14 +3,14 @@ across a real restart of the server on the same data directory."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from replroom import protocol
-from tests.client import RoomClient, Server
+from tests.client import RoomClient, Server, serving
 from tests.test_host_controls import BWRAP, join, new_key
 
 pytestmark = pytest.mark.timeout(180)
@@ -20,23 +20,8 @@ pytestmark = pytest.mark.timeout(180)
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=BWRAP)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def room(server: Server) -> dict[str, Any]:
-    return await server.create_room()
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for client in made:
-        await client.close()
+    with serving(tmp_path_factory, runtime_dir, BWRAP) as started:
+        yield started
 
 
 def chats(client: RoomClient) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from pycrdt import create_update_message
 
 from replroom import protocol
 from replroom.room.files import check_path
-from tests.client import RoomClient, Server
+from tests.client import RoomClient, Server, serving
 from tests.test_editor import YClient
 from tests.test_host_controls import BWRAP, join, new_key
 
@@ -31,23 +31,8 @@ LIMITS = {"REPLROOM_MAX_FILES": "3", "REPLROOM_MAX_FILES_BYTES": str(64 * 1024)}
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env={**BWRAP, **LIMITS})
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def room(server: Server) -> dict[str, Any]:
-    return await server.create_room()
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for client in made:
-        await client.close()
+    with serving(tmp_path_factory, runtime_dir, {**BWRAP, **LIMITS}) as started:
+        yield started
 
 
 async def file_doc(

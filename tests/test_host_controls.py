@@ -5,13 +5,13 @@ clients send what a page would have greyed out."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.client import RoomClient, Server
+from tests.client import RoomClient, Server, serving
 from tests.test_editor import YClient
 
 pytestmark = pytest.mark.timeout(180)
@@ -23,23 +23,8 @@ BWRAP = {"REPLROOM_BACKEND": "bwrap"}
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=BWRAP)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def room(server: Server) -> dict[str, Any]:
-    return await server.create_room()
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for client in made:
-        await client.close()
+    with serving(tmp_path_factory, runtime_dir, BWRAP) as started:
+        yield started
 
 
 def new_key() -> str:

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from pycrdt import Doc, Text
 from replroom.config import Settings
 from replroom.editor.document import TEXT_NAME
 from replroom.room.recording import RecordingError, Recordings, RoomRecording, Timeline
-from tests.client import RoomClient, Server
+from tests.client import RoomClient, Server, serving
 from tests.test_editor import YClient
 from tests.test_host_controls import BWRAP, join, new_key
 
@@ -227,23 +227,8 @@ async def test_run_numbers_go_on_when_the_room_comes_back(tmp_path: Path) -> Non
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=BWRAP)
-    started.start()
-    yield started
-    started.stop()
-
-
-@pytest.fixture
-async def room(server: Server) -> dict[str, Any]:
-    return await server.create_room()
-
-
-@pytest.fixture
-async def opened() -> AsyncIterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for client in made:
-        await client.close()
+    with serving(tmp_path_factory, runtime_dir, BWRAP) as started:
+        yield started
 
 
 async def editor_doc(

@@ -40,11 +40,6 @@ def server(
 
 
 @pytest.fixture
-async def room(server: Server) -> dict:
-    return await server.create_room()
-
-
-@pytest.fixture
 async def clients() -> AsyncIterator[list[RoomClient]]:
     made: list[RoomClient] = []
     yield made

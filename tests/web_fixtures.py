@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.async_api import Browser, BrowserContext, Page, Playwright
 
-from tests.client import Server
+from tests.client import Server, serving
 
 ROOT = Path(__file__).resolve().parent.parent
 WEB_DIST = ROOT / "web" / "dist"
@@ -236,12 +236,8 @@ def web_server(
     """A server for the page's tests, with a data directory of its own (``name``)."""
     if not web_client_built():
         pytest.fail("the web client is not built: run scripts/setup (npm ci, npm run build)")
-    started = Server(tmp_path_factory.mktemp(name), runtime_dir, env=env or {})
-    started.start()
-    try:
+    with serving(tmp_path_factory, runtime_dir, env, name) as started:
         yield started
-    finally:
-        started.stop()
 
 
 class People:

@@ -9,6 +9,8 @@ at the end, whether the test passed or not.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
 import time
@@ -419,6 +421,38 @@ async def test_cleanup_orphans_removes_a_leftover_container(
     finally:
         await fresh.close()
     assert await rooms.containers(room_id) == []
+
+
+async def test_a_create_given_up_while_the_engine_makes_it_leaves_no_container(
+    docker_backend: DockerBackend, docker_host: str
+) -> None:
+    # As when the server stops while its pool makes a spare: the Engine has made
+    # the container (its create event is out), its answer is on the way, and the
+    # caller gives up. Several times, as the answer and the event race.
+    backend = DockerBackend(
+        docker_backend.image, runtime=docker_backend.runtime, docker_host=docker_host
+    )
+    watcher = connect(docker_host)
+    filters = {"type": ["container"], "event": ["create"], "label": [f"{LABEL_MANAGED}=1"]}
+    events = watcher.events.subscribe(since=str(int(time.time()) - 1), filters=json.dumps(filters))
+    made: list[str] = []
+    try:
+        for _ in range(5):
+            room_id = "dt-" + uuid.uuid4().hex[:12]
+            made.append(room_id)
+            create = asyncio.create_task(backend.create(room_id, SMALL))
+            async with asyncio.timeout(TIMEOUT):
+                while (await events.get())["Actor"]["Attributes"].get(LABEL_ROOM) != room_id:
+                    pass
+            create.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await (await create).destroy()
+    finally:
+        await backend.close()  # waits for the removals under way
+        await watcher.events.stop()
+        await disconnect(watcher)
+    rooms = Rooms(docker_backend)
+    assert [await rooms.containers(room_id) for room_id in made] == [[]] * len(made)
 
 
 async def test_a_room_id_left_by_a_crash_can_be_reused(rooms: Rooms) -> None:

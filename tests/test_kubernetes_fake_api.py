@@ -228,6 +228,21 @@ async def test_a_pod_that_cannot_start_fails_the_create_and_is_removed(
     assert (NAMESPACE, name) not in fake.pods
 
 
+async def test_a_create_given_up_while_the_pod_is_being_made_leaves_no_pod(
+    kube: KubernetesBackend, fake: FakeKubernetes, room_id: str
+) -> None:
+    # As when the server stops while its pool is making a spare: the API server
+    # has made the pod, its answer is on the way, and the caller gives up.
+    create = asyncio.create_task(kube.create(room_id, Limits()))
+    fake.on_create = lambda created: create.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await create
+    name = pod_name(room_id)
+    assert fake.requests.count(("POST", f"/api/v1/namespaces/{NAMESPACE}/pods")) == 1
+    await kube.close()  # waits for the removal under way
+    assert (NAMESPACE, name) not in fake.pods
+
+
 async def test_destroy_deletes_at_once_and_waits_for_the_watch(
     kube: KubernetesBackend, fake: FakeKubernetes, room_id: str
 ) -> None:

@@ -89,6 +89,7 @@ class DockerBackend(Backend):
         # not be removed as the Engine went away: removed once it answers again.
         self._unremoved: set[str] = set()
         self._creating: set[str] = set()  # names
+        self._removals: set[asyncio.Task[None]] = set()  # of creates given up half-way
 
     @classmethod
     def from_settings(cls, settings: Settings, image: SandboxImage) -> DockerBackend:
@@ -159,8 +160,14 @@ class DockerBackend(Backend):
         config = container_config(spec, self.runtime)
         name = container_name(room_id)
         self._creating.add(name)
+        making = asyncio.ensure_future(self._create_container(config, name))
         try:
-            container = await self._create_container(config, name)
+            container = await asyncio.shield(making)
+        except asyncio.CancelledError:
+            # The Engine goes on making it whether we wait for its answer or not
+            # (a pool closing as the server stops gives up its spare's create).
+            self._remove_when_made(making, name)
+            raise
         except (aiodocker.DockerError, aiohttp.ClientError, OSError) as error:
             if not is_answer(error):
                 # The Engine may have made it before the connection went.
@@ -182,6 +189,19 @@ class DockerBackend(Backend):
                 raise self.error(error, f"cannot start the sandbox of room {room_id}") from None
             raise
         return DockerSandbox(self, spec, limits, container, watch)
+
+    def _remove_when_made(self, making: asyncio.Future[DockerContainer], name: str) -> None:
+        """Remove the container a given-up create makes, once the Engine has answered."""
+        self._unremoved.add(name)
+
+        async def remove() -> None:
+            with contextlib.suppress(Exception):
+                await making
+            await self._remove(name)
+
+        removal = asyncio.create_task(remove())
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
 
     async def _create_container(self, config: dict[str, Any], name: str) -> DockerContainer:
         try:
@@ -268,6 +288,7 @@ class DockerBackend(Backend):
         return sum(removed)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._removals, return_exceptions=True)
         for ref in list(self._unremoved):
             await self._remove(ref)
         await self._events.close()

@@ -105,6 +105,7 @@ class KubernetesBackend(Backend):
         self._reflector: PodReflector | None = None
         self._rooms: dict[str, str] = {}  # room id -> pod name, while not destroyed
         self._creating: set[str] = set()  # pod names
+        self._removals: set[asyncio.Task[None]] = set()  # of creates given up half-way
 
     @classmethod
     def from_settings(cls, settings: Settings, image: SandboxImage) -> KubernetesBackend:
@@ -237,10 +238,19 @@ class KubernetesBackend(Backend):
         name = manifest["metadata"]["name"]
         watch = reflector.watches[name] = PodWatch(name)
         self._creating.add(name)
+        making = asyncio.ensure_future(self._create_pod(manifest, name))
         try:
-            created = await self._create_pod(manifest, name)
+            try:
+                created = await asyncio.shield(making)
+            except asyncio.CancelledError:
+                # The API server goes on making it whether we wait for its answer or
+                # not (a pool closing as the server stops gives up its spare's create).
+                self._delete_when_made(making, name)
+                raise
             watch.uid = str(created["metadata"]["uid"])
-            watch.update(created)
+            if (watch.pod.get("metadata") or {}).get("uid") != watch.uid:
+                # Not if the watch has it already: it may be newer than this answer.
+                watch.update(created)
             self._rooms[room_id] = name
         except BaseException:
             reflector.watches.pop(name, None)
@@ -255,6 +265,23 @@ class KubernetesBackend(Backend):
                 await sandbox.destroy()
             raise
         return sandbox
+
+    def _delete_when_made(self, making: asyncio.Future[dict[str, Any]], name: str) -> None:
+        """Delete the pod a given-up create makes, once the API server has answered."""
+
+        async def delete() -> None:
+            try:
+                await making
+            except Exception:  # not made; or made and unknown: the next start's cleanup
+                return
+            try:
+                await self._delete_and_wait(name)
+            except SandboxError as error:
+                log.warning("cannot remove pod %s: %s", name, error)
+
+        removal = asyncio.create_task(delete())
+        self._removals.add(removal)
+        removal.add_done_callback(self._removals.discard)
 
     async def _create_pod(self, manifest: dict[str, Any], name: str) -> dict[str, Any]:
         client = await self.client()
@@ -352,6 +379,7 @@ class KubernetesBackend(Backend):
         return sum(await asyncio.gather(*(remove(name) for name in names)))
 
     async def close(self) -> None:
+        await asyncio.gather(*self._removals, return_exceptions=True)
         if self._reflector is not None:
             await self._reflector.close()
         if self._client is not None:

@@ -12,11 +12,13 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from playwright.async_api import (
     Browser,
+    BrowserContext,
     Response,
     Route,
     WebSocketRoute,
@@ -24,7 +26,7 @@ from playwright.async_api import (
 )
 
 from replroom import protocol
-from tests.client import Server
+from tests.client import RoomClient, Server
 from tests.web_fixtures import WEB_DIST, People, RoomPage, link, web_server
 
 pytestmark = pytest.mark.timeout(240)
@@ -175,6 +177,68 @@ async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
     await page.type_terminal("answer()\n")
     await page.wait_screen("'the answer is 42'")
     assert not page.errors, page.errors
+
+
+async def _hold_the_page_code(context: BrowserContext) -> tuple[list[Route], asyncio.Event]:
+    """Keep the page's code back (as a slow link or a slow machine would) until released."""
+    held: list[Route] = []
+    asked = asyncio.Event()
+
+    async def hold(route: Route) -> None:
+        held.append(route)
+        asked.set()
+
+    await context.route(re.compile(r"/assets/index-[^/]+\.js$"), hold)
+    return held, asked
+
+
+async def test_the_first_screen_shows_the_prompt_and_takes_keys_before_the_code(
+    people: People, server: Server
+) -> None:
+    context = await people.context("Quick")
+    held, asked = await _hold_the_page_code(context)
+    page = await context.new_page()
+    await page.goto(f"{server.url}/", wait_until="commit")  # not "load": the code is held
+    first = page.locator("#first-screen")
+    await expect(first).to_contain_text(">>> ")  # index.html alone drew it
+    await asyncio.wait_for(asked.wait(), timeout=60)
+    await page.keyboard.type('print("<b>" + str(6 * 7))\n')
+    await expect(first).to_contain_text("<b>42")
+    await expect(first.locator("b")).to_have_count(0)  # room output is text, never HTML
+
+    for route in held:
+        await route.continue_()
+    room = RoomPage(page)
+    await room.wait_connected()
+    await room.wait_screen("<b>42")  # xterm.js has the same screen
+    await expect(first).to_have_count(0)
+    await room.type_terminal("print(6 * 7 + 1)\n")  # the terminal's keys now, sent once
+    await room.wait_screen("43")
+    assert "SyntaxError" not in await room.screen()
+    assert not room.errors, room.errors
+
+
+async def test_a_screen_the_first_screen_cannot_draw_is_left_to_the_terminal(
+    people: People, server: Server, room: dict[str, Any], opened: list[Any]
+) -> None:
+    owner = await RoomClient.connect(server, room["id"], room["owner_token"])
+    opened.append(owner)
+    await owner.wait_output(">>> ")
+    # A full-screen program: the alternate screen is beyond the first screen.
+    await owner.type('import sys; sys.stdout.write("\\x1b[?1049h\\x1b[2J\\x1b[Hfull screen")\r')
+    await owner.wait_output("full screen")
+    context = await people.context("Late")
+    held, asked = await _hold_the_page_code(context)
+    page = await context.new_page()
+    await page.goto(link(server, room, "invite"), wait_until="commit")
+    await page.wait_for_function("() => window.replroomEarly?.output === true", timeout=60_000)
+    await asyncio.wait_for(asked.wait(), timeout=60)
+    await expect(page.locator("#first-screen")).to_have_count(0)
+    for route in held:
+        await route.continue_()
+    late = RoomPage(page)
+    await late.wait_screen("full screen")
+    assert not late.errors, late.errors
 
 
 async def test_editor_is_shared_with_named_cursors_and_own_undo(

@@ -192,6 +192,11 @@ class RoomPage {
     setUpPhone(this.terminal);
     // index.html has joined already, normally: this takes its connection over.
     this.connection.start();
+    // index.html's first screen stays until xterm.js has drawn what it showed.
+    this.terminal.afterDrawn(() => {
+      performance.mark("replroom:terminal-drawn");
+      (window as { replroomFirstScreen?: { remove(): void } }).replroomFirstScreen?.remove();
+    });
     this.terminal.focus();
   }
 

@@ -98,6 +98,8 @@ interface EarlyConnection {
   queue: MessageEvent[];
   opened?: boolean;
   closed?: { code: number; reason: string } | null;
+  /** Stops sending the keys typed before the code ran: the terminal takes them now. */
+  stop?: () => void;
 }
 
 function takeEarlyConnection(url: string): EarlyConnection | null {
@@ -105,6 +107,7 @@ function takeEarlyConnection(url: string): EarlyConnection | null {
   const early = holder.replroomEarly;
   delete holder.replroomEarly;
   if (!early) return null;
+  early.stop?.();
   if (early.ws.url !== url) {
     early.ws.close();
     return null;

@@ -6,12 +6,15 @@ same rules at work behind a real server.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from replroom.languages import get_language
 from replroom.protocol import MemberRole, ReplState
 from replroom.room.members import COLORS, Member, Members
 from replroom.room.supervisor import MAX_RESTARTS, IllegalTransition, Repl
+from replroom.room.tasks import Background
 from replroom.room.terminal import Frame, Outbox, Pane
 from replroom.storage import KeyState, RoomRecord
 
@@ -130,3 +133,25 @@ def test_automatic_restarts_are_limited() -> None:
     assert not repl.may_restart()
     repl.restarts.clear()  # a member pressed Enter
     assert repl.may_restart()
+
+
+async def test_a_closed_rooms_tasks_are_cancelled_and_awaited_but_not_the_closer() -> None:
+    tasks = Background("room")
+    started = asyncio.Event()
+    ended: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append("forever")
+
+    async def closer() -> None:  # as the task that retires an empty room closes it
+        await tasks.close()
+        ended.append("closer")
+
+    tasks.spawn(forever(), "waiting")
+    await started.wait()
+    await tasks.spawn(closer(), "closing")
+    assert ended == ["forever", "closer"]

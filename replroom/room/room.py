@@ -458,6 +458,7 @@ class Room:
             self._idle_timer.cancel()
         self.recording.close()
         await self.supervisor.close()
+        await self.tasks.close()
 
 
 async def _type(process: Process, data: bytes) -> None:

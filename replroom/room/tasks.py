@@ -30,6 +30,18 @@ class Background:
         task.add_done_callback(lambda done: self._done(done, what))
         return task
 
+    async def close(self) -> None:
+        """Cancel the tasks still running and wait for them (not the caller's, if it is one).
+
+        So that nothing of a closed room goes on using its sandbox or the
+        server's clients after they are closed.
+        """
+        current = asyncio.current_task()
+        running = [task for task in self._tasks if task is not current]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
     def _done(self, task: asyncio.Task[None], what: str) -> None:
         self._tasks.discard(task)
         if task.cancelled():

@@ -146,12 +146,12 @@ async def test_outbox_sends_the_output_queued_meanwhile_as_one_frame() -> None:
 
 async def test_outbox_sends_at_once_what_the_connection_takes_never_overtaking() -> None:
     connection = Connection()
-    taken: list[bytes] = []
-    takes = True  # whether the connection takes output at once (its client keeps up)
+    taken: list[bytes | str] = []
+    takes = True  # whether the connection takes frames at once (its client keeps up)
 
-    def send_now(data: bytes) -> bool:
+    def send_now(frame: bytes | str) -> bool:
         if takes:
-            taken.append(data)
+            taken.append(frame)
         return takes
 
     outbox = Outbox(connection.send, lambda: None)
@@ -159,15 +159,15 @@ async def test_outbox_sends_at_once_what_the_connection_takes_never_overtaking()
     sender = asyncio.create_task(outbox.run())
     try:
         outbox.send_output(b"a", lambda: [])
-        assert taken == [b"a"] and outbox.output_bytes == 0  # sent, no task woken
         outbox.send_json({"type": "notice"})
-        outbox.send_output(b"b", lambda: [])  # must not overtake the notice
+        assert taken == [b"a", '{"type": "notice"}'] and outbox.output_bytes == 0  # no task woken
+        takes = False  # the client stopped reading: what comes waits in the outbox
+        outbox.send_json({"type": "typist"})
+        takes = True
+        outbox.send_output(b"b", lambda: [])  # must not overtake the waiting message
         await connection.until(2)
-        assert taken == [b"a"] and connection.frames[1] == b"b"
-        takes = False  # the client stopped reading: output waits in the outbox
-        outbox.send_output(b"c", lambda: [])
-        await connection.until(3)
-        assert connection.frames[2] == b"c"
+        assert connection.frames == ['{"type": "typist"}', b"b"]
+        assert len(taken) == 2
     finally:
         outbox.close()
         await sender

@@ -298,10 +298,11 @@ class Room:
         if repl is None or repl.process is None:
             return
         self.terminal.typed(repl.pane, data)
+        await _type(repl.process, data)
+        # After the keystrokes are on their way: the REPL works on them meanwhile.
         if not TERMINAL_ANSWERS.fullmatch(data):
             self._typed_by(member)
             self.recording.typing(member.id, member.name)  # who, never what
-        await _type(repl.process, data)
 
     def refuse_edit(self, member: Member, where: Literal["terminal", "editor"]) -> None:
         """Keystrokes or an editor update of a member without write access were dropped:

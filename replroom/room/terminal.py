@@ -89,7 +89,7 @@ class Outbox:
         self.closed = False
         # Sends output at once if the connection takes it without waiting; else
         # returns False (the connection sets it if it can: routes.common.send_now).
-        self.send_now: Callable[[bytes], bool] | None = None
+        self.send_now: Callable[[bytes | str], bool] | None = None
 
     @property
     def behind(self) -> bool:
@@ -100,9 +100,14 @@ class Outbox:
 
     def send_text(self, text: str) -> None:
         """A message already encoded as JSON (once for every member it goes to)."""
-        if not self.closed:
-            self._frames.append(text)
-            self._wakeup.set()
+        if self.closed:
+            return
+        # Directly, as output is: a message for everyone (who types now, say) would
+        # otherwise wake a task per member in the way of the output that follows.
+        if self._idle and self.send_now is not None and self.send_now(text):
+            return
+        self._frames.append(text)
+        self._wakeup.set()
 
     def send_output(self, data: bytes, resync: Callable[[], list[Frame]]) -> None:
         """Send terminal output, or queue it; past the hard limit, drop it and resync later."""

@@ -65,9 +65,10 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
     setting for all sockets, so the choice by path is made here.
 
     And an ASGI extension, :data:`SEND_NOW` (see :func:`send_now`): every
-    chunk of terminal output goes to every member, and through ASGI that is
-    one task woken and one frame encoded per member; this writes the chunk's
-    frame, encoded once, to each member's socket directly when it can take it.
+    chunk of terminal output (and many a message: who types now) goes to every
+    member, and through ASGI that is one task woken and one frame encoded per
+    member; this writes the frame, encoded once, to each member's socket
+    directly when it can take it.
     """
 
     def handle_connect(self, event: Request) -> None:
@@ -76,7 +77,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.conn.available_extensions = []
         super().handle_connect(event)
         if room_socket and self.response.status_code == 101:
-            self.scope["extensions"][SEND_NOW] = {"send_bytes": self._send_bytes_now}
+            self.scope["extensions"][SEND_NOW] = {"send": self._send_now}
 
     def handle_parser_exception(self) -> None:
         """Fail the connection as websockets does: a close frame, then FIN, then wait.
@@ -102,7 +103,7 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         self.close_timer = self.loop.call_later(self.close_timeout, self.transport.close)
 
-    def _send_bytes_now(self, data: bytes) -> bool:
+    def _send_now(self, message: bytes | str) -> bool:
         if (
             self.close_sent
             or self.disconnected
@@ -112,18 +113,21 @@ class WebSocketProtocol(WebSocketsSansIOProtocol):
             or self.conn.extensions
         ):
             return False
-        self.transport.write(_binary_frame(data))
+        self.transport.write(_frame(message))
         return True
 
 
 @functools.lru_cache(maxsize=1)
-def _binary_frame(data: bytes) -> bytes:
-    """A binary message as one unmasked frame; the chunk just sent to a member goes to the next."""
-    return Frame(Opcode.BINARY, data).serialize(mask=False)
+def _frame(message: bytes | str) -> bytes:
+    """A message as one unmasked frame (binary for bytes, text for str); the one just
+    sent to a member goes to the next."""
+    if isinstance(message, str):
+        return Frame(Opcode.TEXT, message.encode()).serialize(mask=False)
+    return Frame(Opcode.BINARY, message).serialize(mask=False)
 
 
-def send_now(websocket: WebSocket) -> Callable[[bytes], bool] | None:
-    """A way to send binary messages on ``websocket`` without waiting, if the server has one.
+def send_now(websocket: WebSocket) -> Callable[[bytes | str], bool] | None:
+    """A way to send messages on ``websocket`` without waiting, if the server has one.
 
     It sends the message and returns True if the connection takes it at once;
     False if it cannot (the client is slow, the socket is closing): then send
@@ -131,7 +135,7 @@ def send_now(websocket: WebSocket) -> Callable[[bytes], bool] | None:
     one sent the ASGI way that has not completed.
     """
     extension = websocket.scope.get("extensions", {}).get(SEND_NOW)
-    return cast(Callable[[bytes], bool], extension["send_bytes"]) if extension else None
+    return cast(Callable[[bytes | str], bool], extension["send"]) if extension else None
 
 
 async def close(websocket: WebSocket, code: int, reason: str) -> None:

@@ -146,10 +146,9 @@ async def test_page_files_are_compressed_and_hashed_ones_cached_for_good(
             assert (await http.get(f"{server.url}/assets/{missing}")).status_code == 404, missing
 
 
-async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
-    people: People, server: Server
-) -> None:
-    context = await people.context("Early")
+async def _hold(context: BrowserContext, path: str) -> tuple[list[Route], asyncio.Event]:
+    """Keep back the requests whose URL matches ``path`` (as a slow link would): the
+    routes to let through later, and an event set once one was asked for."""
     held: list[Route] = []
     asked = asyncio.Event()
 
@@ -157,9 +156,20 @@ async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
         held.append(route)
         asked.set()
 
+    await context.route(re.compile(path), hold)
+    return held, asked
+
+
+PAGE_CODE = r"/assets/index-[^/]+\.js$"
+
+
+async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
+    people: People, server: Server
+) -> None:
+    context = await people.context("Early")
     # The editor's chunk is kept back (then let through unchanged) to see the
     # page work without it, as it does on a slow link.
-    await context.route(re.compile(r"/assets/editor-[^/]+\.js$"), hold)
+    held, asked = await _hold(context, r"/assets/editor-[^/]+\.js$")
     page = await RoomPage.open(context, f"{server.url}/")
     await page.wait_screen(">>> ")
     await asyncio.wait_for(asked.wait(), timeout=60)
@@ -179,24 +189,11 @@ async def test_the_terminal_works_before_the_editor_code_and_run_after_it(
     assert not page.errors, page.errors
 
 
-async def _hold_the_page_code(context: BrowserContext) -> tuple[list[Route], asyncio.Event]:
-    """Keep the page's code back (as a slow link or a slow machine would) until released."""
-    held: list[Route] = []
-    asked = asyncio.Event()
-
-    async def hold(route: Route) -> None:
-        held.append(route)
-        asked.set()
-
-    await context.route(re.compile(r"/assets/index-[^/]+\.js$"), hold)
-    return held, asked
-
-
 async def test_the_first_screen_shows_the_prompt_and_takes_keys_before_the_code(
     people: People, server: Server
 ) -> None:
     context = await people.context("Quick")
-    held, asked = await _hold_the_page_code(context)
+    held, asked = await _hold(context, PAGE_CODE)
     page = await context.new_page()
     await page.goto(f"{server.url}/", wait_until="commit")  # not "load": the code is held
     first = page.locator("#first-screen")
@@ -228,7 +225,7 @@ async def test_a_screen_the_first_screen_cannot_draw_is_left_to_the_terminal(
     await owner.type('import sys; sys.stdout.write("\\x1b[?1049h\\x1b[2J\\x1b[Hfull screen")\r')
     await owner.wait_output("full screen")
     context = await people.context("Late")
-    held, asked = await _hold_the_page_code(context)
+    held, asked = await _hold(context, PAGE_CODE)
     page = await context.new_page()
     await page.goto(link(server, room, "invite"), wait_until="commit")
     await page.wait_for_function("() => window.replroomEarly?.output === true", timeout=60_000)

@@ -31,6 +31,7 @@ import {
   type Range,
   StateEffect,
   StateField,
+  type TransactionSpec,
 } from "@codemirror/state";
 import { oneDark } from "@codemirror/theme-one-dark";
 import {
@@ -103,6 +104,37 @@ interface AwarenessState {
   at?: At;
   cursor?: { anchor?: unknown; head?: unknown } | null;
 }
+
+/**
+ * y-codemirror's remote caret is a widget whose text is its member's name between
+ * word joiners (U+2060). Text input that CodeMirror reads back from the page (an
+ * IME's, a phone keyboard's, or insertText over a selection holding a caret) can
+ * take that text along as if typed: Bob replacing everything got "⁠⁠Ada⁠" in the
+ * document. Such text never goes in.
+ */
+const CARET_TEXT = /\u2060\u2060[^\u2060\n]*\u2060/g;
+
+const dropCaretText = EditorState.transactionFilter.of((tr) => {
+  if (!tr.docChanged || !tr.isUserEvent("input")) return tr;
+  let found = false;
+  const changes: { from: number; to: number; insert: string }[] = [];
+  tr.changes.iterChanges((from, to, _fromB, _toB, inserted) => {
+    const text = inserted.toString();
+    const kept = text.replace(CARET_TEXT, "");
+    found ||= kept !== text;
+    changes.push({ from, to, insert: kept });
+  });
+  if (!found) return tr;
+  const kept = tr.startState.changes(changes);
+  const end = changes[changes.length - 1].to;
+  const spec: TransactionSpec = {
+    changes: kept,
+    selection: { anchor: kept.mapPos(end, 1) }, // after the last text put in
+    userEvent: "input",
+    scrollIntoView: true,
+  };
+  return spec;
+});
 
 /** The followed member's selection and line, drawn above their own caret (follow mode). */
 const setFollowed = StateEffect.define<{ from: number; to: number; head: number } | null>();
@@ -305,6 +337,7 @@ export class SharedEditor {
           placeholder(`${language.title}: write code here, Ctrl-Enter runs it in the REPL`),
           this.readOnlySetting.of(readOnlyExtension(this.readOnly)),
           yCollab(entry.text, entry.provider.awareness, { undoManager: entry.undo }),
+          dropCaretText,
         ],
       }),
     );

@@ -64,6 +64,17 @@ def test_the_terminal_is_as_small_as_the_smallest_member() -> None:
     assert members.smallest_size() == (200, 20)
 
 
+def test_output_goes_to_the_typist_first_and_the_list_keeps_the_join_order() -> None:
+    members = Members("room")
+    ada, bob, cy = member(members, "ada"), member(members, "bob"), member(members, "cy")
+    assert members.outboxes() == [ada.outbox, bob.outbox, cy.outbox]
+    members.typist = cy.id  # cy waits for the echo of what they typed; the others watch
+    assert members.outboxes() == [cy.outbox, ada.outbox, bob.outbox]
+    assert [view["name"] for view in members.views()] == ["ada", "bob", "cy"]
+    members.remove(cy)
+    assert members.outboxes() == [ada.outbox, bob.outbox]
+
+
 def test_members_get_colours_no_one_has() -> None:
     members = Members("room")
     first, second = member(members, "a"), member(members, "b")

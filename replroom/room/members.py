@@ -94,6 +94,9 @@ class Members:
     def __init__(self, room_id: str) -> None:
         self.room_id = room_id
         self._by_id: dict[str, Member] = {}
+        # Who typed into the terminal last: their outbox comes first, since they
+        # wait for the echo while the others watch.
+        self.typist: str | None = None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -109,7 +112,13 @@ class Members:
         return self._by_id.pop(member.id, None) is not None
 
     def outboxes(self) -> list[Outbox]:
-        return [member.outbox for member in self._by_id.values()]
+        """Every member's outbox, the typist's first."""
+        outboxes = [member.outbox for member in self._by_id.values()]
+        typist = self._by_id.get(self.typist) if self.typist is not None else None
+        if typist is not None and outboxes[0] is not typist.outbox:
+            outboxes.remove(typist.outbox)
+            outboxes.insert(0, typist.outbox)
+        return outboxes
 
     def views(self) -> list[MemberInfo]:
         return [member.view() for member in self._by_id.values()]

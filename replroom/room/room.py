@@ -126,7 +126,6 @@ class Room:
         self._written: dict[str, set[str]] = {}
         self._written_to: Sandbox | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
-        self._typist: str | None = None  # the id of who typed into the terminal last
         self.recording = self._start_recording()
 
     def _start_recording(self) -> RoomRecording:
@@ -318,9 +317,9 @@ class Room:
     def _typed_by(self, member: Member) -> None:
         """Announce who types into the terminal, when it is someone else than before."""
         self.plots.by = (member.id, member.name)  # the plots that appear next are theirs
-        if self._typist == member.id:
+        if self.members.typist == member.id:
             return
-        self._typist = member.id
+        self.members.typist = member.id
         self.members.broadcast(protocol.typist(member.id, member.name, member.color))
 
     def _enabled_language(self, name: str) -> Language:

@@ -428,8 +428,9 @@ class PhaseResult:
                 for sent, ms in samples if ms > ECHO_TARGET_MS]  # fmt: skip
         seconds = {int(sent - self.start_at) for _, sent in slow}
         total = len(self.samples) if rooms is None else len(rooms)
+        which = f" ({', '.join(map(str, sorted(seconds)))})" if 0 < len(seconds) <= 8 else ""
         return (f"{len(slow)} echoes, in {len({room for room, _ in slow})} of {total} rooms,"
-                f" in {len(seconds)} of {int(self.window.seconds)} seconds")  # fmt: skip
+                f" in {len(seconds)} of {int(self.window.seconds)} seconds{which}")  # fmt: skip
 
 
 class Run:

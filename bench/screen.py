@@ -7,7 +7,7 @@ a) Throughput: ``--mib`` MiB of each kind of output (``yes``, full-screen
    issue's cursor-home redraws without a newline) fed to a
    :class:`~replroom.room.screen.Screen` in 4 KiB chunks, as the relay does,
    until all of it is folded into the serialized screen by the sidecar.
-   Target: 2 MiB/s (twice the room's 1 MiB/s output rate) on one core.
+   Target: 2 MiB/s on one core (eight times a room's default output rate).
 b) Memory per idle REPL: ``--repls`` screens, each after a session (a
    Python banner, 5 000 lines of coloured output, a prompt), folded as an
    idle REPL is; what Python holds for them (tracemalloc) divided by their

@@ -256,10 +256,10 @@ class Settings(BaseSettings):
         "(an edit, a new file, an upload, a Run) is refused",
     )
     output_rate: Size = Field(
-        1 * MiB,
+        256 * KiB,
         ge=64 * KiB,
-        description="terminal output bytes a room may send per second; "
-        "a faster REPL is slowed down",
+        description="terminal output bytes a room may send per second (bursts of a quarter "
+        "second's worth at once); a faster REPL is slowed down",
     )
     plot_max_bytes: Size = Field(
         5 * MiB,

@@ -293,6 +293,38 @@ async def test_a_quiet_screen_folds_all_its_output(
     assert_same(await watched(emulator, flood + b">>> "), await rebuilt(emulator, screen))
 
 
+async def test_a_screen_with_much_scrollback_folds_less_often(emulator: Emulator) -> None:
+    """A fold parses the serialized screen again: in a flood, it should not do so every 64 KiB."""
+    screen = Screen(1000, SIZE, emulator)
+    line = b"y" * 79 + b"\r\n"
+    screen.feed(line * 1000, SIZE)
+    await screen.folded()
+    assert screen.fold_bytes == screen_module.FOLD_BYTES_MAX  # ~80 KB serialized, times 4
+    screen.feed(line * (screen_module.FOLD_BYTES // len(line) + 100), SIZE)  # past 64 KiB
+    assert screen.raw_bytes > screen_module.FOLD_BYTES and not screen.folding
+    screen.feed(line * (screen_module.FOLD_BYTES_MAX // len(line)), SIZE)
+    assert screen.folding
+    await screen.folded()
+    assert screen.raw_bytes == 0
+    small = Screen(1000, SIZE, emulator)
+    small.feed(b">>> ", SIZE)
+    await small.folded()
+    assert small.fold_bytes == screen_module.FOLD_BYTES
+
+
+async def test_the_sidecar_runs_at_a_lower_priority_than_the_server(emulator: Emulator) -> None:
+    """Folding waits for a CPU in a flood, not the other rooms' keystrokes: every thread."""
+    screen = Screen(SCROLLBACK, SIZE, emulator)
+    screen.feed(b"hello\r\n", SIZE)
+    await screen.folded()
+    assert emulator.pid is not None
+    server = os.getpriority(os.PRIO_PROCESS, 0)
+    tasks = os.listdir(f"/proc/{emulator.pid}/task")
+    assert len(tasks) > 1  # node's own threads (V8's workers, libuv's) count too
+    for task in tasks:
+        assert os.getpriority(os.PRIO_PROCESS, int(task)) == min(19, server + screen_module.NICE)
+
+
 async def test_a_fold_with_nothing_whole_to_fold_is_no_failure(emulator: Emulator) -> None:
     """Half a character waits for its end; the screen does not take it for a broken emulator."""
     screen = Screen(SCROLLBACK, SIZE, emulator)

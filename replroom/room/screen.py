@@ -5,17 +5,19 @@ sequences that rebuild it in xterm.js: both buffers, scrollback, colours,
 cursor, scroll region, the modes that change input, the title) plus the
 output and resizes since it was serialized. Rebuilding a member's terminal
 sends both, so the member's xterm.js parses exactly what the emulator would
-have. From time to time (after ``FOLD_BYTES`` of output, or once the REPL
-is quiet for ``QUIET_SECONDS``) the output is *folded* into the serialized
-screen by the :class:`Emulator`, so what the server holds per REPL stays
-small: an idle REPL keeps only its serialized screen.
+have. From time to time (after :attr:`Screen.fold_bytes` of output, or once
+the REPL is quiet for ``QUIET_SECONDS``) the output is *folded* into the
+serialized screen by the :class:`Emulator`, so what the server holds per
+REPL stays small: an idle REPL keeps only its serialized screen.
 
 The :class:`Emulator` is one Node process for the whole server
 (``web/screen/sidecar.cjs``, bundled into ``web/dist`` by the page's build)
 running ``@xterm/headless``, the page's own parser, with its serialize addon.
 It keeps nothing between requests, so it may exit when idle (``IDLE_EXIT``),
 crash or be slow without losing a screen: output to members never waits on
-it, and a fold that fails leaves the raw output in place. Only if folds fail
+it, and a fold that fails leaves the raw output in place. So it runs at a
+lower CPU priority than the server (``NICE``): in a flood, folding is what
+waits for a CPU, not the other rooms' keystrokes. Only if folds fail
 (node is missing, the sidecar keeps crashing) for ``2 * DEGRADED_KEEP``
 bytes of output, or lag ``RAW_LIMIT`` behind, does a screen degrade to its
 most recent output from a line boundary, as the server did before it had an
@@ -41,7 +43,13 @@ from replroom import protocol
 log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parents[2] / "web"
-FOLD_BYTES = 64 * 1024  # raw output kept before it is folded into the serialized screen
+# Raw output kept before it is folded into the serialized screen: FOLD_RATIO times the
+# serialized screen, within these bounds. A fold parses the serialized screen again and
+# serializes it anew (~5 ms for 1 000 lines of scrollback), so in a flood a fold per
+# 64 KiB spent more on that than on the output itself.
+FOLD_BYTES = 64 * 1024
+FOLD_BYTES_MAX = 256 * 1024
+FOLD_RATIO = 4
 QUIET_SECONDS = 2.0  # a REPL quiet this long has its output folded (what an idle REPL keeps)
 RAW_LIMIT = 4 * 1024 * 1024  # raw output kept while folds lag (the sidecar starting)
 DEGRADED_KEEP = 256 * 1024  # what a degraded screen keeps (the old replay's size); twice
@@ -49,6 +57,7 @@ DEGRADED_KEEP = 256 * 1024  # what a degraded screen keeps (the old replay's siz
 IDLE_EXIT = 30.0  # the sidecar exits after this long without a request
 RETRY_SECONDS = 1.0  # after the sidecar failed, requests fail at once for this long
 SGR_RESET = b"\x1b[0m"
+NICE = 10  # the sidecar's nice value (the server's + 10: about a tenth of its CPU share)
 # A small young generation: the sidecar makes short-lived terminals, and its RSS is the
 # largest part of the screens' memory (2 MiB semi-spaces instead of 16 MiB).
 NODE_OPTIONS = ("--max-semi-space-size=2",)
@@ -93,7 +102,9 @@ class Emulator:
 
     def __init__(self, command: Sequence[str] | None = None) -> None:
         node, script = shutil.which("node"), sidecar_script()
-        default = [node, *NODE_OPTIONS, str(script)] if node and script else []
+        nice = shutil.which("nice")  # coreutils': all the sidecar's threads, from its start
+        lower = [nice, "-n", str(NICE)] if nice else []
+        default = [*lower, node, *NODE_OPTIONS, str(script)] if node and script else []
         self._command = list(command) if command else default
         self._process: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -260,6 +271,7 @@ class Screen:
         self.scrollback = scrollback
         self._emulator = emulator
         self._compressed = b""  # the serialized screen (zlib), on a terminal of _serialized_size
+        self.fold_bytes = FOLD_BYTES  # raw output that is folded at once, not when quiet
         self._serialized_size = size
         self._raw: list[Segment] = []  # output and resizes since, in order
         self.raw_bytes = 0
@@ -281,11 +293,17 @@ class Screen:
         # Kept compressed: escape sequences and scrollback text shrink 5-10x, and
         # the screen is read only to rebuild a member's terminal or fold.
         self._compressed = zlib.compress(data, 1) if data else b""
+        self.fold_bytes = min(FOLD_BYTES_MAX, max(FOLD_BYTES, FOLD_RATIO * len(data)))
 
     @property
     def held_bytes(self) -> int:
         """What the server holds for this screen (serialized screen and raw output)."""
         return len(self._compressed) + self.raw_bytes
+
+    @property
+    def folding(self) -> bool:
+        """A fold is under way."""
+        return self._folding is not None
 
     @property
     def emulator(self) -> Emulator:
@@ -299,7 +317,7 @@ class Screen:
         self._raw.append(data)
         self.raw_bytes += len(data)
         self._last_output = time.monotonic()
-        if self.raw_bytes >= FOLD_BYTES:
+        if self.raw_bytes >= self.fold_bytes:
             self._fold()
             failing = time.monotonic() < self._retry_at  # the last fold failed
             if self.raw_bytes > RAW_LIMIT or (failing and self.raw_bytes > 2 * DEGRADED_KEEP):
@@ -382,7 +400,7 @@ class Screen:
                         loop = asyncio.get_running_loop()
                         self._quiet = loop.call_later(QUIET_SECONDS, self._when_quiet)
                     return
-                if not folded or self.raw_bytes < FOLD_BYTES:
+                if not folded or self.raw_bytes < self.fold_bytes:
                     return
         finally:
             self._folding = None

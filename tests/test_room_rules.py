@@ -7,11 +7,13 @@ same rules at work behind a real server.
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from replroom.languages import get_language
 from replroom.protocol import MemberRole, ReplState
+from replroom.room import members as members_module
 from replroom.room.members import COLORS, Member, Members
 from replroom.room.supervisor import MAX_RESTARTS, IllegalTransition, Repl
 from replroom.room.tasks import Background
@@ -73,6 +75,31 @@ def test_output_goes_to_the_typist_first_and_the_list_keeps_the_join_order() -> 
     assert [view["name"] for view in members.views()] == ["ada", "bob", "cy"]
     members.remove(cy)
     assert members.outboxes() == [ada.outbox, bob.outbox]
+
+
+async def test_who_types_is_told_at_once_then_at_most_every_half_second(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(members_module, "TYPIST_SECONDS", 0.05)
+    members = Members("room")
+    ada, bob = member(members, "ada"), member(members, "bob")
+
+    def told() -> list[str]:
+        return [json.loads(f)["name"] for f in bob.outbox._frames if isinstance(f, str)]
+
+    members.typed(ada)
+    assert told() == ["ada"]  # at once
+    members.typed(ada)  # the same typist: nothing new
+    members.typed(bob)
+    members.typed(ada)
+    members.typed(bob)  # taking turns faster than the interval: only the latest is told
+    assert told() == ["ada"] and members.outboxes()[0] is bob.outbox  # output order: at once
+    for _ in range(100):
+        if len(told()) > 1:
+            break
+        await asyncio.sleep(0.01)
+    assert told() == ["ada", "bob"]
+    members.close()
 
 
 def test_members_get_colours_no_one_has() -> None:

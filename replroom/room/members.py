@@ -17,6 +17,7 @@ rule, :meth:`Members.smallest_size`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -29,6 +30,10 @@ from replroom.storage import KeyState, RoomRecord
 
 log = logging.getLogger(__name__)
 
+# Everyone is told who types at most this often: members who take turns keystroke by
+# keystroke (a class, a pair) cost a message to every member per keystroke otherwise,
+# as much of the server's time as the echo.
+TYPIST_SECONDS = 0.5
 COLORS = ("#e06c75", "#61afef", "#98c379", "#e5c07b", "#c678dd", "#56b6c2", "#d19a66", "#be5046")
 
 
@@ -97,6 +102,8 @@ class Members:
         # Who typed into the terminal last: their outbox comes first, since they
         # wait for the echo while the others watch.
         self.typist: str | None = None
+        self._announced_typist: str | None = None
+        self._typist_timer: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self._by_id)
@@ -111,10 +118,35 @@ class Members:
         """Remove ``member``; False if they were not (or no longer) here."""
         return self._by_id.pop(member.id, None) is not None
 
+    def get(self, member_id: str | None) -> Member | None:
+        return self._by_id.get(member_id) if member_id is not None else None
+
+    def typed(self, member: Member) -> None:
+        """``member`` typed into the terminal: output goes to them first from now on,
+        and everyone is told who types (``TYPIST_SECONDS`` apart at the most)."""
+        self.typist = member.id
+        if self._typist_timer is None:
+            self._announce_typist()
+
+    def _announce_typist(self) -> None:
+        self._typist_timer = None
+        typist = self.get(self.typist)
+        if typist is None or typist.id == self._announced_typist:
+            return
+        self._announced_typist = typist.id
+        self.broadcast(protocol.typist(typist.id, typist.name, typist.color))
+        loop = asyncio.get_running_loop()
+        self._typist_timer = loop.call_later(TYPIST_SECONDS, self._announce_typist)
+
+    def close(self) -> None:
+        if self._typist_timer is not None:
+            self._typist_timer.cancel()
+            self._typist_timer = None
+
     def outboxes(self) -> list[Outbox]:
         """Every member's outbox, the typist's first."""
         outboxes = [member.outbox for member in self._by_id.values()]
-        typist = self._by_id.get(self.typist) if self.typist is not None else None
+        typist = self.get(self.typist)
         if typist is not None and outboxes[0] is not typist.outbox:
             outboxes.remove(typist.outbox)
             outboxes.insert(0, typist.outbox)

@@ -315,12 +315,8 @@ class Room:
             )
 
     def _typed_by(self, member: Member) -> None:
-        """Announce who types into the terminal, when it is someone else than before."""
         self.plots.by = (member.id, member.name)  # the plots that appear next are theirs
-        if self.members.typist == member.id:
-            return
-        self.members.typist = member.id
-        self.members.broadcast(protocol.typist(member.id, member.name, member.color))
+        self.members.typed(member)
 
     def _enabled_language(self, name: str) -> Language:
         if name not in self.host.settings.languages:
@@ -456,6 +452,7 @@ class Room:
     async def close(self) -> None:
         if self._idle_timer:
             self._idle_timer.cancel()
+        self.members.close()
         self.recording.close()
         await self.supervisor.close()
         await self.tasks.close()

@@ -66,6 +66,9 @@ class StartedRepl(Process):
     async def write(self, data: bytes) -> None:
         await self.process.write(data)
 
+    def write_nowait(self, data: bytes) -> int:
+        return self.process.write_nowait(data)
+
     async def close_stdin(self) -> None:
         await self.process.close_stdin()
 

@@ -69,6 +69,40 @@ async def test_ctrl_c_interrupts_a_busy_repl(sandbox: Sandbox) -> None:
         await screen.close()
 
 
+async def test_room_processes_do_not_preempt_the_server(
+    backend: BackendUnderTest, sandbox: Sandbox
+) -> None:
+    if backend.name != "bwrap":
+        pytest.skip("bwrap's launcher sets the scheduling class; containers keep the default")
+    code = "import os; print(os.sched_getscheduler(0) == os.SCHED_BATCH)"
+    status, output = await python(sandbox, code)
+    assert output.strip() == "True" and status.code == 0
+
+
+async def test_keystrokes_are_taken_at_once_until_the_process_stops_reading(
+    backend: BackendUnderTest, sandbox: Sandbox
+) -> None:
+    # Raw, as a REPL's line editor has it (cooked, the kernel drops what no line holds).
+    process = await sandbox.spawn(["sh", "-c", "stty raw -echo; echo ready; exec sleep 600"])
+    screen = Screen(process)
+    try:
+        await screen.wait_for(b"ready")
+        if backend.name != "bwrap":
+            assert process.write_nowait(b"x") == 0  # these always take the awaited write
+            return
+        assert process.write_nowait(b"abc") == 3
+        taken, chunk = 3, b"k" * 1024
+        while (written := process.write_nowait(chunk)) == len(chunk):
+            taken += written
+            assert taken < 16 * 1024 * 1024, "the pty never filled up"
+        assert process.write_nowait(chunk) == 0  # full: the room awaits write(), with a timeout
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(process.write(chunk), 0.5)
+    finally:
+        await process.signal(signal.SIGKILL)
+        await screen.close()
+
+
 async def test_signal_kills_a_process(sandbox: Sandbox) -> None:
     process = await sandbox.spawn(["sleep", "600"], tty=False)
     await process.signal(signal.SIGTERM)

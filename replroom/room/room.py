@@ -459,6 +459,10 @@ class Room:
 
 
 async def _type(process: Process, data: bytes) -> None:
+    written = process.write_nowait(data)
+    if written == len(data):
+        return
+    data = data[written:]
     try:
         async with asyncio.timeout(protocol.INPUT_TIMEOUT):
             await process.write(data)

@@ -216,11 +216,11 @@ async def test_redraws_without_a_newline_then_a_marker(pair: Pair) -> None:
 
 
 async def test_joining_during_a_flood(pair: Pair) -> None:
-    """A member joins while 7 MB of coloured lines pour out at the room's output rate."""
+    """A member joins while 2.8 MB of coloured lines pour out at the room's output rate."""
     watcher = await pair.watcher()
     await watcher.type_terminal(
         "python3 -c '"
-        '[print(f"\\x1b[3{i % 8}mflood {i}\\x1b[0m", "z" * (i % 50)) for i in range(150000)]; '
+        '[print(f"\\x1b[3{i % 8}mflood {i}\\x1b[0m", "z" * (i % 50)) for i in range(60000)]; '
         'print("flood " + "over")\'\n'
     )
     await watcher.wait_screen("zzzzz")  # not in the command's echo: the flood is on

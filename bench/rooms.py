@@ -36,10 +36,7 @@ async def room_ready(server: Server, http: httpx.AsyncClient, spares: int) -> fl
 
     One HTTP client throughout, as a browser keeps its connection.
     """
-    while True:  # the pool refills inside the server: nothing to await from here
-        if (await http.get(f"{server.url}/api/capacity")).json()["spares"] >= spares:
-            break
-        await asyncio.sleep(0.01)
+    await server.pool_filled(http, spares)
     started = time.perf_counter()
     response = await http.post(f"{server.url}/api/rooms")
     room = response.raise_for_status().json()

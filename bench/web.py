@@ -144,23 +144,13 @@ async def profile(browser: Browser) -> BrowserContext:
     return context
 
 
-async def pool_full(server: Server) -> None:
-    """Wait until the server's pool holds all its spares, as for a person who comes to an
-    idle server (bench/rooms.py's room ready waits alike)."""
-    async with httpx.AsyncClient() as http:
-        while True:  # the pool refills inside the server: nothing to await from here
-            capacity = (await http.get(f"{server.url}/api/capacity")).json()
-            if capacity["spares"] >= capacity["pool_size"]:
-                return
-            await asyncio.sleep(0.01)
-
-
 async def open_in_new_tab(
     context: BrowserContext, server: Server, *, close_context: bool = False
 ) -> dict[str, float]:
     """Open the site in a new tab of ``context``, its pool full: the load's timeline."""
     page = await context.new_page()
-    await pool_full(server)
+    async with httpx.AsyncClient() as http:
+        await server.pool_filled(http)
     timeline = await open_site(page, server)
     await (context.close() if close_context else page.close())
     return timeline

@@ -26,7 +26,10 @@ SIZE = (100, 30)
 def server(
     tmp_path_factory: pytest.TempPathFactory, runtime_dir: Path, room_image: object
 ) -> Iterator[Server]:
-    started = Server(tmp_path_factory.mktemp("data"), runtime_dir)
+    # Floods of many MB, to get past the socket buffers: at 4 MiB/s, not the
+    # default 256 KiB/s (test_rooms.py and test_web.py flood at the default).
+    rate = {"REPLROOM_OUTPUT_RATE": str(4 * 1024 * 1024)}
+    started = Server(tmp_path_factory.mktemp("data"), runtime_dir, env=rate)
     started.start()
     yield started
     started.stop()

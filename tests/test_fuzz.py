@@ -1102,9 +1102,11 @@ async def test_an_unexpected_failure_reaches_the_member_as_1011(
         clients.append(carol)
         await carol.wait_output(">>> ")
     finally:
-        for client in clients:
-            await client.close()
-        server.stop()
+        try:
+            for client in clients:
+                await client.close()
+        finally:
+            server.stop()  # whatever failed: a failed run of this test once left it running
     records = [json.loads(line) for line in server.log().splitlines() if line.startswith("{")]
     failures = [r for r in records if r["level"] == "error"]
     assert [r["message"] for r in failures] == [

@@ -741,7 +741,7 @@ class PtyProcess(BwrapProcess):
             asyncio.get_running_loop().remove_reader(self.master)
             self._registered = False
 
-    def write_nowait(self, data: bytes) -> int:
+    def write_nowait(self, data: bytes | memoryview) -> int:
         if self.master is None:
             return len(data)  # dropped: the process has ended
         try:
@@ -749,17 +749,17 @@ class PtyProcess(BwrapProcess):
         except BlockingIOError:
             return 0
         except OSError as error:
-            if error.errno == errno.EIO:
+            if error.errno == errno.EIO:  # every holder of the pty's other end is gone
                 return len(data)
             raise
 
     async def write(self, data: bytes) -> None:
         loop = asyncio.get_running_loop()
         view = memoryview(data)
-        while view and self.master is not None:
-            try:
-                view = view[os.write(self.master, view) :]
-            except BlockingIOError:
+        while view:
+            written = self.write_nowait(view)
+            view = view[written:]
+            if view and not written and self.master is not None:  # full: wait for room
                 writable = loop.create_future()
                 fd = self.master
                 loop.add_writer(fd, _resolve, writable)
@@ -767,10 +767,6 @@ class PtyProcess(BwrapProcess):
                     await writable
                 finally:
                     loop.remove_writer(fd)
-            except OSError as error:
-                if error.errno == errno.EIO:
-                    return
-                raise
 
     async def close_stdin(self) -> None:
         await self.write(b"\x04")
